@@ -1,0 +1,54 @@
+# proxymodes: conformance and benchmark harness for Kubernetes Service proxy modes.
+# Every target that needs the lab checks and installs what it needs first.
+
+SHELL := /bin/bash
+MODES := userspace iptables ipvs
+MODE ?= iptables
+CACHE ?= /var/cache/proxymodes
+export PROXYMODES_CACHE := $(CACHE)
+GO ?= go
+BIN := $(CACHE)/bin
+PROXYMODES := $(BIN)/proxymodes
+TEST_TIMEOUT ?= 60m
+
+.PHONY: help deps k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode
+
+help: ## show this help
+	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))]"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+cli: ## build the proxymodes CLI into $(BIN)
+	@mkdir -p $(BIN)
+	@$(GO) build -o $(PROXYMODES) ./harness/cmd/proxymodes
+
+deps: cli ## check root, tools and kernel; apt-get install missing packages
+	@$(PROXYMODES) preflight --install
+
+k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
+	@clusters/k8s/build.sh controlplane >/dev/null
+
+test: deps k8s ## run every test (unit, lab, proxier), as CI does
+	@echo "proxymodes: go vet ./..."
+	@$(GO) vet ./...
+	@echo "proxymodes: go test ./... (lab tests take a few minutes)"
+	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+check-mode:
+	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
+
+conformance: check-mode deps k8s ## run the conformance suites for MODE on the local lab
+	PROXYMODES_MODE=$(MODE) PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
+
+bench: check-mode deps k8s ## run the load benchmarks for MODE
+	PROXYMODES_MODE=$(MODE) PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^$$' -bench . ./bench/... ./proxier/...
+
+lab-up: deps k8s ## start a local lab with 4 echo pods and leave it running
+	@PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) $(PROXYMODES) lab up --pods 4
+
+lab-status: cli ## show the running lab
+	@$(PROXYMODES) lab status
+
+lab-down: cli ## remove the lab, including leftovers of killed runs
+	@$(PROXYMODES) lab down

@@ -1,0 +1,84 @@
+// Package addrplan is the project's address plan (DESIGN.md): every address
+// the lab uses lies in 198.18.0.0/15, the range reserved for network
+// benchmarking, so lab traffic can never be mistaken for real traffic.
+package addrplan
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+var (
+	// Lab is the whole range; nothing the project creates lies outside it.
+	Lab = netip.MustParsePrefix("198.18.0.0/15")
+	// Fabric holds the node addresses.
+	Fabric = netip.MustParsePrefix("198.18.0.0/24")
+	// Pods is the cluster (pod) CIDR; each node gets one /24 of it.
+	Pods = netip.MustParsePrefix("198.18.64.0/18")
+	// Services is the Service ClusterIP range.
+	Services = netip.MustParsePrefix("198.19.0.0/16")
+	// Mgmt holds the management /30 links from the host to each node.
+	Mgmt = netip.MustParsePrefix("198.18.255.0/24")
+)
+
+// MaxNodes is how many nodes fit the plan: one pod /24 and one management
+// /30 per node.
+const MaxNodes = 63
+
+// MaxPodsPerNode leaves .0, the gateway .1 and broadcast .255 out of a /24.
+const MaxPodsPerNode = 253
+
+func at(base netip.Prefix, offset int) netip.Addr {
+	b := base.Addr().As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += uint32(offset)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func checkNode(k int) {
+	if k < 0 || k >= MaxNodes {
+		panic(fmt.Sprintf("addrplan: node index %d outside 0..%d", k, MaxNodes-1))
+	}
+}
+
+// NodeIP is node k's fabric address (k counts from 0, so node-1 is .11), as a /24 prefix.
+func NodeIP(k int) netip.Prefix {
+	checkNode(k)
+	return netip.PrefixFrom(at(Fabric, 11+k), Fabric.Bits())
+}
+
+// PodCIDR is node k's pod /24.
+func PodCIDR(k int) netip.Prefix {
+	checkNode(k)
+	return netip.PrefixFrom(at(Pods, 256*k), 24)
+}
+
+// PodGateway is the address of node k's pod bridge, as a /24 prefix.
+func PodGateway(k int) netip.Prefix {
+	return netip.PrefixFrom(at(PodCIDR(k), 1), 24)
+}
+
+// PodIP is the address of the j-th pod (from 0) on node k, as a /24 prefix.
+func PodIP(k, j int) netip.Prefix {
+	if j < 0 || j >= MaxPodsPerNode {
+		panic(fmt.Sprintf("addrplan: pod index %d outside 0..%d", j, MaxPodsPerNode-1))
+	}
+	return netip.PrefixFrom(at(PodCIDR(k), 2+j), 24)
+}
+
+// MgmtHost is the host end of node k's management /30.
+func MgmtHost(k int) netip.Prefix {
+	checkNode(k)
+	return netip.PrefixFrom(at(Mgmt, 4*k+1), 30)
+}
+
+// MgmtNode is the node end of node k's management /30.
+func MgmtNode(k int) netip.Prefix {
+	checkNode(k)
+	return netip.PrefixFrom(at(Mgmt, 4*k+2), 30)
+}
+
+// APIServer is where the local lab's kube-apiserver listens and what it
+// advertises: the host end of node 0's management link. Every node reaches
+// it over its own management link.
+func APIServer() netip.Addr { return MgmtHost(0).Addr() }

@@ -1,0 +1,84 @@
+// Package agent lets one binary play helper roles (a pod's backend server,
+// for instance) by re-executing itself. The lab starts helpers from
+// whatever binary is running, a test binary or the CLI, so users never have
+// to build or install a second program. Every main that starts a lab must
+// call Init first.
+package agent
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+const (
+	roleEnv = "PROXYMODES_ROLE"
+	// LabEnv marks every process a lab starts with the lab's name, so a
+	// later run can find and stop them even after this one was killed.
+	LabEnv = "PROXYMODES_LAB"
+)
+
+var roles = map[string]func(args []string) int{}
+
+// Register adds a role; call it from an init function.
+func Register(name string, main func(args []string) int) {
+	if _, dup := roles[name]; dup {
+		panic("agent: role registered twice: " + name)
+	}
+	roles[name] = main
+}
+
+// Init runs the role this process was started for and exits; in a normal
+// start it returns at once.
+func Init() {
+	role := os.Getenv(roleEnv)
+	if role == "" {
+		return
+	}
+	main, ok := roles[role]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "proxymodes agent: unknown role %q (known: %s); this binary does not link the package that registers it\n", role, strings.Join(Roles(), ", "))
+		os.Exit(2)
+	}
+	os.Exit(main(os.Args[1:]))
+}
+
+// Roles lists the registered roles.
+func Roles() []string {
+	var out []string
+	for r := range roles {
+		out = append(out, r)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Command prepares this binary to run a role inside a named network
+// namespace (netns "" runs it where we are), tagged with the lab's name
+// (lab "" leaves it untagged).
+func Command(lab, netns, role string, args ...string) (*exec.Cmd, error) {
+	if _, ok := roles[role]; !ok {
+		return nil, fmt.Errorf("agent: role %q is not linked into this binary", role)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var cmd *exec.Cmd
+	if netns == "" {
+		cmd = exec.Command(self, args...)
+	} else {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, self}, args...)...)
+	}
+	cmd.Env = append(os.Environ(), roleEnv+"="+role)
+	if lab != "" {
+		cmd.Env = append(cmd.Env, LabEnv+"="+lab)
+	}
+	// Its own process group: Ctrl-C reaches only the harness, which then
+	// stops helpers in order instead of racing the terminal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd, nil
+}

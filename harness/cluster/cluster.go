@@ -1,0 +1,102 @@
+// Package cluster defines what every cluster provider offers the suites and
+// benchmarks: a Kubernetes API, nodes that run a proxier, and pods whose
+// backends the harness can probe and break on purpose. Providers live in
+// sub-packages (local now; kind and an existing kubeconfig later).
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Logger receives progress lines; providers never print on their own.
+type Logger interface {
+	Logf(format string, args ...any)
+}
+
+// Discard is a Logger that drops everything.
+var Discard Logger = discard{}
+
+type discard struct{}
+
+func (discard) Logf(string, ...any) {}
+
+// Info describes a running cluster.
+type Info struct {
+	Name       string
+	Provider   string
+	APIServer  string // URL
+	Kubeconfig string // path
+	Nodes      []Node
+}
+
+// Node is one cluster node.
+type Node struct {
+	Name    string
+	IP      netip.Addr
+	PodCIDR netip.Prefix
+	// NS is where a probe runs to act as this node (a netns name for the
+	// local lab).
+	NS string
+}
+
+// PodSpec asks for a pod running the echo backend.
+type PodSpec struct {
+	Namespace string
+	Name      string
+	// Node pins the pod; empty spreads pods over the nodes.
+	Node   string
+	Labels map[string]string
+}
+
+// Pod is a running pod.
+type Pod struct {
+	Namespace string
+	Name      string
+	Node      string
+	IP        netip.Addr
+	NS        string
+}
+
+func (p Pod) String() string { return p.Namespace + "/" + p.Name }
+
+// Fault is how a backend misbehaves while its Pod stays Ready.
+type Fault string
+
+const (
+	// Refuse stops the backend process: connections are refused (TCP RST,
+	// ICMP port unreachable for UDP).
+	Refuse Fault = "refuse"
+	// Blackhole drops every packet that reaches the pod: connections time out.
+	Blackhole Fault = "blackhole"
+)
+
+// Cluster is a running cluster.
+type Cluster interface {
+	Info() Info
+	RESTConfig() *rest.Config
+	Client() kubernetes.Interface
+	// AddPod creates the Pod object, starts its backend and marks it Ready.
+	AddPod(ctx context.Context, spec PodSpec) (Pod, error)
+	// DeletePod stops the backend and deletes the Pod object.
+	DeletePod(ctx context.Context, namespace, name string) error
+	Pods() []Pod
+	// Break makes a pod's backend fail in the given way; Restore undoes it.
+	Break(ctx context.Context, pod Pod, f Fault) error
+	Restore(ctx context.Context, pod Pod) error
+	// Down tears everything down; it is safe to call more than once.
+	Down(ctx context.Context) error
+}
+
+// NewClient is a helper for providers.
+func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,145 @@
+package local_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/labtest"
+	"github.com/proxymodes/proxymodes/harness/leak"
+)
+
+// holderRole is this test binary re-executed to own a lab in a separate
+// process, so the tests can interrupt or kill that process.
+const holderRole = "test-lab-holder"
+
+const holderLab = "lhold"
+
+func init() { agent.Register(holderRole, holderMain) }
+
+func holderMain(args []string) int {
+	ctx := context.Background()
+	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 2})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	labtest.OnInterrupt(l.Down)
+	for i := 0; i < 2; i++ {
+		if _, err := l.AddPod(ctx, cluster.PodSpec{Name: fmt.Sprintf("h%d", i)}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			l.Down(ctx)
+			return 1
+		}
+	}
+	labtest.HandleSignals()
+	fmt.Println("up")
+	select {} // until a signal arrives
+}
+
+// startHolder runs a lab in a child process and waits until it is up.
+func startHolder(t *testing.T) *os.Process {
+	t.Helper()
+	cmd, err := agent.Command("", "", holderRole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Scan()
+		line <- sc.Text()
+	}()
+	select {
+	case l := <-line:
+		if l != "up" {
+			cmd.Process.Kill()
+			t.Fatalf("lab holder failed (printed %q)", l)
+		}
+	case <-time.After(3 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatal("lab holder not up after 3 minutes")
+	}
+	return cmd.Process
+}
+
+func expectNoLeftovers(t *testing.T, lab string) {
+	t.Helper()
+	if left := leak.Check(lab); len(left) > 0 {
+		t.Fatalf("lab %s left behind:\n%v", lab, left)
+	}
+}
+
+// TestDownLeavesNothing takes the shared lab down; later tests start it
+// again.
+func TestDownLeavesNothing(t *testing.T) {
+	l := lab(t)
+	for _, node := range []string{"node-1", "node-2"} {
+		if _, err := l.AddPod(context.Background(), cluster.PodSpec{Name: "down-" + node, Node: node}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(leak.Check(sharedName)) == 0 {
+		t.Fatal("leak check sees nothing of a running lab, so it cannot prove a clean down")
+	}
+	start := time.Now()
+	if err := downShared(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("down took %s", time.Since(start))
+	expectNoLeftovers(t, sharedName)
+}
+
+func TestInterruptedRunLeavesNothing(t *testing.T) {
+	downShared()
+	p := startHolder(t)
+	if err := p.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode() != 130 {
+		t.Errorf("interrupted holder exited with %d, want 130", st.ExitCode())
+	}
+	expectNoLeftovers(t, holderLab)
+}
+
+func TestKilledRunIsCleanedByNextUp(t *testing.T) {
+	downShared()
+	p := startHolder(t)
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	if len(leak.Check(holderLab)) == 0 {
+		t.Fatal("a SIGKILLed lab left nothing behind, so this test proves nothing")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 1, Logger: tlog{t}})
+	if err != nil {
+		t.Fatalf("up after a killed run: %v", err)
+	}
+	if err := l.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectNoLeftovers(t, holderLab)
+}
+

@@ -1,0 +1,392 @@
+// Package local is the default cluster provider: a real control plane
+// (etcd, kube-apiserver, kube-controller-manager from the pinned build) on
+// the host, nodes as network namespaces on a fabric bridge, and pods as
+// namespaces behind per-node bridges, each running the echo backend. It needs
+// root and a Linux kernel with netns, veth and bridge; no Docker, no images.
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/proxymodes/proxymodes/harness/addrplan"
+	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/controlplane"
+	"github.com/proxymodes/proxymodes/harness/k8sbin"
+	"github.com/proxymodes/proxymodes/harness/leak"
+	"github.com/proxymodes/proxymodes/harness/netlab"
+	"github.com/proxymodes/proxymodes/harness/preflight"
+	"github.com/proxymodes/proxymodes/harness/proc"
+)
+
+// ProviderName identifies this provider in Info and results.
+const ProviderName = "local"
+
+// Options configure a lab.
+type Options struct {
+	// Name of the lab (default "lab"); 1-8 lower-case letters or digits,
+	// because it appears in interface names, which the kernel caps at 15.
+	Name string
+	// Nodes is the number of nodes (default 2).
+	Nodes  int
+	Logger cluster.Logger
+	// BuildOutput receives the Kubernetes build's progress, if one is needed.
+	BuildOutput io.Writer
+	// Persistent labs outlive the process that created them (the CLI's
+	// `lab up`); others belong to their creator, and a later run treats
+	// them as stale once that process is gone.
+	Persistent bool
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
+
+func (o *Options) complete() error {
+	if o.Name == "" {
+		o.Name = "lab"
+	}
+	if !nameRE.MatchString(o.Name) {
+		return fmt.Errorf("lab name %q: use 1-8 lower-case letters or digits (it is part of interface names, which Linux limits to 15 characters)", o.Name)
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Nodes < 1 || o.Nodes > addrplan.MaxNodes {
+		return fmt.Errorf("nodes = %d: the address plan fits 1 to %d nodes", o.Nodes, addrplan.MaxNodes)
+	}
+	if o.Logger == nil {
+		o.Logger = cluster.Discard
+	}
+	return nil
+}
+
+// Lab is a running local cluster.
+type Lab struct {
+	opts   Options
+	prefix string
+	dir    string
+	log    cluster.Logger
+	cp     *controlplane.ControlPlane
+	client kubernetes.Interface
+
+	// lock is held while this process owns the lab: labs share the host's
+	// address plan, so only one runs at a time.
+	lock *os.File
+
+	mu    sync.Mutex
+	st    state
+	procs map[string]*backendProc // by pod key
+}
+
+// state is what the state file records, so that `lab status` and `lab
+// down` work from another process.
+type state struct {
+	Name       string         `json:"name"`
+	OwnerPID   int            `json:"ownerPID"` // 0 for a persistent lab
+	APIServer  string         `json:"apiServer"`
+	Kubeconfig string         `json:"kubeconfig"`
+	Nodes      []cluster.Node `json:"nodes"`
+	Pods       []podState     `json:"pods"`
+}
+
+type podState struct {
+	cluster.Pod
+	Index int           `json:"index"`
+	Fault cluster.Fault `json:"fault,omitempty"`
+}
+
+var _ cluster.Cluster = (*Lab)(nil)
+
+// Up creates a lab. On failure or cancellation it removes whatever it made.
+func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
+	if err := opts.complete(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if err := preflight.Check(ctx, preflight.Options{Install: true, Logger: log}); err != nil {
+		return nil, err
+	}
+	bin, err := k8sbin.Path("controlplane", opts.BuildOutput)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockHost(ctx, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := claim(opts, log); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	l := &Lab{opts: opts, prefix: leak.Prefix(opts.Name), dir: leak.StateDir(opts.Name), log: log,
+		procs: map[string]*backendProc{}, lock: lock}
+	l.st = state{Name: opts.Name, OwnerPID: os.Getpid()}
+	if opts.Persistent {
+		l.st.OwnerPID = 0
+	}
+	defer func() {
+		if err != nil {
+			log.Logf("lab %s: setup failed, removing what was created", opts.Name)
+			if derr := l.Down(context.Background()); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+	}()
+	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"network", func(context.Context) error { return l.buildNetwork() }},
+		{"control plane", func(ctx context.Context) error { return l.startControlPlane(ctx, bin) }},
+		{"nodes", l.registerNodes},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("lab %s: interrupted before %s: %w", opts.Name, s.name, err)
+		}
+		t := time.Now()
+		if err := s.fn(ctx); err != nil {
+			return nil, fmt.Errorf("lab %s: %s: %w", opts.Name, s.name, err)
+		}
+		log.Logf("lab %s: %s ready in %s", opts.Name, s.name, time.Since(t).Round(time.Millisecond))
+	}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	log.Logf("lab %s: up in %s (%d nodes, API %s)", opts.Name, time.Since(start).Round(time.Millisecond), opts.Nodes, l.st.APIServer)
+	return l, nil
+}
+
+// lockHost waits for the host-wide lab lock.
+func lockHost(ctx context.Context, log cluster.Logger) (*os.File, error) {
+	if err := os.MkdirAll(leak.StateRoot, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(leak.StateRoot, "host.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	waiting := false
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		if !waiting {
+			log.Logf("waiting for another run's lab to finish (labs share one address plan, so one runs at a time)")
+			waiting = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// claim makes sure no other lab is live and removes stale ones, including
+// leftovers of runs that were killed.
+func claim(opts Options, log cluster.Logger) error {
+	others, _ := os.ReadDir(leak.StateRoot)
+	names := []string{opts.Name}
+	for _, e := range others {
+		if e.IsDir() && e.Name() != opts.Name {
+			names = append(names, e.Name())
+		}
+	}
+	for _, name := range names {
+		st, err := readState(name)
+		switch {
+		case err == nil && st.OwnerPID == 0:
+			return fmt.Errorf("lab %q is already up (started by `proxymodes lab up`); labs share one address plan, so remove it first with `proxymodes lab down --name %s`", name, name)
+		case err == nil && st.OwnerPID != os.Getpid() && proc.Alive(st.OwnerPID):
+			return fmt.Errorf("lab %q is in use by process %d without holding the host lock; stop that process or run `proxymodes lab down --name %s`", name, st.OwnerPID, name)
+		}
+		if left := leak.Check(name); len(left) > 0 {
+			log.Logf("lab %s: removing %d leftovers of an earlier run that did not finish", name, len(left))
+			if err := Down(context.Background(), name, log); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Binary:      bin,
+		Dir:         filepath.Join(l.dir, "controlplane"),
+		Address:     addrplan.APIServer(),
+		Port:        6443,
+		ServiceCIDR: addrplan.Services,
+		ExtraEnv:    []string{agent.LabEnv + "=" + l.opts.Name},
+	})
+	if err != nil {
+		return err
+	}
+	l.cp = cp
+	l.client, err = cluster.NewClient(cp.RESTConfig())
+	if err != nil {
+		return err
+	}
+	l.st.APIServer = cp.URL()
+	l.st.Kubeconfig = cp.Kubeconfig
+	return nil
+}
+
+// Info describes the lab.
+func (l *Lab) Info() cluster.Info {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.st.info()
+}
+
+func (s state) info() cluster.Info {
+	return cluster.Info{Name: s.Name, Provider: ProviderName, APIServer: s.APIServer,
+		Kubeconfig: s.Kubeconfig, Nodes: append([]cluster.Node(nil), s.Nodes...)}
+}
+
+// RESTConfig is an admin configuration for the lab's API server.
+func (l *Lab) RESTConfig() *rest.Config { return l.cp.RESTConfig() }
+
+// Client is an admin clientset.
+func (l *Lab) Client() kubernetes.Interface { return l.client }
+
+// ControlPlaneLog is the path of the control plane's log.
+func (l *Lab) ControlPlaneLog() string { return l.cp.LogPath }
+
+// Down stops every process of the lab and removes its namespaces, links
+// and state. It is safe to call more than once.
+func (l *Lab) Down(ctx context.Context) error {
+	l.mu.Lock()
+	for key, p := range l.procs {
+		p.stop()
+		delete(l.procs, key)
+	}
+	l.mu.Unlock()
+	var errs []error
+	if l.cp != nil {
+		if err := l.cp.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("control plane: %w", err))
+		}
+	}
+	errs = append(errs, Down(ctx, l.opts.Name, l.log))
+	if l.lock != nil {
+		l.lock.Close()
+		l.lock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Down removes everything of the named lab, whether or not the process
+// that created it still runs: tagged processes, namespaces, host links and
+// the state directory. It then verifies that nothing is left.
+func Down(ctx context.Context, name string, log cluster.Logger) error {
+	if log == nil {
+		log = cluster.Discard
+	}
+	start := time.Now()
+	var errs []error
+	if pids := proc.Tagged(agent.LabEnv, name); len(pids) > 0 {
+		if err := proc.Stop(pids, 20*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p := leak.Prefix(name)
+	// Pods first: their veth peers live in node namespaces.
+	nss, err := netlab.ListNS(p)
+	errs = append(errs, err)
+	for _, ns := range nss {
+		errs = append(errs, netlab.DeleteNS(ns))
+	}
+	links, err := netlab.ListLinks(netlab.HostNS, p)
+	errs = append(errs, err)
+	for _, link := range links {
+		errs = append(errs, netlab.DeleteLink(netlab.HostNS, link))
+	}
+	errs = append(errs, os.RemoveAll(leak.StateDir(name)))
+	if left := leak.Check(name); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("lab %s: still present after down: %v", name, left))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log.Logf("lab %s: down in %s", name, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// Status reads the state of a lab that may belong to another process.
+func Status(name string) (cluster.Info, error) {
+	st, err := readState(name)
+	if err != nil {
+		return cluster.Info{}, err
+	}
+	return st.info(), nil
+}
+
+// StatusPods lists the pods recorded for a lab.
+func StatusPods(name string) ([]cluster.Pod, error) {
+	st, err := readState(name)
+	if err != nil {
+		return nil, err
+	}
+	var out []cluster.Pod
+	for _, p := range st.Pods {
+		out = append(out, p.Pod)
+	}
+	return out, nil
+}
+
+func statePath(name string) string { return filepath.Join(leak.StateDir(name), "state.json") }
+
+func readState(name string) (state, error) {
+	var st state
+	b, err := os.ReadFile(statePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return st, fmt.Errorf("no lab named %q is up (start one with `proxymodes lab up`)", name)
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("state file %s is corrupt (%v): remove the lab with `proxymodes lab down --name %s`", statePath(name), err, name)
+	}
+	return st, nil
+}
+
+// save writes the state file atomically; callers hold l.mu or own l alone.
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := statePath(l.opts.Name) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, statePath(l.opts.Name))
+}

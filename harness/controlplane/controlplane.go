@@ -1,0 +1,302 @@
+// Package controlplane runs the pinned control plane binary (embedded etcd,
+// kube-apiserver, kube-controller-manager) for the local lab: it writes the
+// certificates, keys, token file and kubeconfig it needs, starts it, waits
+// for /readyz and stops it.
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	certutil "k8s.io/client-go/util/cert"
+
+	"github.com/proxymodes/proxymodes/harness/proc"
+)
+
+// Config says where the control plane keeps its files and how it listens.
+type Config struct {
+	Binary string
+	// Dir holds certificates, etcd data, kubeconfig and the log.
+	Dir string
+	// Address is where kube-apiserver binds and what it advertises. It must
+	// exist on a host interface and must not be loopback.
+	Address     netip.Addr
+	Port        int
+	ServiceCIDR netip.Prefix
+	// ExtraEnv is added to the process environment (the lab's tag).
+	ExtraEnv []string
+}
+
+// ControlPlane is a running control plane.
+type ControlPlane struct {
+	cfg        Config
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	Kubeconfig string
+	LogPath    string
+	rest       *rest.Config
+}
+
+// URL is the API server's address.
+func (c *ControlPlane) URL() string {
+	return "https://" + net.JoinHostPort(c.cfg.Address.String(), strconv.Itoa(c.cfg.Port))
+}
+
+// RESTConfig is an admin client configuration.
+func (c *ControlPlane) RESTConfig() *rest.Config { return rest.CopyConfig(c.rest) }
+
+// PID of the control plane process.
+func (c *ControlPlane) PID() int { return c.cmd.Process.Pid }
+
+// Start writes the credentials and starts the process; it returns once
+// /readyz answers, or with the end of the log if it never does.
+func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if cfg.Address.IsLoopback() {
+		return nil, errors.New("control plane address must not be loopback: kube-apiserver publishes it as the kubernetes Service endpoint")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	token, err := writeCredentials(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("control plane credentials: %w", err)
+	}
+	c := &ControlPlane{cfg: cfg, exited: make(chan struct{}),
+		Kubeconfig: filepath.Join(cfg.Dir, "kubeconfig"), LogPath: filepath.Join(cfg.Dir, "controlplane.log")}
+	if err := c.writeKubeconfig(token); err != nil {
+		return nil, err
+	}
+	etcdPort, err := freeLoopbackPorts(2)
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(c.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	c.cmd = exec.Command(cfg.Binary, c.args(etcdPort)...)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.Env = append(os.Environ(), cfg.ExtraEnv...)
+	// Its own process group: Ctrl-C reaches only us, and we stop it in
+	// order (apiserver before etcd) instead of racing the terminal.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", cfg.Binary, err)
+	}
+	go func() { c.cmd.Wait(); close(c.exited) }()
+	if err := c.waitReady(ctx, 90*time.Second); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, tail(c.LogPath, 25))
+	}
+	return c, nil
+}
+
+func (c *ControlPlane) args(etcdPort int) []string {
+	d := c.cfg.Dir
+	addr := c.cfg.Address.String()
+	return []string{
+		"--data-dir", filepath.Join(d, "etcd"), "--etcd-port", strconv.Itoa(etcdPort),
+		"--kube-apiserver",
+		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdPort),
+		"--bind-address=" + addr, "--advertise-address=" + addr,
+		"--secure-port=" + strconv.Itoa(c.cfg.Port),
+		"--tls-cert-file=" + filepath.Join(d, "apiserver.crt"),
+		"--tls-private-key-file=" + filepath.Join(d, "apiserver.key"),
+		"--service-cluster-ip-range=" + c.cfg.ServiceCIDR.String(),
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=" + filepath.Join(d, "sa.key"),
+		"--service-account-signing-key-file=" + filepath.Join(d, "sa.key"),
+		"--token-auth-file=" + filepath.Join(d, "tokens.csv"),
+		"--authorization-mode=RBAC",
+		// No ServiceAccount controller runs, so nothing would create the
+		// default ServiceAccount that this plugin demands.
+		"--disable-admission-plugins=ServiceAccount",
+		"--profiling=false",
+		"--v=1",
+		"--kube-controller-manager",
+		"--kubeconfig=" + c.Kubeconfig,
+		// garbagecollector removes EndpointSlices with their Service.
+		"--controllers=endpointslice,endpointslicemirroring,garbagecollector",
+		"--use-service-account-credentials=false", "--leader-elect=false", "--secure-port=0",
+		// The defaults (20 qps) make slices trickle in during bulk creation.
+		"--kube-api-qps=1000", "--kube-api-burst=2000",
+		"--concurrent-service-endpoint-syncs=10",
+	}
+}
+
+// writeCredentials creates the serving certificate, the service account
+// key and a static admin token, and returns the token.
+func writeCredentials(cfg Config) (string, error) {
+	d := cfg.Dir
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("kubernetes",
+		[]net.IP{net.IP(cfg.Address.AsSlice()), net.ParseIP("127.0.0.1"), firstIP(cfg.ServiceCIDR)},
+		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost"})
+	if err != nil {
+		return "", err
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", err
+	}
+	saPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)})
+	tok := make([]byte, 16)
+	if _, err := rand.Read(tok); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(tok)
+	files := map[string][]byte{
+		"apiserver.crt": certPEM,
+		"apiserver.key": keyPEM,
+		"sa.key":        saPEM,
+		"tokens.csv":    []byte(token + ",proxymodes-admin,proxymodes-admin,system:masters\n"),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(d, name), b, 0o600); err != nil {
+			return "", err
+		}
+	}
+	return token, nil
+}
+
+func (c *ControlPlane) writeKubeconfig(token string) error {
+	ca, err := os.ReadFile(filepath.Join(c.cfg.Dir, "apiserver.crt"))
+	if err != nil {
+		return err
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["proxymodes"] = &clientcmdapi.Cluster{Server: c.URL(), CertificateAuthorityData: ca}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: token}
+	kc.Contexts["proxymodes"] = &clientcmdapi.Context{Cluster: "proxymodes", AuthInfo: "admin"}
+	kc.CurrentContext = "proxymodes"
+	if err := clientcmd.WriteToFile(*kc, c.Kubeconfig); err != nil {
+		return err
+	}
+	rc, err := clientcmd.NewDefaultClientConfig(*kc, nil).ClientConfig()
+	if err != nil {
+		return err
+	}
+	// Bulk Service creation in benchmarks needs more than client-go's 5 qps.
+	rc.QPS, rc.Burst = 500, 1000
+	c.rest = rc
+	return nil
+}
+
+func (c *ControlPlane) waitReady(ctx context.Context, limit time.Duration) error {
+	tlsCfg, err := rest.TLSConfigFor(c.rest)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	deadline := time.After(limit)
+	var last string
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+c.rest.BearerToken)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.exited:
+			return fmt.Errorf("control plane exited before it was ready (%v)", c.cmd.ProcessState)
+		case <-deadline:
+			return fmt.Errorf("control plane not ready after %s (last answer: %s)", limit, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Stop shuts the control plane down (SIGTERM, then SIGKILL after 20s).
+func (c *ControlPlane) Stop() error {
+	select {
+	case <-c.exited:
+		return nil
+	default:
+	}
+	err := proc.Stop([]int{c.cmd.Process.Pid}, 20*time.Second)
+	<-c.exited
+	return err
+}
+
+// Healthy is false once the process has exited.
+func (c *ControlPlane) Healthy() bool {
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// freeLoopbackPorts finds a port p such that p..p+n-1 are free on loopback.
+func freeLoopbackPorts(n int) (int, error) {
+	for try := 0; try < 50; try++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ok := p+n-1 < 65536
+		var held []net.Listener
+		for i := 1; ok && i < n; i++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			held = append(held, l)
+		}
+		ln.Close()
+		for _, l := range held {
+			l.Close()
+		}
+		if ok {
+			return p, nil
+		}
+	}
+	return 0, errors.New("no free loopback port pair for etcd")
+}
+
+func firstIP(p netip.Prefix) net.IP {
+	return net.IP(p.Masked().Addr().Next().AsSlice())
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

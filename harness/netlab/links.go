@@ -1,0 +1,213 @@
+package netlab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// End is one side of a veth pair: the namespace it lives in, its name and
+// an optional address (a prefix such as 198.18.0.11/24).
+type End struct {
+	NS   string
+	Name string
+	Addr netip.Prefix
+}
+
+// Veth creates a veth pair between two namespaces, assigns the addresses
+// and brings both ends up.
+func Veth(a, b End) error {
+	nsB, err := open(b.NS)
+	if err != nil {
+		return err
+	}
+	defer nsB.Close()
+	err = WithHandle(a.NS, func(h *netlink.Handle) error {
+		return h.LinkAdd(&netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: a.Name},
+			PeerName:      b.Name,
+			PeerNamespace: netlink.NsFd(int(nsB)),
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("veth %s/%s <-> %s/%s: %w", nsLabel(a.NS), a.Name, nsLabel(b.NS), b.Name, err)
+	}
+	for _, e := range []End{a, b} {
+		if err := LinkUp(e.NS, e.Name, e.Addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bridge creates a bridge in the namespace, optionally with an address.
+func Bridge(ns, name string, addr netip.Prefix) error {
+	err := WithHandle(ns, func(h *netlink.Handle) error {
+		return h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	})
+	if err != nil {
+		return fmt.Errorf("bridge %s/%s: %w", nsLabel(ns), name, err)
+	}
+	return LinkUp(ns, name, addr)
+}
+
+// Enslave attaches a link to a bridge in the same namespace.
+func Enslave(ns, link, bridge string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(link)
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", nsLabel(ns), link, err)
+		}
+		br, err := h.LinkByName(bridge)
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", nsLabel(ns), bridge, err)
+		}
+		return h.LinkSetMaster(l, br)
+	})
+}
+
+// LinkUp assigns addr (if valid) and sets the link up.
+func LinkUp(ns, name string, addr netip.Prefix) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", nsLabel(ns), name, err)
+		}
+		if addr.IsValid() {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+				return fmt.Errorf("address %s on %s/%s: %w", addr, nsLabel(ns), name, err)
+			}
+		}
+		return h.LinkSetUp(l)
+	})
+}
+
+// DeleteLink removes a link; a missing one is not an error.
+func DeleteLink(ns, name string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil
+			}
+			return err
+		}
+		return h.LinkDel(l)
+	})
+}
+
+// ListLinks returns the names of links in ns that start with prefix.
+func ListLinks(ns, prefix string) ([]string, error) {
+	var out []string
+	err := WithHandle(ns, func(h *netlink.Handle) error {
+		links, err := h.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if n := l.Attrs().Name; strings.HasPrefix(n, prefix) {
+				out = append(out, n)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Route adds dst via gw (gw may be invalid for a link-scope route on dev).
+func Route(ns string, dst netip.Prefix, gw netip.Addr, dev string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		r := &netlink.Route{Dst: ipNet(dst)}
+		if gw.IsValid() {
+			r.Gw = net.IP(gw.AsSlice())
+		}
+		if dev != "" {
+			l, err := h.LinkByName(dev)
+			if err != nil {
+				return fmt.Errorf("%s/%s: %w", nsLabel(ns), dev, err)
+			}
+			r.LinkIndex = l.Attrs().Index
+			if !gw.IsValid() {
+				r.Scope = netlink.SCOPE_LINK
+			}
+		}
+		if err := h.RouteAdd(r); err != nil {
+			return fmt.Errorf("route %s via %v dev %s in %s: %w", dst, gw, dev, nsLabel(ns), err)
+		}
+		return nil
+	})
+}
+
+// Sysctl writes a per-namespace sysctl such as net/ipv4/ip_forward. It
+// refuses the host namespace: the lab never changes the host's settings.
+func Sysctl(ns, key, value string) error {
+	if ns == HostNS {
+		return fmt.Errorf("refusing to set %s in the host namespace", key)
+	}
+	return Do(ns, func() error {
+		// /proc/sys/net follows the network namespace of the opening thread.
+		p := filepath.Join("/proc/sys", key)
+		fd, err := unix.Open(p, unix.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", key, ns, err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Write(fd, []byte(value)); err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", key, ns, err)
+		}
+		return nil
+	})
+}
+
+// ReadSysctl reads a per-namespace sysctl.
+func ReadSysctl(ns, key string) (string, error) {
+	var out string
+	err := Do(ns, func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		out = strings.TrimSpace(string(b))
+		return err
+	})
+	return out, err
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func nsLabel(ns string) string {
+	if ns == HostNS {
+		return "host"
+	}
+	return ns
+}
+
+// RouteGet asks the kernel how ns would route a packet to dst, like `ip
+// route get`. It sends nothing.
+func RouteGet(ns string, dst netip.Addr) ([]netlink.Route, error) {
+	var out []netlink.Route
+	err := WithHandle(ns, func(h *netlink.Handle) error {
+		var err error
+		out, err = h.RouteGet(net.IP(dst.AsSlice()))
+		return err
+	})
+	return out, err
+}
+
+// Routes lists every IPv4 route of every table in ns.
+func Routes(ns string) ([]netlink.Route, error) {
+	var out []netlink.Route
+	err := WithHandle(ns, func(h *netlink.Handle) error {
+		var err error
+		out, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,160 @@
+// Package netlab builds the lab's network out of named network namespaces,
+// veth pairs and bridges, through netlink. Every operation names the
+// namespace it acts in, so nothing here can touch the host's root namespace
+// by accident: the only host-side objects the lab owns are the management
+// veth ends, and those are created explicitly with HostNS.
+package netlab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// RunDir is where iproute2 and the netns library keep named namespaces.
+const RunDir = "/run/netns"
+
+// HostNS names the namespace the calling process started in.
+const HostNS = ""
+
+// CreateNS creates a named network namespace with lo up.
+func CreateNS(name string) error {
+	err := onLockedThread(func() error {
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			return fmt.Errorf("create netns %s: %w", name, err)
+		}
+		return h.Close()
+	})
+	if err != nil {
+		return err
+	}
+	return WithHandle(name, func(h *netlink.Handle) error {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return h.LinkSetUp(lo)
+	})
+}
+
+// DeleteNS removes a named namespace. Links inside it die with it, and so do
+// their veth peers in other namespaces. A missing namespace is not an error.
+func DeleteNS(name string) error {
+	err := netns.DeleteNamed(name)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	// A half-created namespace file may exist without a mount.
+	if rmErr := os.Remove(filepath.Join(RunDir, name)); rmErr == nil || errors.Is(rmErr, os.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("delete netns %s: %w", name, err)
+}
+
+// ListNS returns the named namespaces whose names start with prefix.
+func ListNS(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(RunDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Path is the file that holds a named namespace; HostNS maps to the
+// caller's own.
+func Path(name string) string {
+	if name == HostNS {
+		return "/proc/self/ns/net"
+	}
+	return filepath.Join(RunDir, name)
+}
+
+func open(name string) (netns.NsHandle, error) {
+	if name == HostNS {
+		return netns.Get()
+	}
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return h, fmt.Errorf("open netns %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// WithHandle runs fn with a netlink handle bound to the namespace. The
+// calling thread never changes namespace.
+func WithHandle(name string, fn func(*netlink.Handle) error) error {
+	ns, err := open(name)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", name, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets fn
+// opens and processes it starts belong to that namespace. fn must not start
+// goroutines that expect to share the namespace.
+func Do(name string, fn func() error) error {
+	if name == HostNS {
+		return fn()
+	}
+	target, err := open(name)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return onLockedThread(func() error {
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("enter netns %s: %w", name, err)
+		}
+		return fn()
+	})
+}
+
+// onLockedThread runs fn on a locked thread and puts the thread back into
+// its original namespace afterwards. If that fails the thread stays locked,
+// so the Go runtime discards it instead of reusing a thread that sits in a
+// lab namespace.
+func onLockedThread(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return // thread stays locked and dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,140 @@
+// Package preflight checks, before a lab touches anything, that it can run
+// here: root, the tools it calls and the kernel features it uses. Each
+// failure is one message that names the fix. On Debian and Ubuntu it
+// installs missing packages itself.
+package preflight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/proxymodes/proxymodes/harness/netlab"
+	"net/netip"
+)
+
+// Logger receives what preflight does (installs, mostly).
+type Logger interface {
+	Logf(format string, args ...any)
+}
+
+// Options for Check.
+type Options struct {
+	// Install missing Debian packages with apt-get when possible.
+	Install bool
+	Logger  Logger
+	// Tools overrides the required tools (for tests); nil means Required.
+	Tools map[string]string
+}
+
+// Required maps each command the lab runs to the Debian package that has it.
+var Required = map[string]string{
+	"ip":               "iproute2",
+	"iptables":         "iptables",
+	"iptables-restore": "iptables",
+	"iptables-legacy":  "iptables",
+}
+
+// Check runs every check and returns the first problem with its fix.
+func Check(ctx context.Context, o Options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("proxymodes needs root: it creates network namespaces and programs kernel rules. Run it with sudo (for example `sudo make conformance MODE=iptables`)")
+	}
+	tools := o.Tools
+	if tools == nil {
+		tools = Required
+	}
+	if missing := Missing(tools); len(missing) > 0 {
+		pkgs := packagesFor(tools, missing)
+		if o.Install && canApt() {
+			if err := aptInstall(ctx, pkgs, o.Logger); err != nil {
+				return err
+			}
+			missing = Missing(tools)
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("missing commands: %s. Install them (on Debian or Ubuntu: `apt-get install -y %s`)",
+				strings.Join(missing, ", "), strings.Join(packagesFor(tools, missing), " "))
+		}
+	}
+	return Kernel()
+}
+
+// Missing lists the tools not found in PATH.
+func Missing(tools map[string]string) []string {
+	var out []string
+	for t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func packagesFor(tools map[string]string, missing []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range missing {
+		if p := tools[t]; !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func canApt() bool {
+	_, err := exec.LookPath("apt-get")
+	_, derr := os.Stat("/etc/debian_version")
+	return err == nil && derr == nil
+}
+
+func aptInstall(ctx context.Context, pkgs []string, log Logger) error {
+	logf := func(f string, a ...any) {
+		if log != nil {
+			log.Logf(f, a...)
+		}
+	}
+	logf("proxymodes: installing missing Debian packages: %s", strings.Join(pkgs, " "))
+	install := func() ([]byte, error) {
+		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	if _, err := install(); err == nil {
+		return nil
+	}
+	// A fresh machine often has no package lists yet.
+	logf("proxymodes: apt-get install failed; running apt-get update and retrying")
+	if out, err := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); err != nil {
+		return fmt.Errorf("apt-get update failed: %v\n%s", err, out)
+	}
+	if out, err := install(); err != nil {
+		return fmt.Errorf("apt-get install %s failed: %v\n%s", strings.Join(pkgs, " "), err, out)
+	}
+	return nil
+}
+
+// Kernel proves the kernel features the lab needs by using them in a
+// scratch namespace: network namespaces, veth pairs and bridges.
+func Kernel() error {
+	ns := "pm-preflight-" + strconv.Itoa(os.Getpid())
+	if err := netlab.CreateNS(ns); err != nil {
+		return fmt.Errorf("cannot create a network namespace (%v): the kernel needs CONFIG_NET_NS, and a container needs --privileged", err)
+	}
+	defer netlab.DeleteNS(ns)
+	if err := netlab.Bridge(ns, "pfbr0", netip.Prefix{}); err != nil {
+		return fmt.Errorf("cannot create a bridge (%v): the kernel needs CONFIG_BRIDGE (modprobe bridge)", err)
+	}
+	if err := netlab.Veth(netlab.End{NS: ns, Name: "pfa"}, netlab.End{NS: ns, Name: "pfb"}); err != nil {
+		return fmt.Errorf("cannot create a veth pair (%v): the kernel needs CONFIG_VETH (modprobe veth)", err)
+	}
+	return nil
+}

@@ -1,0 +1,220 @@
+// Package probe opens fresh connections to an address from inside a lab
+// namespace and records which backend answered. Every connection is new (no
+// keep-alive), because proxy modes choose a backend per connection.
+package probe
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/backend"
+	"github.com/proxymodes/proxymodes/harness/netlab"
+)
+
+// Proto is how a probe talks to the target.
+type Proto string
+
+const (
+	TCP  Proto = "tcp"  // connect and read the backend's greeting line
+	UDP  Proto = "udp"  // send a datagram and read the reply
+	HTTP Proto = "http" // GET / with a new connection
+)
+
+// Target is where to probe from and to.
+type Target struct {
+	// NS is the named network namespace to probe from (a pod's or a node's).
+	NS    string
+	Addr  netip.AddrPort
+	Proto Proto
+	// Source optionally pins the local address (for affinity checks).
+	Source netip.Addr
+}
+
+func (t Target) String() string {
+	return fmt.Sprintf("%s://%s from %s", t.Proto, t.Addr, t.NS)
+}
+
+// Result is one connection's outcome.
+type Result struct {
+	Backend string // pod name that answered
+	Client  string // client address the backend saw
+	Err     error
+	Latency time.Duration
+}
+
+// Summary aggregates many results.
+type Summary struct {
+	Target  Target
+	Results []Result
+}
+
+// Counts is how many connections each backend served.
+func (s Summary) Counts() map[string]int {
+	m := map[string]int{}
+	for _, r := range s.Results {
+		if r.Err == nil {
+			m[r.Backend]++
+		}
+	}
+	return m
+}
+
+// Errors returns the failed results.
+func (s Summary) Errors() []error {
+	var out []error
+	for _, r := range s.Results {
+		if r.Err != nil {
+			out = append(out, r.Err)
+		}
+	}
+	return out
+}
+
+// Sequence lists the backends in connection order ("" for failures).
+func (s Summary) Sequence() []string {
+	out := make([]string, len(s.Results))
+	for i, r := range s.Results {
+		out[i] = r.Backend
+	}
+	return out
+}
+
+func (s Summary) String() string {
+	c := s.Counts()
+	var names []string
+	for n := range c {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d connections", s.Target, len(s.Results))
+	for _, n := range names {
+		fmt.Fprintf(&b, ", %s=%d", n, c[n])
+	}
+	if e := s.Errors(); len(e) > 0 {
+		fmt.Fprintf(&b, ", %d errors (first: %v)", len(e), e[0])
+	}
+	return b.String()
+}
+
+// Run opens n connections one after another, each bounded by timeout, and
+// stops early only if ctx ends.
+func Run(ctx context.Context, t Target, n int, timeout time.Duration) Summary {
+	s := Summary{Target: t}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		s.Results = append(s.Results, Once(ctx, t, timeout))
+	}
+	return s
+}
+
+// Once opens one connection.
+func Once(ctx context.Context, t Target, timeout time.Duration) Result {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	var line string
+	var err error
+	switch t.Proto {
+	case TCP:
+		line, err = tcpOnce(ctx, t)
+	case UDP:
+		line, err = udpOnce(ctx, t)
+	case HTTP:
+		line, err = httpOnce(ctx, t)
+	default:
+		err = fmt.Errorf("unknown probe protocol %q (use tcp, udp or http)", t.Proto)
+	}
+	r := Result{Latency: time.Since(start), Err: err}
+	if err == nil {
+		r.Backend, r.Client, r.Err = backend.ParseReply(line)
+	}
+	return r
+}
+
+// Dial connects from inside the target's namespace. The socket keeps that
+// namespace for its whole life, so only the dial itself runs there.
+func Dial(ctx context.Context, t Target, network string) (net.Conn, error) {
+	var conn net.Conn
+	d := net.Dialer{}
+	if t.Source.IsValid() {
+		if network == "udp" {
+			d.LocalAddr = &net.UDPAddr{IP: t.Source.AsSlice()}
+		} else {
+			d.LocalAddr = &net.TCPAddr{IP: t.Source.AsSlice()}
+		}
+	}
+	err := netlab.Do(t.NS, func() error {
+		var err error
+		conn, err = d.DialContext(ctx, network, t.Addr.String())
+		return err
+	})
+	return conn, err
+}
+
+func tcpOnce(ctx context.Context, t Target) (string, error) {
+	conn, err := Dial(ctx, t, "tcp")
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	return bufio.NewReader(conn).ReadString('\n')
+}
+
+func udpOnce(ctx context.Context, t Target) (string, error) {
+	conn, err := Dial(ctx, t, "udp")
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write([]byte("probe\n")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+func httpOnce(ctx context.Context, t Target) (string, error) {
+	tr := &http.Transport{
+		DisableKeepAlives: true,
+		Proxy:             nil,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return Dial(ctx, t, network)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+t.Addr.String()+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("HTTP %d from %s", resp.StatusCode, t.Addr)
+	}
+	return string(body), nil
+}
