@@ -142,4 +142,3 @@ func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 	}
 	expectNoLeftovers(t, holderLab)
 }
-
