@@ -23,4 +23,8 @@ for bin in "$@"; do
   mv "$out/$bin.tmp" "$out/$bin"
   echo "proxymodes: built $bin in $(( $(date +%s) - start ))s" >&2
 done
+# Builds of older sources of this version are dead weight (135 MB each).
+for old in "$cache/k8s/$version"-*; do
+  [ "$old" = "$out" ] || rm -rf "$old"
+done
 echo "$out"

@@ -57,9 +57,6 @@ func splitArgs(args []string) (own, apiserver, kcm []string, err error) {
 			*cur = append(*cur, a)
 		}
 	}
-	if apiserver == nil {
-		return nil, nil, nil, errors.New("missing --kube-apiserver section")
-	}
 	return own, apiserver, kcm, nil
 }
 
@@ -81,6 +78,9 @@ func run(args []string) error {
 	}
 	if *dataDir == "" {
 		return errors.New("--data-dir is required")
+	}
+	if apiArgs == nil {
+		return errors.New("missing --kube-apiserver section")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
