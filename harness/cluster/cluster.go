@@ -88,6 +88,9 @@ type Cluster interface {
 	// Break makes a pod's backend fail in the given way; Restore undoes it.
 	Break(ctx context.Context, pod Pod, f Fault) error
 	Restore(ctx context.Context, pod Pod) error
+	// SaveLogs copies the component logs into a directory that outlives
+	// Down (call it when a test fails).
+	SaveLogs(dst string) error
 	// Down tears everything down; it is safe to call more than once.
 	Down(ctx context.Context) error
 }

@@ -40,9 +40,14 @@ func OnInterrupt(fn func(context.Context) error) (unregister func()) {
 // Run replaces m.Run in a TestMain: it runs agent roles, handles
 // interrupts and returns m.Run's exit code.
 func Run(m *testing.M) int {
+	Init()
+	return m.Run()
+}
+
+// Init is Run without m.Run, for a TestMain that sets a lab up first.
+func Init() {
 	agent.Init()
 	HandleSignals()
-	return m.Run()
 }
 
 // HandleSignals makes SIGINT and SIGTERM run the registered teardowns and

@@ -25,7 +25,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
-	"github.com/proxymodes/proxymodes/harness/k8sbin"
+	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/preflight"
@@ -45,6 +45,8 @@ type Options struct {
 	Logger cluster.Logger
 	// BuildOutput receives the Kubernetes build's progress, if one is needed.
 	BuildOutput io.Writer
+	// Proxier, if set, runs the reference proxier on every node.
+	Proxier *ProxierOptions
 	// Persistent labs outlive the process that created them (the CLI's
 	// `lab up`); others belong to their creator, and a later run treats
 	// them as stale once that process is gone.
@@ -85,9 +87,10 @@ type Lab struct {
 	// address plan, so only one runs at a time.
 	lock *os.File
 
-	mu    sync.Mutex
-	st    state
-	procs map[string]*backendProc // by pod key
+	mu       sync.Mutex
+	st       state
+	procs    map[string]*backendProc // by pod key
+	proxiers []*proxierProc
 }
 
 // state is what the state file records, so that `lab status` and `lab
@@ -118,9 +121,14 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 	if err := preflight.Check(ctx, preflight.Options{Install: true, Logger: log}); err != nil {
 		return nil, err
 	}
-	bin, err := k8sbin.Path("controlplane", opts.BuildOutput)
+	bin, err := binaries.Kubernetes("controlplane", opts.BuildOutput)
 	if err != nil {
 		return nil, err
+	}
+	if p := opts.Proxier; p != nil && p.Binary == "" {
+		if p.Binary, err = binaries.Project("proxier/cmd/proxier", opts.BuildOutput); err != nil {
+			return nil, err
+		}
 	}
 	lock, err := lockHost(ctx, log)
 	if err != nil {
@@ -151,13 +159,13 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 		return nil, err
 	}
 	start := time.Now()
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
+	steps := []step{
 		{"network", func(context.Context) error { return l.buildNetwork() }},
 		{"control plane", func(ctx context.Context) error { return l.startControlPlane(ctx, bin) }},
 		{"nodes", l.registerNodes},
+	}
+	if opts.Proxier != nil {
+		steps = append(steps, step{opts.Proxier.Mode + " proxiers", func(ctx context.Context) error { return l.startProxiers(ctx, opts.Proxier.Binary) }})
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -206,6 +214,12 @@ func lockHost(ctx context.Context, log cluster.Logger) (*os.File, error) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// step is one stage of Up; a failing step makes Up remove everything.
+type step struct {
+	name string
+	fn   func(context.Context) error
 }
 
 // claim makes sure no other lab is live and removes stale ones, including
@@ -283,6 +297,11 @@ func (l *Lab) ControlPlaneLog() string { return l.cp.LogPath }
 // and state. It is safe to call more than once.
 func (l *Lab) Down(ctx context.Context) error {
 	l.mu.Lock()
+	// Proxiers first: they would otherwise log errors while the API goes.
+	for _, p := range l.proxiers {
+		p.stop()
+	}
+	l.proxiers = nil
 	for key, p := range l.procs {
 		p.stop()
 		delete(l.procs, key)

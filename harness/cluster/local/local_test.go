@@ -24,6 +24,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 const sharedName = "ltest"
@@ -249,21 +250,12 @@ func expectPodReady(t *testing.T, l *local.Lab, p cluster.Pod) {
 func hostRuleDump(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, cmd := range []string{"iptables-legacy-save", "iptables-nft-save"} {
-		out, err := exec.Command(cmd).Output()
+	for _, saver := range rules.Savers {
+		out, err := exec.Command(saver).Output()
 		if err != nil {
-			t.Fatalf("%s: %v", cmd, err)
+			t.Fatalf("%s: %v", saver, err)
 		}
-		for _, line := range strings.Split(string(out), "\n") {
-			// Comment lines carry timestamps; packet counters change on their own.
-			if strings.HasPrefix(line, "#") {
-				continue
-			}
-			if i := strings.IndexByte(line, '['); strings.HasPrefix(line, ":") && i > 0 {
-				line = line[:i]
-			}
-			b.WriteString(line + "\n")
-		}
+		b.WriteString(rules.Normalize(string(out)))
 	}
 	return b.String()
 }

@@ -1,7 +1,7 @@
 // Command proxymodes drives the harness: it brings labs up and down and
 // reports on them.
 //
-//	proxymodes lab up [--name lab] [--nodes 2] [--pods 0]
+//	proxymodes lab up [--name lab] [--nodes 2] [--pods 0] [--mode iptables]
 //	proxymodes lab status [--name lab]
 //	proxymodes lab down [--name lab]
 //	proxymodes preflight [--install]
@@ -26,7 +26,8 @@ import (
 )
 
 const usage = `usage:
-  proxymodes lab up [--name NAME] [--nodes N] [--pods N]   start a local lab and leave it running
+  proxymodes lab up [--name NAME] [--nodes N] [--pods N] [--mode MODE]
+                                                            start a local lab and leave it running
   proxymodes lab status [--name NAME]                       print nodes, pods, API address, kubeconfig
   proxymodes lab down [--name NAME]                         remove a lab, including leftovers of killed runs
   proxymodes preflight [--install]                          check root, tools and kernel features
@@ -85,13 +86,17 @@ func labCmd(ctx context.Context, sub string, args []string, out io.Writer) error
 	name := fs.String("name", "lab", "lab name (1-8 lower-case letters or digits)")
 	nodes := fs.Int("nodes", 2, "number of nodes")
 	pods := fs.Int("pods", 0, "echo-backend pods to start, spread over the nodes (label app=echo)")
+	mode := fs.String("mode", "", "run the reference proxier on every node in this mode (userspace, iptables, ipvs); empty runs none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch sub {
 	case "up":
-		lab, err := local.Up(ctx, local.Options{Name: *name, Nodes: *nodes, Logger: stderrLogger{},
-			BuildOutput: os.Stderr, Persistent: true})
+		opts := local.Options{Name: *name, Nodes: *nodes, Logger: stderrLogger{}, BuildOutput: os.Stderr, Persistent: true}
+		if *mode != "" {
+			opts.Proxier = &local.ProxierOptions{Mode: *mode}
+		}
+		lab, err := local.Up(ctx, opts)
 		if err != nil {
 			return err
 		}

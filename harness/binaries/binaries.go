@@ -1,0 +1,103 @@
+// Package binaries finds the programs a lab runs: the pinned Kubernetes
+// binaries (built into the cache by clusters/k8s/build.sh) and this
+// project's own commands (built with go build into the cache). Both build
+// on first use and are reused afterwards.
+package binaries
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// K8sDirEnv, when set, names a directory that already holds the Kubernetes
+// binaries; `make` sets it after building them.
+const K8sDirEnv = "PROXYMODES_K8S_BIN"
+
+// CacheEnv overrides the cache directory (default /var/cache/proxymodes).
+const CacheEnv = "PROXYMODES_CACHE"
+
+const modulePath = "github.com/proxymodes/proxymodes"
+
+// Kubernetes returns the path of a binary built by clusters/k8s/build.sh
+// (for example "controlplane"). Build progress goes to progress.
+func Kubernetes(name string, progress io.Writer) (string, error) {
+	if dir := os.Getenv(K8sDirEnv); dir != "" {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s but %s is missing: unset it or run `clusters/k8s/build.sh %s`", K8sDirEnv, dir, name, name)
+		}
+		return p, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	script := filepath.Join(root, "clusters", "k8s", "build.sh")
+	var out bytes.Buffer
+	cmd := exec.Command(script, name)
+	cmd.Stdout = &out
+	cmd.Stderr = orDiscard(progress)
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("building %s with %s failed: %w (rerun it by hand to see the whole output)", name, script, err)
+	}
+	return filepath.Join(strings.TrimSpace(out.String()), name), nil
+}
+
+// Project builds one of this module's commands (for example
+// "proxier/cmd/proxier") into the cache and returns its path. go build is
+// incremental, so this costs about a second when nothing changed.
+func Project(pkg string, progress io.Writer) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(cacheDir(), "bin", filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+	cmd.Dir = root
+	var stderr bytes.Buffer
+	cmd.Stderr = io.MultiWriter(&stderr, orDiscard(progress))
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./%s failed: %w\n%s", pkg, err, stderr.String())
+	}
+	return out, nil
+}
+
+func cacheDir() string {
+	if d := os.Getenv(CacheEnv); d != "" {
+		return d
+	}
+	return "/var/cache/proxymodes"
+}
+
+// moduleRoot walks up from the working directory, which is inside the
+// checkout both for `go test` and for the CLI run from the repository.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(bytes.TrimSpace(b), []byte("module "+modulePath+"\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cannot find the proxymodes checkout above the working directory: run from inside it, or set " + K8sDirEnv + " to a directory holding the built Kubernetes binaries")
+		}
+		dir = parent
+	}
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
