@@ -23,9 +23,9 @@ import (
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
-	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/preflight"
