@@ -8,9 +8,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
 // Logger receives progress lines; providers never print on their own.
@@ -88,6 +91,12 @@ type Cluster interface {
 	// Break makes a pod's backend fail in the given way; Restore undoes it.
 	Break(ctx context.Context, pod Pod, f Fault) error
 	Restore(ctx context.Context, pod Pod) error
+	// Probe opens n fresh connections from t.NS (a pod's or a node's NS)
+	// to t.Addr, wherever that namespace lives (host kernel or a guest).
+	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
+	// IPTables returns the normalized iptables rules (nft and legacy) of a
+	// node's or pod's namespace.
+	IPTables(ctx context.Context, ns string) (string, error)
 	// SaveLogs copies the component logs into a directory that outlives
 	// Down (call it when a test fails).
 	SaveLogs(dst string) error

@@ -16,7 +16,9 @@ import (
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/netlab"
+	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/harness/proc"
+	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 // ProxierOptions start the reference proxier on every node.
@@ -184,4 +186,14 @@ func (l *Lab) ProxierBinary() string {
 		return ""
 	}
 	return l.opts.Proxier.Binary
+}
+
+// Probe runs a probe from one of the lab's namespaces.
+func (l *Lab) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
+	return probe.Run(ctx, t, n, timeout)
+}
+
+// IPTables dumps the rules of one of the lab's namespaces.
+func (l *Lab) IPTables(ctx context.Context, ns string) (string, error) {
+	return rules.IPTables(ns)
 }
