@@ -1,0 +1,226 @@
+package uml
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/agent"
+)
+
+// Modules are loaded before the command runs, so a missing one fails the
+// boot loudly instead of a test later.
+var Modules = []string{"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
+	"ip_vs_sed", "ip_vs_nq", "dummy", "veth", "bridge", "nf_conntrack"}
+
+// RunOptions describe one guest run.
+type RunOptions struct {
+	// Argv runs in the guest; its path is a host path (the host root is
+	// the guest's lower layer).
+	Argv []string
+	Env  []string
+	// Dir is the working directory in the guest (default /).
+	Dir string
+	// MemMB is the guest's memory (default 1024).
+	MemMB int
+	// NetNS, if set, is the host lab namespace linux.uml runs in, and Tap a
+	// tap device in it that becomes the guest's vec0. The guest then has
+	// no other network.
+	NetNS string
+	Tap   string
+	// Lab tags the UML processes for leak checks and cleanup.
+	Lab     string
+	Timeout time.Duration
+}
+
+// Result is what the command in the guest did.
+type Result struct {
+	ExitCode int
+	Stdout   string
+	Stderr   string
+	// RunDir holds stdout, stderr, rc and the console log.
+	RunDir  string
+	Elapsed time.Duration
+}
+
+// Started is a guest that is running.
+type Started struct {
+	k      *Kernel
+	cmd    *exec.Cmd
+	runDir string
+	start  time.Time
+	exited chan struct{}
+}
+
+// RunDir is the host directory shared with the guest (mounted at the same
+// path there): the command's output, rc, and anything it writes there.
+func (s *Started) RunDir() string { return s.runDir }
+
+// Start boots a guest that runs opts.Argv and powers off when it exits.
+func (k *Kernel) Start(ctx context.Context, opts RunOptions) (*Started, error) {
+	if len(opts.Argv) == 0 {
+		return nil, errors.New("uml: nothing to run")
+	}
+	if opts.MemMB == 0 {
+		opts.MemMB = 1024
+	}
+	id := make([]byte, 4)
+	rand.Read(id)
+	umid := "pm" + hex.EncodeToString(id)
+	runDir := filepath.Join(cacheDir(), "runs", umid)
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(runDir, "stage2.sh"), []byte(stage2(opts, runDir)), 0o755); err != nil {
+		return nil, err
+	}
+	args := []string{
+		"mem=" + strconv.Itoa(opts.MemMB) + "M", "initrd=" + k.Initrd,
+		"con=null", "ssl=null", "con0=fd:0,fd:1", "quiet", "panic=-1",
+		"uml_dir=" + runDir, "umid=" + umid,
+		"pm_moddir=" + k.ModDir, "pm_kver=" + k.Version, "pm_run=" + runDir,
+	}
+	if opts.Tap != "" {
+		// gro=1: without it bulk TCP stalls ("Incoming GSO frames and GRO disabled").
+		args = append(args, "vec0:transport=tap,ifname="+opts.Tap+",gro=1")
+	}
+	var cmd *exec.Cmd
+	if opts.NetNS != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", opts.NetNS, k.Binary}, args...)...)
+	} else {
+		cmd = exec.Command(k.Binary, args...)
+	}
+	// The interpreter path in linux.uml is relative to this directory.
+	cmd.Dir = k.Dir
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR=/dev/shm", "LD_LIBRARY_PATH=" + k.LibDir}
+	if opts.Lab != "" {
+		cmd.Env = append(cmd.Env, agent.LabEnv+"="+opts.Lab)
+	}
+	console, err := os.Create(filepath.Join(runDir, "console.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer console.Close()
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", k.Binary, err)
+	}
+	s := &Started{k: k, cmd: cmd, runDir: runDir, start: time.Now(), exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(s.exited) }()
+	return s, nil
+}
+
+// Wait waits for the guest to power off, killing it when ctx ends or the
+// timeout passes, and returns the command's result.
+func (s *Started) Wait(ctx context.Context, timeout time.Duration) (Result, error) {
+	var timer <-chan time.Time
+	if timeout > 0 {
+		timer = time.After(timeout)
+	}
+	select {
+	case <-s.exited:
+	case <-ctx.Done():
+		s.Kill()
+		return s.result(), fmt.Errorf("uml run interrupted: %w", ctx.Err())
+	case <-timer:
+		s.Kill()
+		return s.result(), fmt.Errorf("uml run timed out after %s; console: %s", timeout, filepath.Join(s.runDir, "console.log"))
+	}
+	r := s.result()
+	if _, err := os.Stat(filepath.Join(s.runDir, "rc")); err != nil {
+		return r, fmt.Errorf("the guest stopped without running the command; console log:\n%s", tail(filepath.Join(s.runDir, "console.log"), 30))
+	}
+	return r, nil
+}
+
+// Kill stops the guest and all its helper processes.
+func (s *Started) Kill() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+}
+
+// Remove deletes the run directory.
+func (s *Started) Remove() error { return os.RemoveAll(s.runDir) }
+
+func (s *Started) result() Result {
+	r := Result{ExitCode: -1, RunDir: s.runDir, Elapsed: time.Since(s.start)}
+	if b, err := os.ReadFile(filepath.Join(s.runDir, "rc")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			r.ExitCode = n
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(s.runDir, "stdout"))
+	r.Stdout = string(b)
+	b, _ = os.ReadFile(filepath.Join(s.runDir, "stderr"))
+	r.Stderr = string(b)
+	return r
+}
+
+// Run boots a guest, runs the command and returns its result. The run
+// directory is removed afterwards.
+func (k *Kernel) Run(ctx context.Context, opts RunOptions) (Result, error) {
+	s, err := k.Start(ctx, opts)
+	if err != nil {
+		return Result{}, err
+	}
+	defer s.Remove()
+	return s.Wait(ctx, opts.Timeout)
+}
+
+// stage2 is the script the guest runs as init after switching root.
+func stage2(o RunOptions, runDir string) string {
+	var b strings.Builder
+	b.WriteString("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n")
+	b.WriteString("mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmpfs /run\n")
+	b.WriteString("mkdir -p /dev/pts /dev/shm /run/netns; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm\n")
+	b.WriteString("ip link set lo up\n")
+	fmt.Fprintf(&b, "for m in %s; do modprobe $m || echo \"proxymodes: modprobe $m failed\" >&2; done 2>>%s/stderr\n",
+		strings.Join(Modules, " "), runDir)
+	for _, e := range o.Env {
+		fmt.Fprintf(&b, "export %s\n", shellQuote(e))
+	}
+	dir := o.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	fmt.Fprintf(&b, "cd %s\n", shellQuote(dir))
+	quoted := make([]string, len(o.Argv))
+	for i, a := range o.Argv {
+		quoted[i] = shellQuote(a)
+	}
+	fmt.Fprintf(&b, "%s >%s/stdout 2>>%s/stderr </dev/null\n", strings.Join(quoted, " "), runDir, runDir)
+	fmt.Fprintf(&b, "echo $? >%s/rc\nsync\npoweroff -f\n", runDir)
+	return b.String()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
