@@ -82,3 +82,12 @@ func MgmtNode(k int) netip.Prefix {
 // advertises: the host end of node 0's management link. Every node reaches
 // it over its own management link.
 func APIServer() netip.Addr { return MgmtHost(0).Addr() }
+
+// The last management /30 (198.18.255.252/30) is no node's: it links a
+// user-mode Linux guest to its lab namespace on the host.
+
+// GuestUplinkHost is the host-side (tap) address of a guest's uplink.
+func GuestUplinkHost() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNodes+1), 30) }
+
+// GuestUplinkGuest is the guest's own address on that link.
+func GuestUplinkGuest() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNodes+2), 30) }

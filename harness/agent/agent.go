@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
-	"syscall"
 )
 
 const (
@@ -46,6 +45,16 @@ func Init() {
 	os.Exit(main(os.Args[1:]))
 }
 
+// Env is the environment that makes this binary play role, tagged with
+// the lab's name.
+func Env(lab, role string) []string {
+	env := []string{roleEnv + "=" + role}
+	if lab != "" {
+		env = append(env, LabEnv+"="+lab)
+	}
+	return env
+}
+
 // Roles lists the registered roles.
 func Roles() []string {
 	var out []string
@@ -56,10 +65,9 @@ func Roles() []string {
 	return out
 }
 
-// Command prepares this binary to run a role inside a named network
-// namespace (netns "" runs it where we are), tagged with the lab's name
+// Command prepares this binary to run a role, tagged with the lab's name
 // (lab "" leaves it untagged).
-func Command(lab, netns, role string, args ...string) (*exec.Cmd, error) {
+func Command(lab, role string, args ...string) (*exec.Cmd, error) {
 	if _, ok := roles[role]; !ok {
 		return nil, fmt.Errorf("agent: role %q is not linked into this binary", role)
 	}
@@ -67,18 +75,7 @@ func Command(lab, netns, role string, args ...string) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cmd *exec.Cmd
-	if netns == "" {
-		cmd = exec.Command(self, args...)
-	} else {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, self}, args...)...)
-	}
-	cmd.Env = append(os.Environ(), roleEnv+"="+role)
-	if lab != "" {
-		cmd.Env = append(cmd.Env, LabEnv+"="+lab)
-	}
-	// Its own process group: Ctrl-C reaches only the harness, which then
-	// stops helpers in order instead of racing the terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), Env(lab, role)...)
 	return cmd, nil
 }

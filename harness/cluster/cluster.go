@@ -35,6 +35,8 @@ type Info struct {
 	APIServer  string // URL
 	Kubeconfig string // path
 	Nodes      []Node
+	// Kernel is the kernel the nodes' data plane runs in; results record it.
+	Kernel string
 }
 
 // Node is one cluster node.

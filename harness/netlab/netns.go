@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // RunDir is where iproute2 and the netns library keep named namespaces.
@@ -106,7 +107,7 @@ func WithHandle(name string, fn func(*netlink.Handle) error) error {
 		return err
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // some kernels (UML) lack XFRM
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", name, err)
 	}

@@ -6,15 +6,37 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 
 	"github.com/proxymodes/proxymodes/harness/netlab"
 )
 
-// Savers are the iptables flavours a proxier may use; both are read, so a
+// FlavourEnv names the only iptables flavour a kernel supports, when it
+// supports just one (a UML guest has legacy iptables but no nf_tables for
+// IPv4). The proxier reads the same variable.
+const FlavourEnv = "PROXIER_IPTABLES"
+
+// Savers are the iptables flavours a proxier may use; all are read, so a
 // rule cannot hide in the one a test did not look at.
-var Savers = []string{"iptables-nft-save", "iptables-legacy-save"}
+func Savers() []string {
+	switch os.Getenv(FlavourEnv) {
+	case "legacy":
+		return []string{"iptables-legacy-save"}
+	case "nft":
+		return []string{"iptables-nft-save"}
+	}
+	return []string{"iptables-nft-save", "iptables-legacy-save"}
+}
+
+// Command is the iptables command of the usable flavour.
+func Command() string {
+	if os.Getenv(FlavourEnv) == "legacy" {
+		return "iptables-legacy"
+	}
+	return "iptables"
+}
 
 // IPTables returns the rules of ns from every flavour, without comment
 // lines and packet counters, so two dumps compare equal when rules do.
@@ -23,7 +45,7 @@ func IPTables(ns string) (string, error) {
 		return "", fmt.Errorf("rules: refusing to inspect through the host namespace by accident; name a lab namespace")
 	}
 	var b strings.Builder
-	for _, saver := range Savers {
+	for _, saver := range Savers() {
 		var out, stderr bytes.Buffer
 		err := netlab.Do(ns, func() error {
 			cmd := exec.Command(saver)

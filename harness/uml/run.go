@@ -15,12 +15,15 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/netlab"
 )
 
-// Modules are loaded before the command runs, so a missing one fails the
-// boot loudly instead of a test later.
+// Modules are loaded before the command runs. Besides these, stage 2 loads
+// every iptables table, match and target module: in the guest, loading on
+// demand from inside a program's modprobe call fails ("could not get
+// modinfo ... Invalid argument"), while loading them up front works.
 var Modules = []string{"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
-	"ip_vs_sed", "ip_vs_nq", "dummy", "veth", "bridge", "nf_conntrack"}
+	"ip_vs_sed", "ip_vs_nq", "dummy", "veth", "bridge", "br_netfilter", "tun", "nf_conntrack", "nf_nat", "ip_tables", "x_tables"}
 
 // RunOptions describe one guest run.
 type RunOptions struct {
@@ -93,18 +96,13 @@ func (k *Kernel) Start(ctx context.Context, opts RunOptions) (*Started, error) {
 		// gro=1: without it bulk TCP stalls ("Incoming GSO frames and GRO disabled").
 		args = append(args, "vec0:transport=tap,ifname="+opts.Tap+",gro=1")
 	}
-	var cmd *exec.Cmd
-	if opts.NetNS != "" {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", opts.NetNS, k.Binary}, args...)...)
-	} else {
-		cmd = exec.Command(k.Binary, args...)
+	args = append(args, guestEnv...) // the kernel hands these to init's environment
+	cmd, err := agent.Command(opts.Lab, launchRole, k.Binary)
+	if err != nil {
+		return nil, err
 	}
-	// The interpreter path in linux.uml is relative to this directory.
-	cmd.Dir = k.Dir
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR=/dev/shm", "LD_LIBRARY_PATH=" + k.LibDir}
-	if opts.Lab != "" {
-		cmd.Env = append(cmd.Env, agent.LabEnv+"="+opts.Lab)
-	}
+	cmd.Args = append(cmd.Args, args...)
+	cmd.Env = append(cmd.Env, "TMPDIR=/dev/shm")
 	console, err := os.Create(filepath.Join(runDir, "console.log"))
 	if err != nil {
 		return nil, err
@@ -112,7 +110,9 @@ func (k *Kernel) Start(ctx context.Context, opts RunOptions) (*Started, error) {
 	defer console.Close()
 	cmd.Stdout, cmd.Stderr = console, console
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// Forked from a thread inside opts.NetNS (or ours), so the guest's
+	// tap is the only network it can reach.
+	if err := netlab.Do(opts.NetNS, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %s: %w", k.Binary, err)
 	}
 	s := &Started{k: k, cmd: cmd, runDir: runDir, start: time.Now(), exited: make(chan struct{})}
@@ -142,6 +142,9 @@ func (s *Started) Wait(ctx context.Context, timeout time.Duration) (Result, erro
 	}
 	return r, nil
 }
+
+// Done is closed when the guest has powered off or died.
+func (s *Started) Done() <-chan struct{} { return s.exited }
 
 // Kill stops the guest and all its helper processes.
 func (s *Started) Kill() {
@@ -189,8 +192,9 @@ func stage2(o RunOptions, runDir string) string {
 	b.WriteString("mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmpfs /run\n")
 	b.WriteString("mkdir -p /dev/pts /dev/shm /run/netns; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm\n")
 	b.WriteString("ip link set lo up\n")
-	fmt.Fprintf(&b, "for m in %s; do modprobe $m || echo \"proxymodes: modprobe $m failed\" >&2; done 2>>%s/stderr\n",
-		strings.Join(Modules, " "), runDir)
+	b.WriteString("nf=$(cd /lib/modules/$(uname -r)/kernel/net && ls netfilter/xt_*.ko ipv4/netfilter/iptable_*.ko ipv4/netfilter/ipt_*.ko 2>/dev/null | sed 's#.*/##; s#[.]ko$##' | grep -v CLUSTERIP)\n")
+	fmt.Fprintf(&b, "modprobe -a %s $nf 2>>%s/stderr || echo \"proxymodes: some modules failed to load\" >>%s/stderr\n",
+		strings.Join(Modules, " "), runDir, runDir)
 	for _, e := range o.Env {
 		fmt.Fprintf(&b, "export %s\n", shellQuote(e))
 	}
@@ -223,4 +227,3 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

@@ -7,8 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/uml"
 )
+
+func TestMain(m *testing.M) {
+	agent.Init() // the guest launcher is this binary re-executed
+	os.Exit(m.Run())
+}
 
 type tlog struct{ t testing.TB }
 

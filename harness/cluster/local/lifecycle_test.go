@@ -47,7 +47,7 @@ func holderMain(args []string) int {
 // startHolder runs a lab in a child process and waits until it is up.
 func startHolder(t *testing.T) *os.Process {
 	t.Helper()
-	cmd, err := agent.Command("", "", holderRole)
+	cmd, err := agent.Command("", holderRole)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
 	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/netlab"
@@ -47,6 +48,11 @@ type Options struct {
 	BuildOutput io.Writer
 	// Proxier, if set, runs the reference proxier on every node.
 	Proxier *ProxierOptions
+	// Kernel is where the nodes run: "host", "uml" (a user-mode Linux
+	// guest), or "" to choose: uml when the proxy mode needs a kernel
+	// feature the host lacks (ip_vs for ipvs), else host. $LAB_KERNEL
+	// overrides "".
+	Kernel string
 	// Persistent labs outlive the process that created them (the CLI's
 	// `lab up`); others belong to their creator, and a later run treats
 	// them as stale once that process is gone.
@@ -71,7 +77,32 @@ func (o *Options) complete() error {
 	if o.Logger == nil {
 		o.Logger = cluster.Discard
 	}
+	if o.Kernel == "" {
+		o.Kernel = os.Getenv("LAB_KERNEL")
+	}
+	switch o.Kernel {
+	case "", KernelHost, KernelUML:
+	default:
+		return fmt.Errorf("kernel %q: use %q or %q (or leave it empty to choose)", o.Kernel, KernelHost, KernelUML)
+	}
 	return nil
+}
+
+// Kernels the nodes can run in.
+const (
+	KernelHost = "host"
+	KernelUML  = "uml"
+)
+
+// ProxierOptions start the reference proxier on every node.
+type ProxierOptions struct {
+	// Mode is the proxy mode (userspace, iptables, ipvs).
+	Mode string
+	// Binary overrides the proxier binary; by default it is built from
+	// this checkout.
+	Binary string
+	// Args are extra flags for every proxier.
+	Args []string
 }
 
 // Lab is a running local cluster.
@@ -87,10 +118,11 @@ type Lab struct {
 	// address plan, so only one runs at a time.
 	lock *os.File
 
-	mu       sync.Mutex
-	st       state
-	procs    map[string]*backendProc // by pod key
-	proxiers []*proxierProc
+	plane plane.Plane
+	topo  plane.Topology
+
+	mu sync.Mutex
+	st state
 }
 
 // state is what the state file records, so that `lab status` and `lab
@@ -102,6 +134,8 @@ type state struct {
 	Kubeconfig string         `json:"kubeconfig"`
 	Nodes      []cluster.Node `json:"nodes"`
 	Pods       []podState     `json:"pods"`
+	// Kernel is the kernel the nodes run in.
+	Kernel string `json:"kernel"`
 }
 
 type podState struct {
@@ -138,8 +172,7 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 		lock.Close()
 		return nil, err
 	}
-	l := &Lab{opts: opts, prefix: leak.Prefix(opts.Name), dir: leak.StateDir(opts.Name), log: log,
-		procs: map[string]*backendProc{}, lock: lock}
+	l := &Lab{opts: opts, prefix: leak.Prefix(opts.Name), dir: leak.StateDir(opts.Name), log: log, lock: lock}
 	l.st = state{Name: opts.Name, OwnerPID: os.Getpid()}
 	if opts.Persistent {
 		l.st.OwnerPID = 0
@@ -160,12 +193,12 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 	}
 	start := time.Now()
 	steps := []step{
-		{"network", func(context.Context) error { return l.buildNetwork() }},
+		{"network", l.buildNetwork},
 		{"control plane", func(ctx context.Context) error { return l.startControlPlane(ctx, bin) }},
 		{"nodes", l.registerNodes},
 	}
 	if opts.Proxier != nil {
-		steps = append(steps, step{opts.Proxier.Mode + " proxiers", func(ctx context.Context) error { return l.startProxiers(ctx, opts.Proxier.Binary) }})
+		steps = append(steps, step{opts.Proxier.Mode + " proxiers", l.startProxiers})
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -180,7 +213,7 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 	if err := l.save(); err != nil {
 		return nil, err
 	}
-	log.Logf("lab %s: up in %s (%d nodes, API %s)", opts.Name, time.Since(start).Round(time.Millisecond), opts.Nodes, l.st.APIServer)
+	log.Logf("lab %s: up in %s (%d nodes in %s, API %s)", opts.Name, time.Since(start).Round(time.Millisecond), opts.Nodes, l.st.Kernel, l.st.APIServer)
 	return l, nil
 }
 
@@ -281,7 +314,7 @@ func (l *Lab) Info() cluster.Info {
 
 func (s state) info() cluster.Info {
 	return cluster.Info{Name: s.Name, Provider: ProviderName, APIServer: s.APIServer,
-		Kubeconfig: s.Kubeconfig, Nodes: append([]cluster.Node(nil), s.Nodes...)}
+		Kubeconfig: s.Kubeconfig, Nodes: append([]cluster.Node(nil), s.Nodes...), Kernel: s.Kernel}
 }
 
 // RESTConfig is an admin configuration for the lab's API server.
@@ -296,18 +329,12 @@ func (l *Lab) ControlPlaneLog() string { return l.cp.LogPath }
 // Down stops every process of the lab and removes its namespaces, links
 // and state. It is safe to call more than once.
 func (l *Lab) Down(ctx context.Context) error {
-	l.mu.Lock()
-	// Proxiers first: they would otherwise log errors while the API goes.
-	for _, p := range l.proxiers {
-		p.stop()
-	}
-	l.proxiers = nil
-	for key, p := range l.procs {
-		p.stop()
-		delete(l.procs, key)
-	}
-	l.mu.Unlock()
 	var errs []error
+	// The data plane first: proxiers would otherwise log errors while the
+	// API goes.
+	if l.plane != nil {
+		errs = append(errs, l.plane.Close())
+	}
 	if l.cp != nil {
 		if err := l.cp.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("control plane: %w", err))
@@ -319,6 +346,13 @@ func (l *Lab) Down(ctx context.Context) error {
 		l.lock = nil
 	}
 	return errors.Join(errs...)
+}
+
+// Kernel names the kernel the nodes run in.
+func (l *Lab) Kernel() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.st.Kernel
 }
 
 // Down removes everything of the named lab, whether or not the process

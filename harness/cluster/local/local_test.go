@@ -250,7 +250,7 @@ func expectPodReady(t *testing.T, l *local.Lab, p cluster.Pod) {
 func hostRuleDump(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, saver := range rules.Savers {
+	for _, saver := range rules.Savers() {
 		out, err := exec.Command(saver).Output()
 		if err != nil {
 			t.Fatalf("%s: %v", saver, err)

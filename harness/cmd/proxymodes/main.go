@@ -26,7 +26,7 @@ import (
 )
 
 const usage = `usage:
-  proxymodes lab up [--name NAME] [--nodes N] [--pods N] [--mode MODE]
+  proxymodes lab up [--name NAME] [--nodes N] [--pods N] [--mode MODE] [--kernel host|uml]
                                                             start a local lab and leave it running
   proxymodes lab status [--name NAME]                       print nodes, pods, API address, kubeconfig
   proxymodes lab down [--name NAME]                         remove a lab, including leftovers of killed runs
@@ -86,13 +86,14 @@ func labCmd(ctx context.Context, sub string, args []string, out io.Writer) error
 	name := fs.String("name", "lab", "lab name (1-8 lower-case letters or digits)")
 	nodes := fs.Int("nodes", 2, "number of nodes")
 	pods := fs.Int("pods", 0, "echo-backend pods to start, spread over the nodes (label app=echo)")
+	kernel := fs.String("kernel", "", "where the nodes run: host, uml (a user-mode Linux guest), or empty to choose by mode")
 	mode := fs.String("mode", "", "run the reference proxier on every node in this mode (userspace, iptables, ipvs); empty runs none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch sub {
 	case "up":
-		opts := local.Options{Name: *name, Nodes: *nodes, Logger: stderrLogger{}, BuildOutput: os.Stderr, Persistent: true}
+		opts := local.Options{Name: *name, Nodes: *nodes, Logger: stderrLogger{}, BuildOutput: os.Stderr, Persistent: true, Kernel: *kernel}
 		if *mode != "" {
 			opts.Proxier = &local.ProxierOptions{Mode: *mode}
 		}
@@ -126,7 +127,8 @@ func printStatus(name string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "lab:        %s (%s provider)\n", info.Name, info.Provider)
 	fmt.Fprintf(out, "API server: %s\n", info.APIServer)
-	fmt.Fprintf(out, "kubeconfig: %s\n\n", info.Kubeconfig)
+	fmt.Fprintf(out, "kubeconfig: %s\n", info.Kubeconfig)
+	fmt.Fprintf(out, "kernel:     %s\n\n", info.Kernel)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tNETNS")
 	for _, n := range info.Nodes {

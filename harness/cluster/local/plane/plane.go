@@ -1,0 +1,85 @@
+// Package plane is the local lab's data plane: the namespaces, links and
+// processes that make nodes and pods. The lab's API side (Pod and Node
+// objects) drives it through the Plane interface, so the same nodes can be
+// built in the host kernel (Host) or inside a user-mode Linux guest, where
+// an agent runs Host and the lab talks to it over a link (Remote).
+package plane
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/probe"
+)
+
+// Plane builds and runs a lab's nodes and pods.
+type Plane interface {
+	// Build creates the fabric, the nodes, their pod bridges, management
+	// links and routes.
+	Build(ctx context.Context, t Topology) error
+	AddPod(ctx context.Context, s PodSlot) error
+	RemovePod(ctx context.Context, p cluster.Pod) error
+	Break(ctx context.Context, p cluster.Pod, f cluster.Fault) error
+	Restore(ctx context.Context, p cluster.Pod, f cluster.Fault) error
+	// StartProxiers runs one proxier per node and waits until each is healthy.
+	StartProxiers(ctx context.Context, s ProxierSpec) error
+	StopProxier(ctx context.Context, node string) error
+	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
+	IPTables(ctx context.Context, ns string) (string, error)
+	// Exec runs a command inside a lab namespace and returns its combined
+	// output.
+	Exec(ctx context.Context, ns string, argv []string) (string, error)
+	// Kernel names the kernel the data plane runs in.
+	Kernel() string
+	// Close stops every process; namespaces go with the lab.
+	Close() error
+}
+
+// Topology is the shape of a lab's network.
+type Topology struct {
+	Lab    string `json:"lab"`
+	Prefix string `json:"prefix"`
+	// StateDir receives logs (backends, proxiers).
+	StateDir string `json:"stateDir"`
+	Nodes    int    `json:"nodes"`
+	// MgmtOffset shifts the nodes' management /30s. In the host kernel node
+	// k uses block k, and block 0's host end is the API server's address.
+	// In a guest the API server is reached through the guest's uplink, so
+	// nodes start at block 1.
+	MgmtOffset int `json:"mgmtOffset"`
+}
+
+// PodSlot places a pod: node index and address index on that node.
+type PodSlot struct {
+	Pod   cluster.Pod `json:"pod"`
+	Node  int         `json:"node"`
+	Index int         `json:"index"`
+}
+
+// ProxierSpec says how to run the proxier on every node.
+type ProxierSpec struct {
+	Binary     string   `json:"binary"`
+	Mode       string   `json:"mode"`
+	Kubeconfig string   `json:"kubeconfig"`
+	Args       []string `json:"args"`
+}
+
+// Ports the proxier serves inside each node's namespace.
+const (
+	ProxierMetricsPort = 10249
+	ProxierHealthzPort = 10256
+)
+
+// NodeName is the Kubernetes name of node k (from 0).
+func NodeName(k int) string { return "node-" + strconv.Itoa(k+1) }
+
+// NodeNS is the namespace of node k.
+func NodeNS(prefix string, k int) string { return prefix + NodeName(k) }
+
+// FabricNS holds the bridge that joins the nodes.
+func FabricNS(prefix string) string { return prefix + "fabric" }
+
+// PodNS is the namespace of a pod.
+func PodNS(prefix, namespace, name string) string { return prefix + "pod-" + namespace + "." + name }

@@ -1,0 +1,367 @@
+package plane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/proxymodes/proxymodes/harness/addrplan"
+	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/netlab"
+	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/harness/rules"
+)
+
+// AgentRole is the role a guest's one long-lived agent plays: it runs Host
+// inside the guest and serves it to the lab over the guest's only link.
+// Starting a process in a UML guest costs about a second, so the agent
+// makes every namespace, link and probe connection itself.
+const AgentRole = "lab-agent"
+
+// AgentPort is where the agent listens on the guest's uplink address.
+const AgentPort = 7070
+
+// UplinkHost is the host-side (tap) address of a guest's uplink.
+func UplinkHost() netip.Prefix { return addrplan.GuestUplinkHost() }
+
+// UplinkGuest is the guest's (vec0) address.
+func UplinkGuest() netip.Prefix { return addrplan.GuestUplinkGuest() }
+
+func init() { agent.Register(AgentRole, agentMain) }
+
+func agentMain(args []string) int {
+	if err := serveAgent(); err != nil {
+		fmt.Fprintln(os.Stderr, "lab agent:", err)
+		return 1
+	}
+	return 0
+}
+
+// serveAgent configures the guest's uplink and serves a Host plane until
+// the lab asks it to stop.
+func serveAgent() error {
+	// The guest kernel has legacy iptables only; the proxier, the pods'
+	// fault rules and rule dumps all follow this.
+	os.Setenv(rules.FlavourEnv, "legacy")
+	err := netlab.WithHandle(netlab.HostNS, func(h *netlink.Handle) error {
+		vec, err := h.LinkByName("vec0")
+		if err != nil {
+			return fmt.Errorf("no vec0 in the guest (was it started with a tap?): %w", err)
+		}
+		if err := h.AddrAdd(vec, &netlink.Addr{IPNet: &net.IPNet{IP: UplinkGuest().Addr().AsSlice(), Mask: net.CIDRMask(30, 32)}}); err != nil {
+			return err
+		}
+		return h.LinkSetUp(vec)
+	})
+	if err != nil {
+		return err
+	}
+	// Nodes reach the API server through the guest's root namespace.
+	api := netip.PrefixFrom(addrplan.APIServer(), 32)
+	if err := netlab.Route(netlab.HostNS, api, UplinkHost().Addr(), ""); err != nil {
+		return err
+	}
+	// This is the guest kernel's own setting, not the host's.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(UplinkGuest().Addr(), AgentPort).String())
+	if err != nil {
+		return err
+	}
+	host := NewHost()
+	done := make(chan struct{})
+	srv := &http.Server{Handler: agentHandler(host, done)}
+	go srv.Serve(ln)
+	fmt.Fprintln(os.Stderr, "lab agent: serving on", ln.Addr())
+	<-done
+	host.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	return nil
+}
+
+// wire types: errors cross the link as text plus the two kinds callers
+// test with errors.Is.
+type wireErr struct {
+	Msg     string `json:"msg"`
+	Refused bool   `json:"refused,omitempty"`
+	Timeout bool   `json:"timeout,omitempty"`
+}
+
+func toWire(err error) *wireErr {
+	if err == nil {
+		return nil
+	}
+	return &wireErr{Msg: err.Error(), Refused: errors.Is(err, syscall.ECONNREFUSED),
+		Timeout: errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)}
+}
+
+func (w *wireErr) err() error {
+	switch {
+	case w == nil:
+		return nil
+	case w.Refused:
+		return fmt.Errorf("%s (%w)", w.Msg, syscall.ECONNREFUSED)
+	case w.Timeout:
+		return fmt.Errorf("%s (%w)", w.Msg, context.DeadlineExceeded)
+	}
+	return errors.New(w.Msg)
+}
+
+type probeReq struct {
+	Target  probe.Target  `json:"target"`
+	N       int           `json:"n"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+type wireResult struct {
+	Backend string        `json:"backend"`
+	Client  string        `json:"client"`
+	Err     *wireErr      `json:"err,omitempty"`
+	Latency time.Duration `json:"latency"`
+}
+
+type faultReq struct {
+	Pod   cluster.Pod   `json:"pod"`
+	Fault cluster.Fault `json:"fault"`
+}
+
+type execReq struct {
+	NS   string   `json:"ns"`
+	Argv []string `json:"argv"`
+}
+
+type reply struct {
+	Err     *wireErr     `json:"err,omitempty"`
+	Text    string       `json:"text,omitempty"`
+	Results []wireResult `json:"results,omitempty"`
+}
+
+func agentHandler(h *Host, done chan struct{}) http.Handler {
+	mux := http.NewServeMux()
+	handle := func(path string, fn func(ctx context.Context, body []byte) reply) {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			json.NewEncoder(w).Encode(fn(r.Context(), body))
+		})
+	}
+	decode := func(body []byte, v any) *wireErr {
+		if err := json.Unmarshal(body, v); err != nil {
+			return toWire(fmt.Errorf("bad request: %w", err))
+		}
+		return nil
+	}
+	handle("/build", func(ctx context.Context, b []byte) reply {
+		var t Topology
+		if e := decode(b, &t); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.Build(ctx, t))}
+	})
+	handle("/pods/add", func(ctx context.Context, b []byte) reply {
+		var s PodSlot
+		if e := decode(b, &s); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.AddPod(ctx, s))}
+	})
+	handle("/pods/remove", func(ctx context.Context, b []byte) reply {
+		var p cluster.Pod
+		if e := decode(b, &p); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.RemovePod(ctx, p))}
+	})
+	handle("/pods/break", func(ctx context.Context, b []byte) reply {
+		var f faultReq
+		if e := decode(b, &f); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.Break(ctx, f.Pod, f.Fault))}
+	})
+	handle("/pods/restore", func(ctx context.Context, b []byte) reply {
+		var f faultReq
+		if e := decode(b, &f); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.Restore(ctx, f.Pod, f.Fault))}
+	})
+	handle("/proxiers/start", func(ctx context.Context, b []byte) reply {
+		var s ProxierSpec
+		if e := decode(b, &s); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.StartProxiers(ctx, s))}
+	})
+	handle("/proxiers/stop", func(ctx context.Context, b []byte) reply {
+		var node string
+		if e := decode(b, &node); e != nil {
+			return reply{Err: e}
+		}
+		return reply{Err: toWire(h.StopProxier(ctx, node))}
+	})
+	handle("/probe", func(ctx context.Context, b []byte) reply {
+		var p probeReq
+		if e := decode(b, &p); e != nil {
+			return reply{Err: e}
+		}
+		s := h.Probe(ctx, p.Target, p.N, p.Timeout)
+		var out []wireResult
+		for _, r := range s.Results {
+			out = append(out, wireResult{Backend: r.Backend, Client: r.Client, Err: toWire(r.Err), Latency: r.Latency})
+		}
+		return reply{Results: out}
+	})
+	handle("/iptables", func(ctx context.Context, b []byte) reply {
+		var ns string
+		if e := decode(b, &ns); e != nil {
+			return reply{Err: e}
+		}
+		text, err := h.IPTables(ctx, ns)
+		return reply{Text: text, Err: toWire(err)}
+	})
+	handle("/exec", func(ctx context.Context, b []byte) reply {
+		var x execReq
+		if e := decode(b, &x); e != nil {
+			return reply{Err: e}
+		}
+		text, err := h.Exec(ctx, x.NS, x.Argv)
+		return reply{Text: text, Err: toWire(err)}
+	})
+	handle("/kernel", func(ctx context.Context, b []byte) reply { return reply{Text: h.Kernel()} })
+	handle("/shutdown", func(ctx context.Context, b []byte) reply {
+		select {
+		case <-done:
+		default:
+			close(done)
+		}
+		return reply{}
+	})
+	return mux
+}
+
+// Remote is a Plane served by an agent in a guest. Its HTTP connections
+// are dialled from inside the lab namespace that holds the guest's link.
+type Remote struct {
+	client *http.Client
+	base   string
+}
+
+// NewRemote talks to the agent of a guest whose link lives in ns.
+func NewRemote(ns string) *Remote {
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := netlab.Do(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	return &Remote{client: &http.Client{Transport: tr},
+		base: "http://" + netip.AddrPortFrom(UplinkGuest().Addr(), AgentPort).String()}
+}
+
+func (r *Remote) call(ctx context.Context, path string, in any) (reply, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return reply{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+path, bytes.NewReader(b))
+	if err != nil {
+		return reply{}, err
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return reply{}, fmt.Errorf("lab agent %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	var rep reply
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return reply{}, fmt.Errorf("lab agent %s: %s: %w", path, resp.Status, err)
+	}
+	return rep, rep.Err.err()
+}
+
+func (r *Remote) do(ctx context.Context, path string, in any) error {
+	_, err := r.call(ctx, path, in)
+	return err
+}
+
+// Ping succeeds once the agent answers.
+func (r *Remote) Ping(ctx context.Context) error { return r.do(ctx, "/kernel", nil) }
+
+func (r *Remote) Build(ctx context.Context, t Topology) error { return r.do(ctx, "/build", t) }
+func (r *Remote) AddPod(ctx context.Context, s PodSlot) error { return r.do(ctx, "/pods/add", s) }
+func (r *Remote) RemovePod(ctx context.Context, p cluster.Pod) error {
+	return r.do(ctx, "/pods/remove", p)
+}
+func (r *Remote) Break(ctx context.Context, p cluster.Pod, f cluster.Fault) error {
+	return r.do(ctx, "/pods/break", faultReq{p, f})
+}
+func (r *Remote) Restore(ctx context.Context, p cluster.Pod, f cluster.Fault) error {
+	return r.do(ctx, "/pods/restore", faultReq{p, f})
+}
+func (r *Remote) StartProxiers(ctx context.Context, s ProxierSpec) error {
+	return r.do(ctx, "/proxiers/start", s)
+}
+func (r *Remote) StopProxier(ctx context.Context, node string) error {
+	return r.do(ctx, "/proxiers/stop", node)
+}
+
+// Probe runs the probe in the guest; a broken link shows as errors on
+// every connection.
+func (r *Remote) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
+	s := probe.Summary{Target: t}
+	rep, err := r.call(ctx, "/probe", probeReq{Target: t, N: n, Timeout: timeout})
+	if err != nil {
+		for i := 0; i < n; i++ {
+			s.Results = append(s.Results, probe.Result{Err: err})
+		}
+		return s
+	}
+	for _, w := range rep.Results {
+		s.Results = append(s.Results, probe.Result{Backend: w.Backend, Client: w.Client, Err: w.Err.err(), Latency: w.Latency})
+	}
+	return s
+}
+
+func (r *Remote) IPTables(ctx context.Context, ns string) (string, error) {
+	rep, err := r.call(ctx, "/iptables", ns)
+	return rep.Text, err
+}
+
+func (r *Remote) Exec(ctx context.Context, ns string, argv []string) (string, error) {
+	rep, err := r.call(ctx, "/exec", execReq{NS: ns, Argv: argv})
+	return rep.Text, err
+}
+
+// Kernel asks the guest which kernel it runs.
+func (r *Remote) Kernel() string {
+	rep, err := r.call(context.Background(), "/kernel", nil)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return rep.Text
+}
+
+// Close asks the agent to stop its processes and exit.
+func (r *Remote) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return r.do(ctx, "/shutdown", nil)
+}
