@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -25,8 +26,49 @@ const RunDir = "/run/netns"
 // HostNS names the namespace the calling process started in.
 const HostNS = ""
 
+// shareRunDir makes /run/netns a shared mount of its own, as iproute2's
+// `ip netns add` does. Without that, a later `ip netns add` bind-mounts the
+// directory over itself and hides the namespace files created before it,
+// which then can be neither unmounted nor removed.
+func shareRunDir() error {
+	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+		return err
+	}
+	mounted, err := isMountPoint(RunDir)
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		if err := unix.Mount(RunDir, RunDir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s: %w", RunDir, err)
+		}
+	}
+	if err := unix.Mount("", RunDir, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", RunDir, err)
+	}
+	return nil
+}
+
+func isMountPoint(dir string) (bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+var shareOnce = sync.OnceValue(shareRunDir)
+
 // CreateNS creates a named network namespace with lo up.
 func CreateNS(name string) error {
+	if err := shareOnce(); err != nil {
+		return err
+	}
 	err := onLockedThread(func() error {
 		h, err := netns.NewNamed(name)
 		if err != nil {
