@@ -1,0 +1,217 @@
+// Package core holds the types shared by the change trackers and every
+// proxy mode: the desired-state Snapshot, the ChangeSet since the last sync,
+// and the Mode interface a proxy mode implements.
+//
+// Modes never talk to the API server; they only turn a Snapshot into
+// dataplane state.
+package core
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+)
+
+// DefaultStickyTimeoutSeconds is the ClientIP affinity timeout used when a
+// Service does not set one (the API default, 3 hours).
+const DefaultStickyTimeoutSeconds = 10800
+
+// ServicePortName identifies one port of one Service.
+type ServicePortName struct {
+	types.NamespacedName
+	Port     string // the port's name, may be empty
+	Protocol v1.Protocol
+}
+
+// String renders "ns/name:port" (or "ns/name" for an unnamed port), the form
+// kube-proxy uses in rule comments.
+func (n ServicePortName) String() string {
+	if n.Port == "" {
+		return n.NamespacedName.String()
+	}
+	return fmt.Sprintf("%s:%s", n.NamespacedName.String(), n.Port)
+}
+
+// ServicePort is the part of a Service port a proxy needs.
+type ServicePort struct {
+	Name      ServicePortName
+	ClusterIP netip.Addr
+	Port      int32
+	Protocol  v1.Protocol
+	// NodePort is 0 when the Service has none.
+	NodePort int32
+	// ExternalIPs are extra destination addresses handled like NodePort traffic.
+	ExternalIPs []netip.Addr
+	// ClientIPAffinity is true for sessionAffinity: ClientIP.
+	ClientIPAffinity bool
+	// StickyTimeoutSeconds is the affinity timeout (meaningful only with ClientIPAffinity).
+	StickyTimeoutSeconds int32
+}
+
+// Equal reports whether two ServicePorts would produce the same rules.
+func (s *ServicePort) Equal(o *ServicePort) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	if s.Name != o.Name || s.ClusterIP != o.ClusterIP || s.Port != o.Port || s.Protocol != o.Protocol ||
+		s.NodePort != o.NodePort || s.ClientIPAffinity != o.ClientIPAffinity ||
+		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || len(s.ExternalIPs) != len(o.ExternalIPs) {
+		return false
+	}
+	for i := range s.ExternalIPs {
+		if s.ExternalIPs[i] != o.ExternalIPs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Endpoint is one backend of one ServicePort.
+type Endpoint struct {
+	IP          netip.Addr
+	Port        int32
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+}
+
+// AddrPort renders "ip:port".
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, uint16(e.Port)) }
+
+// String renders "ip:port".
+func (e Endpoint) String() string { return e.AddrPort().String() }
+
+// SortEndpoints orders endpoints by address then port, so rules are stable.
+func SortEndpoints(eps []Endpoint) {
+	sort.Slice(eps, func(i, j int) bool {
+		if c := eps[i].IP.Compare(eps[j].IP); c != 0 {
+			return c < 0
+		}
+		return eps[i].Port < eps[j].Port
+	})
+}
+
+// UsableEndpoints returns the endpoints traffic should go to: the ready ones,
+// or, when none is ready, the ones that are serving while terminating (as
+// kube-proxy does since ProxyTerminatingEndpoints went GA). The result keeps
+// the input order.
+func UsableEndpoints(eps []Endpoint) []Endpoint {
+	var ready, terminating []Endpoint
+	for _, ep := range eps {
+		switch {
+		case ep.Ready:
+			ready = append(ready, ep)
+		case ep.Serving && ep.Terminating:
+			terminating = append(terminating, ep)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
+// NodeInfo is what the proxier knows about the node it runs on.
+type NodeInfo struct {
+	Name      string
+	Labels    map[string]string
+	Addresses []netip.Addr // InternalIP and ExternalIP addresses
+}
+
+// Snapshot is the complete desired state at one point in time. It is
+// immutable once handed to a Mode: modes may keep references to it.
+type Snapshot struct {
+	// Services holds every service port the proxy must handle.
+	Services map[ServicePortName]*ServicePort
+	// Endpoints holds all known endpoints (usable or not) per service port,
+	// sorted with SortEndpoints. A missing entry means no endpoints.
+	Endpoints map[ServicePortName][]Endpoint
+	// Node is this node, when the Node object was seen.
+	Node *NodeInfo
+}
+
+// NewSnapshot returns an empty snapshot.
+func NewSnapshot() *Snapshot {
+	return &Snapshot{
+		Services:  map[ServicePortName]*ServicePort{},
+		Endpoints: map[ServicePortName][]Endpoint{},
+	}
+}
+
+// SortedServicePorts returns the service port names in a stable order, so
+// that rendered rules do not depend on map iteration.
+func (s *Snapshot) SortedServicePorts() []ServicePortName {
+	names := make([]ServicePortName, 0, len(s.Services))
+	for n := range s.Services {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		a, b := names[i], names[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		if a.Port != b.Port {
+			return a.Port < b.Port
+		}
+		return a.Protocol < b.Protocol
+	})
+	return names
+}
+
+// EndpointCount returns the total number of endpoints in the snapshot.
+func (s *Snapshot) EndpointCount() int {
+	n := 0
+	for _, eps := range s.Endpoints {
+		n += len(eps)
+	}
+	return n
+}
+
+// StaleUDPEndpoint is a UDP backend that stopped being usable for a
+// service port; conntrack entries that DNAT the service to it must go.
+type StaleUDPEndpoint struct {
+	ServiceIP netip.Addr
+	Port      int32
+	NodePort  int32
+	Endpoint  netip.Addr
+}
+
+// ChangeSet says what changed since the previous successful Sync.
+type ChangeSet struct {
+	// Full asks the mode to rewrite all of its state, not just the changed
+	// services (first sync, after a failure, and periodically).
+	Full bool
+	// Services holds the Services whose ports or endpoints changed.
+	Services sets.Set[types.NamespacedName]
+	// StaleUDPEndpoints lists UDP backends that went away.
+	StaleUDPEndpoints []StaleUDPEndpoint
+	// StaleUDPServiceIPs lists UDP service IPs that got their first usable
+	// endpoint: conntrack may hold entries that were never DNATed.
+	StaleUDPServiceIPs []netip.Addr
+}
+
+// Changed reports whether the given Service must be rewritten.
+func (c ChangeSet) Changed(n types.NamespacedName) bool {
+	return c.Full || c.Services.Has(n)
+}
+
+// Mode is one way of programming Services into the dataplane.
+type Mode interface {
+	// Name is the --proxy-mode value, e.g. "iptables".
+	Name() string
+	// Sync makes the dataplane match snap. When changes.Full is false only
+	// the Services in changes.Services need rewriting. An error means the
+	// dataplane may be partially updated; the caller retries with Full set.
+	Sync(snap *Snapshot, changes ChangeSet) error
+	// Cleanup removes everything the mode may have created.
+	Cleanup() error
+}

@@ -1,0 +1,650 @@
+// Package iptables is the iptables proxy mode: each sync renders one
+// iptables-restore batch for the nat and filter tables, in the style of
+// kube-proxy's iptables proxier but with chains prefixed "PM-".
+//
+// Chain layout (nat):
+//
+//	PREROUTING, OUTPUT -> PM-SERVICES -> PM-SVC-<hash>  (per service port, picks an endpoint)
+//	                                  -> PM-EXT-<hash>  (external IPs: mark for SNAT, then PM-SVC)
+//	                     PM-SERVICES (last rule, local dst) -> PM-NODEPORTS -> PM-EXT-<hash>
+//	PM-SVC-<hash> -> PM-SEP-<hash>  (per endpoint: hairpin mark + DNAT)
+//	POSTROUTING -> PM-POSTROUTING   (MASQUERADE packets carrying the mark set by PM-MARK-MASQ)
+//
+// filter: PM-SERVICES (REJECT cluster IPs without endpoints, from FORWARD and
+// OUTPUT), PM-EXTERNAL-SERVICES (REJECT NodePorts/external IPs without
+// endpoints, from INPUT and FORWARD), PM-FORWARD (accept marked and
+// established service traffic).
+package iptables
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/klog/v2"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/metrics"
+)
+
+// Chain names. Everything the mode creates starts with ChainPrefix, which is
+// how Cleanup finds it.
+const (
+	ChainPrefix           = "PM-"
+	servicesChain         = "PM-SERVICES"
+	externalServicesChain = "PM-EXTERNAL-SERVICES"
+	forwardChain          = "PM-FORWARD"
+	nodePortsChain        = "PM-NODEPORTS"
+	postroutingChain      = "PM-POSTROUTING"
+	markMasqChain         = "PM-MARK-MASQ"
+
+	svcChainPrefix = "PM-SVC-"
+	sepChainPrefix = "PM-SEP-"
+	extChainPrefix = "PM-EXT-"
+)
+
+// jumpRule is a rule in a built-in chain that hands packets to our chains.
+// These are the only rules we put in chains we do not own.
+type jumpRule struct {
+	table, from, to, comment string
+	extra                    []string
+}
+
+func (j jumpRule) args() []string {
+	args := append([]string(nil), j.extra...)
+	args = append(args, "-m", "comment", "--comment", j.comment, "-j", j.to)
+	return args
+}
+
+var jumpRules = []jumpRule{
+	{tableFilter, "INPUT", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableFilter, "FORWARD", servicesChain, "proxymodes service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableFilter, "FORWARD", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableFilter, "FORWARD", forwardChain, "proxymodes forwarding rules", nil},
+	{tableFilter, "OUTPUT", servicesChain, "proxymodes service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableNAT, "PREROUTING", servicesChain, "proxymodes service portals", nil},
+	{tableNAT, "OUTPUT", servicesChain, "proxymodes service portals", nil},
+	{tableNAT, "POSTROUTING", postroutingChain, "proxymodes postrouting rules", nil},
+}
+
+// Config configures the iptables mode.
+type Config struct {
+	// Backend applies and reads rules: a *Backend, or a *Fake in tests.
+	Backend Interface
+	// ClusterCIDR is the pod CIDR. Traffic to a cluster IP from outside it
+	// is masqueraded. When unset, only hairpin and external traffic is.
+	ClusterCIDR netip.Prefix
+	// MasqueradeAll masquerades all traffic to cluster IPs.
+	MasqueradeAll bool
+	// MasqueradeBit is the fwmark bit that flags packets for SNAT (0-31);
+	// kube-proxy's default is 14.
+	MasqueradeBit int
+	// LargeClusterEndpoints is the endpoint count above which per-endpoint
+	// comments are left out to shrink the batch (as kube-proxy does);
+	// 0 means 1000.
+	LargeClusterEndpoints int
+	// Metrics receives rule counts and restore failures; may be nil.
+	Metrics *metrics.Metrics
+}
+
+// Proxier is the iptables Mode. It is not safe for concurrent Syncs; the
+// caller (the sync runner) serialises them.
+type Proxier struct {
+	backend       Interface
+	clusterCIDR   netip.Prefix
+	masqueradeAll bool
+	masqMark      string // "0x4000"
+	masqMatch     string // "0x4000/0x4000"
+	largeCluster  int
+	metrics       *metrics.Metrics
+
+	// needFull is set until a sync succeeds: after start-up and after
+	// any failure the kernel state is unknown, so rewrite everything.
+	needFull bool
+	// activeNAT holds the per-service nat chains the last successful
+	// sync left in place; partial syncs delete stale ones from it.
+	activeNAT sets.Set[string]
+
+	lastBatch []byte
+	stats     SyncStats
+}
+
+// SyncStats describes the last sync attempt.
+type SyncStats struct {
+	Full          bool
+	Services      int // service ports in the snapshot
+	Rewritten     int // service ports whose chains were written
+	NATRules      int // -A lines written to nat
+	FilterRules   int // -A lines written to filter
+	NATChains     int // per-service nat chains active after the sync
+	DeletedChains int
+	BatchBytes    int
+	Save          time.Duration // iptables-save (full syncs only)
+	Render        time.Duration // building the batch
+	Restore       time.Duration // iptables-restore
+}
+
+var _ core.Mode = (*Proxier)(nil)
+
+// New returns an iptables mode using cfg.Backend.
+func New(cfg Config) (*Proxier, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("iptables: Config.Backend is required")
+	}
+	bit := cfg.MasqueradeBit
+	if bit == 0 {
+		bit = 14
+	}
+	if bit < 0 || bit > 31 {
+		return nil, fmt.Errorf("iptables: masquerade bit %d out of range 0-31", bit)
+	}
+	if cfg.ClusterCIDR.IsValid() && !cfg.ClusterCIDR.Addr().Is4() {
+		return nil, fmt.Errorf("iptables: cluster CIDR %s is not IPv4; this proxier handles IPv4 only", cfg.ClusterCIDR)
+	}
+	large := cfg.LargeClusterEndpoints
+	if large == 0 {
+		large = 1000
+	}
+	mark := fmt.Sprintf("%#x", uint32(1)<<bit)
+	return &Proxier{
+		backend:       cfg.Backend,
+		clusterCIDR:   cfg.ClusterCIDR.Masked(),
+		masqueradeAll: cfg.MasqueradeAll,
+		masqMark:      mark,
+		masqMatch:     mark + "/" + mark,
+		largeCluster:  large,
+		metrics:       cfg.Metrics,
+		needFull:      true,
+		activeNAT:     sets.New[string](),
+	}, nil
+}
+
+// Name implements core.Mode.
+func (p *Proxier) Name() string { return "iptables" }
+
+// LastBatch returns the iptables-restore input of the last sync attempt.
+func (p *Proxier) LastBatch() []byte { return p.lastBatch }
+
+// LastStats returns statistics of the last sync attempt.
+func (p *Proxier) LastStats() SyncStats { return p.stats }
+
+// Sync implements core.Mode.
+func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
+	full := changes.Full || p.needFull
+	p.needFull = true // cleared only on success
+	start := time.Now()
+
+	var existing *savedTables
+	var saveTime time.Duration
+	if full {
+		data, err := p.backend.Save()
+		if err != nil {
+			return fmt.Errorf("iptables: reading current rules: %w", err)
+		}
+		t, err := ParseSave(data)
+		if err != nil {
+			return fmt.Errorf("iptables: parsing iptables-save output: %w", err)
+		}
+		existing = &savedTables{t}
+		saveTime = time.Since(start)
+	}
+
+	renderStart := time.Now()
+	r := p.render(snap, changes, full, existing)
+	p.lastBatch = r.batch
+	p.stats = r.stats
+	p.stats.Save = saveTime
+	p.stats.Render = time.Since(renderStart)
+
+	restoreStart := time.Now()
+	err := p.backend.Restore(r.batch)
+	p.stats.Restore = time.Since(restoreStart)
+	if err != nil {
+		p.metrics.RestoreFailed(!full)
+		return fmt.Errorf("iptables: applying %s sync: %w%s", syncKind(full), err, failingLines(err, r.batch))
+	}
+	p.needFull = false
+	p.activeNAT = r.activeNAT
+	p.metrics.SetRules(tableNAT, r.stats.NATRules+r.skippedNATRules, r.stats.NATRules)
+	p.metrics.SetRules(tableFilter, r.stats.FilterRules, r.stats.FilterRules)
+	klog.V(2).InfoS("iptables sync done", "full", full, "servicePorts", r.stats.Services,
+		"rewritten", r.stats.Rewritten, "natRules", r.stats.NATRules, "filterRules", r.stats.FilterRules,
+		"deletedChains", r.stats.DeletedChains, "bytes", len(r.batch), "save", p.stats.Save, "render", p.stats.Render, "restore", p.stats.Restore)
+	return nil
+}
+
+func syncKind(full bool) string {
+	if full {
+		return "full"
+	}
+	return "partial"
+}
+
+var lineRE = regexp.MustCompile(`line (\d+) failed`)
+
+// failingLines quotes the batch lines around the one iptables-restore
+// complained about, so the log shows what was wrong.
+func failingLines(err error, batch []byte) string {
+	m := lineRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	n, _ := strconv.Atoi(m[1])
+	lines := strings.Split(string(batch), "\n")
+	var b strings.Builder
+	for i := max(n-3, 1); i <= min(n+1, len(lines)); i++ {
+		marker := "  "
+		if i == n {
+			marker = "> "
+		}
+		fmt.Fprintf(&b, "\n%s%d: %s", marker, i, lines[i-1])
+	}
+	return b.String()
+}
+
+// savedTables wraps parsed iptables-save output.
+type savedTables struct{ byName map[string]*Table }
+
+// ownedJumps returns our rules in a built-in chain.
+func (t *savedTables) ownedJumps(table, chain string) []Rule {
+	if t == nil || t.byName[table] == nil || t.byName[table].Chains[chain] == nil {
+		return nil
+	}
+	var out []Rule
+	for _, r := range t.byName[table].Chains[chain].Rules {
+		if strings.HasPrefix(r.Target(), ChainPrefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// serviceChains returns the per-service nat chains present.
+func (t *savedTables) serviceChains() []string {
+	var out []string
+	if t == nil || t.byName[tableNAT] == nil {
+		return nil
+	}
+	for name := range t.byName[tableNAT].Chains {
+		if isServiceChain(name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func isServiceChain(name string) bool {
+	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, sepChainPrefix) || strings.HasPrefix(name, extChainPrefix)
+}
+
+// chainHash names chains after a hash of what they serve, short enough for
+// the kernel's 28-character limit.
+func chainHash(parts ...string) string {
+	h := sha256.Sum256([]byte("proxymodes/" + strings.Join(parts, "/")))
+	return base32.StdEncoding.EncodeToString(h[:])[:16]
+}
+
+func serviceChainName(sp core.ServicePortName) string {
+	return svcChainPrefix + chainHash(sp.String(), string(sp.Protocol))
+}
+
+func externalChainName(sp core.ServicePortName) string {
+	return extChainPrefix + chainHash(sp.String(), string(sp.Protocol))
+}
+
+func endpointChainName(sp core.ServicePortName, ep core.Endpoint) string {
+	return sepChainPrefix + chainHash(sp.String(), string(sp.Protocol), ep.String())
+}
+
+// lineBuffer collects restore lines and counts them.
+type lineBuffer struct {
+	buf     bytes.Buffer
+	lines   int
+	discard bool // count only (chains a partial sync leaves alone)
+}
+
+func (b *lineBuffer) add(args ...string) {
+	b.lines++
+	if b.discard {
+		return
+	}
+	for i, a := range args {
+		if i > 0 {
+			b.buf.WriteByte(' ')
+		}
+		b.buf.WriteString(a)
+	}
+	b.buf.WriteByte('\n')
+}
+
+func (b *lineBuffer) chain(name string) {
+	if !b.discard {
+		fmt.Fprintf(&b.buf, ":%s - [0:0]\n", name)
+	}
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+type rendered struct {
+	batch           []byte
+	activeNAT       sets.Set[string]
+	stats           SyncStats
+	skippedNATRules int
+}
+
+// probabilities holds the --probability text for 1/n, formatted like
+// kube-proxy ("%0.10f"), for common n. Filled once, read-only after, so
+// several Proxiers in one process are safe.
+var probabilities = func() []string {
+	out := make([]string, 256)
+	for n := 1; n < len(out); n++ {
+		out[n] = fmt.Sprintf("%0.10f", 1.0/float64(n))
+	}
+	return out
+}()
+
+func probability(n int) string {
+	if n > 0 && n < len(probabilities) {
+		return probabilities[n]
+	}
+	return fmt.Sprintf("%0.10f", 1.0/float64(n))
+}
+
+// render builds the restore batch. existing is the current kernel state on
+// full syncs and nil on partial ones.
+func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool, existing *savedTables) rendered {
+	var (
+		filterChains, filterRules lineBuffer
+		natChains, natJumps       lineBuffer
+		natRules                  lineBuffer
+		filterJumps               lineBuffer
+		skipped                   = lineBuffer{discard: true}
+		deletes                   lineBuffer
+	)
+	active := sets.New[string]()
+	stats := SyncStats{Full: full, Services: len(snap.Services)}
+
+	for _, c := range []string{servicesChain, externalServicesChain, forwardChain} {
+		filterChains.chain(c)
+	}
+	for _, c := range []string{servicesChain, nodePortsChain, postroutingChain, markMasqChain} {
+		natChains.chain(c)
+	}
+
+	// Jump rules from built-in chains. A partial sync trusts they exist;
+	// a full sync checks them and rewrites them if anything is off.
+	if full {
+		for _, table := range []string{tableFilter, tableNAT} {
+			out := &filterJumps
+			if table == tableNAT {
+				out = &natJumps
+			}
+			for _, from := range builtinChains[table] {
+				var want []jumpRule
+				for _, j := range jumpRules {
+					if j.table == table && j.from == from {
+						want = append(want, j)
+					}
+				}
+				have := existing.ownedJumps(table, from)
+				if jumpsMatch(have, want) {
+					continue
+				}
+				for _, r := range have {
+					out.add("-D", from, r.String())
+				}
+				for i, j := range want {
+					out.add("-I", from, strconv.Itoa(i+1), joinArgs(j.args()))
+				}
+			}
+		}
+	}
+
+	natRules.add("-A", postroutingChain, "-m", "mark", "!", "--mark", p.masqMatch, "-j", "RETURN")
+	// Clear the mark so a packet that traverses the stack again is not
+	// masqueraded twice.
+	natRules.add("-A", postroutingChain, "-j", "MARK", "--xor-mark", p.masqMark)
+	natRules.add("-A", postroutingChain, "-m", "comment", "--comment", quote("proxymodes service traffic requiring SNAT"), "-j", "MASQUERADE", "--random-fully")
+	natRules.add("-A", markMasqChain, "-j", "MARK", "--or-mark", p.masqMark)
+
+	totalEndpoints := 0
+	usable := make(map[core.ServicePortName][]core.Endpoint, len(snap.Services))
+	for name := range snap.Services {
+		eps := core.UsableEndpoints(snap.Endpoints[name])
+		usable[name] = eps
+		totalEndpoints += len(eps)
+	}
+	comments := totalEndpoints <= p.largeCluster
+
+	for _, name := range snap.SortedServicePorts() {
+		svc := snap.Services[name]
+		eps := usable[name]
+		proto := strings.ToLower(string(svc.Protocol))
+		vip := svc.ClusterIP.String()
+		port := strconv.Itoa(int(svc.Port))
+		svcChain := serviceChainName(name)
+		extChain := externalChainName(name)
+		label := name.String()
+		hasEndpoints := len(eps) > 0
+		usesExt := hasEndpoints && (svc.NodePort != 0 || len(svc.ExternalIPs) > 0)
+
+		// Dispatch rules live in chains rewritten on every sync.
+		if hasEndpoints {
+			natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" cluster IP"),
+				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", svcChain)
+			for _, eip := range svc.ExternalIPs {
+				natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"),
+					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", extChain)
+			}
+			if svc.NodePort != 0 {
+				natRules.add("-A", nodePortsChain, "-m", "comment", "--comment", label,
+					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", extChain)
+			}
+		} else {
+			reason := quote(label + " has no endpoints")
+			filterRules.add("-A", servicesChain, "-m", "comment", "--comment", reason,
+				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", "REJECT")
+			for _, eip := range svc.ExternalIPs {
+				filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
+					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", "REJECT")
+			}
+			if svc.NodePort != 0 {
+				filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
+					"-m", "addrtype", "--dst-type", "LOCAL",
+					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", "REJECT")
+			}
+			continue
+		}
+
+		// Per-service chains: only written when the service changed.
+		chains, rules := &natChains, &natRules
+		if !changes.Changed(name.NamespacedName) && !full {
+			chains, rules = &skipped, &skipped
+		} else {
+			stats.Rewritten++
+		}
+
+		active.Insert(svcChain)
+		chains.chain(svcChain)
+		masqArgs := []string{"-A", svcChain, "-m", "comment", "--comment", quote(label + " cluster IP"),
+			"-m", proto, "-p", proto, "-d", vip, "--dport", port}
+		switch {
+		case p.masqueradeAll:
+			rules.add(append(masqArgs, "-j", markMasqChain)...)
+		case p.clusterCIDR.IsValid():
+			// Off-cluster sources reaching a cluster IP through this
+			// node may be answered by a pod on another node; SNAT so
+			// the reply comes back here.
+			rules.add(append(masqArgs, "!", "-s", p.clusterCIDR.String(), "-j", markMasqChain)...)
+		}
+
+		if usesExt {
+			active.Insert(extChain)
+			chains.chain(extChain)
+			rules.add("-A", extChain, "-m", "comment", "--comment", quote("masquerade traffic for "+label+" external destinations"), "-j", markMasqChain)
+			rules.add("-A", extChain, "-j", svcChain)
+		}
+
+		epChains := make([]string, len(eps))
+		for i, ep := range eps {
+			epChains[i] = endpointChainName(name, ep)
+		}
+		comment := func(args []string, text string) []string {
+			if comments {
+				args = append(args, "-m", "comment", "--comment", text)
+			}
+			return args
+		}
+		if svc.ClientIPAffinity {
+			seconds := strconv.Itoa(int(svc.StickyTimeoutSeconds))
+			for i, ep := range eps {
+				args := comment([]string{"-A", svcChain}, quote(label+" -> "+ep.String()))
+				rules.add(append(args, "-m", "recent", "--name", epChains[i], "--rcheck", "--seconds", seconds, "--reap", "-j", epChains[i])...)
+			}
+		}
+		for i, ep := range eps {
+			args := comment([]string{"-A", svcChain}, quote(label+" -> "+ep.String()))
+			if n := len(eps) - i; n > 1 {
+				args = append(args, "-m", "statistic", "--mode", "random", "--probability", probability(n))
+			}
+			rules.add(append(args, "-j", epChains[i])...)
+		}
+		for i, ep := range eps {
+			sep := epChains[i]
+			active.Insert(sep)
+			chains.chain(sep)
+			// Hairpin: a pod reaching itself through the service needs
+			// SNAT or it would answer itself directly.
+			rules.add(append(comment([]string{"-A", sep}, label), "-s", ep.IP.String(), "-j", markMasqChain)...)
+			args := comment([]string{"-A", sep}, label)
+			if svc.ClientIPAffinity {
+				args = append(args, "-m", "recent", "--name", sep, "--set")
+			}
+			rules.add(append(args, "-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", ep.String())...)
+		}
+	}
+
+	natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote("proxymodes service nodeports; NOTE: this must be the last rule in this chain"),
+		"-m", "addrtype", "--dst-type", "LOCAL", "!", "-d", "127.0.0.0/8", "-j", nodePortsChain)
+
+	filterRules.add("-A", forwardChain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	filterRules.add("-A", forwardChain, "-m", "comment", "--comment", quote("proxymodes forwarding rules"),
+		"-m", "mark", "--mark", p.masqMatch, "-j", "ACCEPT")
+	filterRules.add("-A", forwardChain, "-m", "comment", "--comment", quote("proxymodes forwarding conntrack rule"),
+		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+
+	// Delete per-service chains nothing uses any more: a chain line
+	// flushes the chain, and -X (after all rules) removes it.
+	var before []string
+	if full {
+		before = existing.serviceChains()
+	} else {
+		before = p.activeNAT.UnsortedList()
+	}
+	stale := sets.New(before...).Difference(active)
+	for _, c := range sets.List(stale) {
+		natChains.chain(c)
+		deletes.add("-X", c)
+	}
+	stats.DeletedChains = stale.Len()
+
+	var out bytes.Buffer
+	out.Grow(filterChains.buf.Len() + filterRules.buf.Len() + natChains.buf.Len() + natRules.buf.Len() + 4096)
+	out.WriteString("*filter\n")
+	out.Write(filterChains.buf.Bytes())
+	out.Write(filterJumps.buf.Bytes())
+	out.Write(filterRules.buf.Bytes())
+	out.WriteString("COMMIT\n*nat\n")
+	out.Write(natChains.buf.Bytes())
+	out.Write(natJumps.buf.Bytes())
+	out.Write(natRules.buf.Bytes())
+	out.Write(deletes.buf.Bytes())
+	out.WriteString("COMMIT\n")
+
+	stats.NATRules = natRules.lines
+	stats.FilterRules = filterRules.lines
+	stats.NATChains = active.Len()
+	stats.BatchBytes = out.Len()
+	return rendered{batch: out.Bytes(), activeNAT: active, stats: stats, skippedNATRules: skipped.lines}
+}
+
+// jumpsMatch reports whether the jump rules present are exactly the ones
+// wanted, in order (compared by target and comment, which iptables-save
+// prints back unchanged).
+func jumpsMatch(have []Rule, want []jumpRule) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range have {
+		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
+			return false
+		}
+	}
+	return true
+}
+
+// Cleanup implements core.Mode: it deletes our jump rules from built-in
+// chains and every chain named PM-*, in both tables, in one batch.
+func (p *Proxier) Cleanup() error {
+	err := CleanupBackend(p.backend)
+	p.needFull = true
+	p.activeNAT = sets.New[string]()
+	return err
+}
+
+// CleanupBackend removes everything with our prefix from the nat and filter
+// tables behind b. It does nothing when nothing is there.
+func CleanupBackend(b Interface) error {
+	data, err := b.Save()
+	if err != nil {
+		return fmt.Errorf("iptables cleanup: reading rules: %w", err)
+	}
+	tables, err := ParseSave(data)
+	if err != nil {
+		return fmt.Errorf("iptables cleanup: parsing iptables-save output: %w", err)
+	}
+	var out bytes.Buffer
+	work := false
+	for _, name := range []string{tableFilter, tableNAT} {
+		t := tables[name]
+		if t == nil {
+			continue
+		}
+		var chains, jumps, deletes lineBuffer
+		for _, cname := range t.SortedChains() {
+			c := t.Chains[cname]
+			if c.Builtin {
+				for _, r := range (&savedTables{tables}).ownedJumps(name, cname) {
+					jumps.add("-D", cname, r.String())
+				}
+			} else if strings.HasPrefix(cname, ChainPrefix) {
+				chains.chain(cname)
+				deletes.add("-X", cname)
+			}
+		}
+		if jumps.lines+deletes.lines == 0 {
+			continue
+		}
+		work = true
+		fmt.Fprintf(&out, "*%s\n", name)
+		out.Write(chains.buf.Bytes())
+		out.Write(jumps.buf.Bytes())
+		out.Write(deletes.buf.Bytes())
+		out.WriteString("COMMIT\n")
+	}
+	if !work {
+		return nil
+	}
+	if err := b.Restore(out.Bytes()); err != nil {
+		return fmt.Errorf("iptables cleanup: %w%s", err, failingLines(err, out.Bytes()))
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+package iptables
+
+import (
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
+)
+
+var (
+	podClient  = netip.MustParseAddr("198.18.127.250") // in the pod CIDR
+	nodeClient = netip.MustParseAddr("198.18.0.99")    // off the pod CIDR
+	nodeIP     = netip.MustParseAddr("198.18.0.1")     // this node
+)
+
+const masqMark = 0x4000
+
+// firstWithEndpoints returns the first service port (in sorted order) with
+// exactly n usable endpoints.
+func firstWithEndpoints(snap *core.Snapshot, n int) core.ServicePortName {
+	for _, name := range snap.SortedServicePorts() {
+		if len(core.UsableEndpoints(snap.Endpoints[name])) == n {
+			return name
+		}
+	}
+	panic("no service port with the wanted endpoint count")
+}
+
+func dnatTargets(outs []Outcome) []string {
+	var got []string
+	for _, o := range outs {
+		if o.Verdict == "DNAT" {
+			got = append(got, o.DNAT)
+		}
+	}
+	sort.Strings(got)
+	return got
+}
+
+func endpointStrings(eps []core.Endpoint) []string {
+	var want []string
+	for _, ep := range eps {
+		want = append(want, ep.String())
+	}
+	sort.Strings(want)
+	return want
+}
+
+// checkTraces checks every service port of snap against the rules in f:
+// a packet to the cluster IP (and NodePort, external IPs) can reach exactly
+// the usable endpoints, and one without endpoints is rejected in filter.
+func checkTraces(t *testing.T, f *Fake, snap *core.Snapshot) {
+	t.Helper()
+	for _, name := range snap.SortedServicePorts() {
+		svc := snap.Services[name]
+		eps := core.UsableEndpoints(snap.Endpoints[name])
+		proto := strings.ToLower(string(svc.Protocol))
+		vipPkt := Packet{Protocol: proto, Src: podClient, Dst: svc.ClusterIP, DstPort: uint16(svc.Port)}
+		outs, err := f.Trace("nat", "PREROUTING", vipPkt)
+		if err != nil {
+			t.Errorf("%s: trace: %v", name, err)
+			continue
+		}
+		want := endpointStrings(eps)
+		if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s: cluster IP reaches %v, want %v\n%v", name, got, want, outs)
+		}
+		for _, o := range outs {
+			if o.Verdict == "DNAT" && o.Mark&masqMark != 0 {
+				t.Errorf("%s: pod->cluster IP traffic was marked for masquerade: %v", name, o)
+			}
+		}
+		if len(eps) == 0 {
+			fouts, err := f.Trace("filter", "FORWARD", vipPkt)
+			if err != nil || len(fouts) != 1 || fouts[0].Verdict != "REJECT" {
+				t.Errorf("%s: no endpoints: filter FORWARD gives %v (err %v), want REJECT", name, fouts, err)
+			}
+		}
+		if svc.NodePort != 0 {
+			np := Packet{Protocol: proto, Src: nodeClient, Dst: nodeIP, DstPort: uint16(svc.NodePort), LocalDst: true}
+			outs, err := f.Trace("nat", "PREROUTING", np)
+			if err != nil {
+				t.Errorf("%s: nodeport trace: %v", name, err)
+				continue
+			}
+			if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("%s: NodePort %d reaches %v, want %v", name, svc.NodePort, got, want)
+			}
+			for _, o := range outs {
+				if o.Verdict == "DNAT" && o.Mark&masqMark == 0 {
+					t.Errorf("%s: NodePort traffic not marked for masquerade: %v", name, o)
+				}
+			}
+			if len(eps) == 0 {
+				fouts, err := f.Trace("filter", "INPUT", np)
+				if err != nil || len(fouts) != 1 || fouts[0].Verdict != "REJECT" {
+					t.Errorf("%s: no endpoints: NodePort filter INPUT gives %v (err %v), want REJECT", name, fouts, err)
+				}
+			}
+		}
+		for _, eip := range svc.ExternalIPs {
+			outs, err := f.Trace("nat", "PREROUTING", Packet{Protocol: proto, Src: nodeClient, Dst: eip, DstPort: uint16(svc.Port)})
+			if err != nil {
+				t.Errorf("%s: external IP trace: %v", name, err)
+				continue
+			}
+			if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("%s: external IP %s reaches %v, want %v", name, eip, got, want)
+			}
+		}
+	}
+}
+
+func TestTraceVIPReachesEndpoint(t *testing.T) {
+	b := testsnap.New()
+	name := b.Add(testsnap.Port{Name: "web", PortName: "http", ClusterIP: "198.19.0.10", Port: 80,
+		Endpoints: []string{"198.18.64.10:8080", "198.18.65.10:8080", "198.18.66.10:8080"}})
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	pkt := Packet{Protocol: "tcp", Src: podClient, Dst: netip.MustParseAddr("198.19.0.10"), DstPort: 80}
+	outs, err := fake.Trace("nat", "PREROUTING", pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(outs) != 3 {
+		t.Fatalf("got %d outcomes, want one per endpoint:\n%v", len(outs), outs)
+	}
+	svcChain := serviceChainName(name)
+	for i, o := range outs {
+		ep := b.Snap.Endpoints[name][i]
+		if o.Verdict != "DNAT" || o.DNAT != ep.String() {
+			t.Errorf("outcome %d: %v, want DNAT to %s", i, o, ep)
+		}
+		if o.EndpointChain() != endpointChainName(name, ep) {
+			t.Errorf("outcome %d went through %q, want endpoint chain %q", i, o.EndpointChain(), endpointChainName(name, ep))
+		}
+		if len(o.Chains) < 3 || o.Chains[1] != servicesChain || o.Chains[2] != svcChain {
+			t.Errorf("outcome %d path %v, want PREROUTING -> %s -> %s -> ...", i, o.Chains, servicesChain, svcChain)
+		}
+		// Each endpoint is one of several possible outcomes.
+		if !o.Random {
+			t.Errorf("outcome %d not flagged as random: %v", i, o)
+		}
+	}
+
+	// Wrong port: no service, nothing happens in nat.
+	pkt.DstPort = 81
+	outs, _ = fake.Trace("nat", "PREROUTING", pkt)
+	if len(outs) != 1 || outs[0].Verdict != "ACCEPT" || outs[0].DNAT != "" {
+		t.Errorf("packet to an unused port: %v, want plain ACCEPT", outs)
+	}
+
+	// Off-cluster client: marked, and POSTROUTING masquerades it.
+	pkt = Packet{Protocol: "tcp", Src: nodeClient, Dst: netip.MustParseAddr("198.19.0.10"), DstPort: 80}
+	outs, _ = fake.Trace("nat", "PREROUTING", pkt)
+	for _, o := range outs {
+		if o.Mark&masqMark == 0 {
+			t.Errorf("off-cluster client not marked for masquerade: %v", o)
+		}
+		post, err := fake.Trace("nat", "POSTROUTING", Packet{Protocol: "tcp", Src: nodeClient, Dst: netip.MustParseAddr(strings.Split(o.DNAT, ":")[0]), DstPort: 8080, Mark: o.Mark})
+		if err != nil || len(post) != 1 || post[0].Verdict != "MASQUERADE" {
+			t.Errorf("marked packet in POSTROUTING: %v (err %v), want MASQUERADE", post, err)
+		}
+	}
+
+	// Hairpin: an endpoint reaching its own service through the VIP is
+	// marked when it lands on itself, and only then.
+	self := netip.MustParseAddr("198.18.64.10")
+	outs, _ = fake.Trace("nat", "PREROUTING", Packet{Protocol: "tcp", Src: self, Dst: netip.MustParseAddr("198.19.0.10"), DstPort: 80})
+	for _, o := range outs {
+		hairpin := strings.HasPrefix(o.DNAT, self.String()+":")
+		if (o.Mark&masqMark != 0) != hairpin {
+			t.Errorf("hairpin marking wrong for %v (hairpin=%v)", o, hairpin)
+		}
+	}
+
+	// Unmarked traffic is not masqueraded.
+	post, _ := fake.Trace("nat", "POSTROUTING", Packet{Protocol: "tcp", Src: podClient, Dst: self, DstPort: 8080})
+	if len(post) != 1 || post[0].Verdict != "ACCEPT" {
+		t.Errorf("unmarked packet in POSTROUTING: %v, want ACCEPT", post)
+	}
+}
+
+func TestTraceAffinity(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "sticky", ClusterIP: "198.19.0.20", Port: 443, Affinity: true, Timeout: 600,
+		Endpoints: []string{"198.18.64.20:8443", "198.18.65.20:8443"}})
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	outs, err := fake.Trace("nat", "PREROUTING", Packet{Protocol: "tcp", Src: podClient, Dst: netip.MustParseAddr("198.19.0.20"), DstPort: 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dnatTargets(outs); strings.Join(got, ",") != "198.18.64.20:8443,198.18.65.20:8443" {
+		t.Errorf("affinity service reaches %v", got)
+	}
+	// Every endpoint chain records the client (recent --set) and every
+	// service rule for an endpoint checks that endpoint's own list.
+	nat := fake.Table("nat")
+	for _, ep := range b.Snap.Endpoints[firstWithEndpoints(b.Snap, 2)] {
+		sep := endpointChainName(firstWithEndpoints(b.Snap, 2), ep)
+		rules := nat.Chains[sep].Rules
+		last := rules[len(rules)-1].String()
+		if !strings.Contains(last, "-m recent --name "+sep+" --set") {
+			t.Errorf("%s does not record the client: %s", sep, last)
+		}
+		found := false
+		for _, r := range nat.Chains[serviceChainName(firstWithEndpoints(b.Snap, 2))].Rules {
+			if strings.Contains(r.String(), "--name "+sep+" --rcheck --seconds 600 --reap -j "+sep) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no recent --rcheck rule for %s with the 600s timeout", sep)
+		}
+	}
+}

@@ -1,0 +1,237 @@
+// Package server wires the proxier together: informers feed the change
+// tracker, a bounded-frequency runner calls the mode's Sync, and the
+// metrics and health endpoints report how that goes.
+package server
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/proxymodes/proxymodes/proxier/conntrack"
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/metrics"
+	"github.com/proxymodes/proxymodes/proxier/runner"
+	"github.com/proxymodes/proxymodes/proxier/tracker"
+)
+
+// Labels kube-proxy honours when choosing which Services to handle.
+const (
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	labelHeadless         = "service.kubernetes.io/headless"
+)
+
+// Config configures a Proxier.
+type Config struct {
+	// Client talks to the API server (required).
+	Client kubernetes.Interface
+	// NodeName is this node's name, used to watch its Node object.
+	NodeName string
+	// Mode programs the dataplane (required).
+	Mode core.Mode
+	// MinSyncPeriod is the least time between syncs (default 1s).
+	MinSyncPeriod time.Duration
+	// SyncPeriod is the most time between syncs (default 30s).
+	SyncPeriod time.Duration
+	// RetryPeriod is the time until a failed sync is retried
+	// (default max(MinSyncPeriod, 1s)).
+	RetryPeriod time.Duration
+	// FullSyncPeriod forces a full sync when the last one is this old
+	// (default 1h, as kube-proxy: full iptables-nft syncs of thousands of
+	// Services take seconds to minutes).
+	FullSyncPeriod time.Duration
+	// Metrics receives sync metrics; nil disables them.
+	Metrics *metrics.Metrics
+	// Health is updated after each successful sync; nil disables it.
+	Health *Health
+	// Conntrack clears stale UDP entries after syncs; nil disables it.
+	Conntrack conntrack.Cleaner
+	// Clock is the time source; nil means the real clock.
+	Clock clock.Clock
+}
+
+// Proxier runs one Mode against the API server.
+type Proxier struct {
+	cfg     Config
+	clock   clock.Clock
+	tracker *tracker.Tracker
+	runner  *runner.Runner
+
+	mu              sync.Mutex // guards the fields below (syncs are serial anyway)
+	needFull        bool
+	lastFull        time.Time
+	pendingTriggers []time.Time
+	pendingStale    core.ChangeSet
+	syncs           int
+}
+
+// New validates cfg and builds a Proxier. Nothing runs until Run.
+func New(cfg Config) (*Proxier, error) {
+	if cfg.Mode == nil {
+		return nil, errors.New("server: Config.Mode is required")
+	}
+	if cfg.MinSyncPeriod == 0 {
+		cfg.MinSyncPeriod = time.Second
+	}
+	if cfg.SyncPeriod == 0 {
+		cfg.SyncPeriod = 30 * time.Second
+	}
+	if cfg.RetryPeriod == 0 {
+		cfg.RetryPeriod = max(cfg.MinSyncPeriod, time.Second)
+	}
+	if cfg.FullSyncPeriod == 0 {
+		cfg.FullSyncPeriod = time.Hour
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	p := &Proxier{cfg: cfg, clock: cfg.Clock, needFull: true}
+	r, err := runner.New(cfg.Mode.Name()+"-sync", p.SyncOnce, runner.Options{
+		MinInterval: cfg.MinSyncPeriod, MaxInterval: cfg.SyncPeriod, RetryInterval: cfg.RetryPeriod, Clock: cfg.Clock,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.runner = r
+	p.tracker = tracker.New(cfg.NodeName, p.queued)
+	return p, nil
+}
+
+// Tracker returns the change tracker (tests feed it directly).
+func (p *Proxier) Tracker() *tracker.Tracker { return p.tracker }
+
+func (p *Proxier) queued() {
+	p.runner.Run()
+	if p.cfg.Metrics != nil {
+		p.cfg.Metrics.LastQueuedTimestamp.Set(float64(p.clock.Now().UnixNano()) / 1e9)
+	}
+}
+
+// Run starts the informers, waits for their caches, and syncs until ctx
+// is done. It returns an error only if the caches never sync.
+func (p *Proxier) Run(ctx context.Context) error {
+	if p.cfg.Client == nil {
+		return errors.New("server: Config.Client is required to Run")
+	}
+	// Like kube-proxy: skip Services another proxy claims, and headless
+	// ones (their slices carry the same label).
+	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if err != nil {
+		return err
+	}
+	noHeadless, err := labels.NewRequirement(labelHeadless, selection.DoesNotExist, nil)
+	if err != nil {
+		return err
+	}
+	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
+	factory := informers.NewSharedInformerFactoryWithOptions(p.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+	svcInformer := factory.Core().V1().Services().Informer()
+	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
+	if _, err := svcInformer.AddEventHandler(p.tracker.ServiceHandler()); err != nil {
+		return err
+	}
+	if _, err := sliceInformer.AddEventHandler(p.tracker.EndpointSliceHandler()); err != nil {
+		return err
+	}
+	synced := []cache.InformerSynced{svcInformer.HasSynced, sliceInformer.HasSynced}
+
+	if p.cfg.NodeName != "" {
+		nodeFactory := informers.NewSharedInformerFactoryWithOptions(p.cfg.Client, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", p.cfg.NodeName).String()
+			}))
+		nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+		if _, err := nodeInformer.AddEventHandler(p.tracker.NodeHandler()); err != nil {
+			return err
+		}
+		nodeFactory.Start(ctx.Done())
+		defer nodeFactory.Shutdown()
+		// The Node is informational; do not wait for it.
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+
+	klog.InfoS("Waiting for Service and EndpointSlice caches", "mode", p.cfg.Mode.Name())
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("server: Service/EndpointSlice caches did not sync; check the kubeconfig and RBAC (list/watch services, endpointslices, nodes)")
+	}
+	klog.InfoS("Caches synced; starting sync loop", "mode", p.cfg.Mode.Name())
+	p.runner.Run() // first sync right away
+	p.runner.Loop(ctx)
+	return nil
+}
+
+// SyncOnce takes the tracker's state and syncs the mode once. The runner
+// calls it; tests may call it directly.
+func (p *Proxier) SyncOnce() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	snap, changes, triggers := p.tracker.Take()
+	p.pendingTriggers = append(p.pendingTriggers, triggers...)
+	// Stale UDP state survives a failed sync so it is still cleared.
+	p.pendingStale.StaleUDPEndpoints = append(p.pendingStale.StaleUDPEndpoints, changes.StaleUDPEndpoints...)
+	p.pendingStale.StaleUDPServiceIPs = append(p.pendingStale.StaleUDPServiceIPs, changes.StaleUDPServiceIPs...)
+
+	start := p.clock.Now()
+	changes.Full = p.needFull || start.Sub(p.lastFull) >= p.cfg.FullSyncPeriod
+	p.needFull = true // until this sync succeeds
+	err := p.cfg.Mode.Sync(snap, changes)
+	end := p.clock.Now()
+	p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
+	p.syncs++
+	if err != nil {
+		p.cfg.Metrics.SyncFailed()
+		klog.ErrorS(err, "Sync failed; will retry with a full sync", "mode", p.cfg.Mode.Name(), "retryIn", p.cfg.RetryPeriod)
+		return err
+	}
+	p.needFull = false
+	if changes.Full {
+		p.lastFull = start
+	}
+	if p.cfg.Metrics != nil {
+		p.cfg.Metrics.ServiceChangesTotal.Add(float64(changes.Services.Len()))
+		p.cfg.Metrics.ServiceChangesPending.Set(float64(p.tracker.Pending()))
+	}
+	p.cfg.Metrics.SyncSucceeded(end, len(snap.Services), snap.EndpointCount(), p.pendingTriggers)
+	p.pendingTriggers = nil
+	p.cfg.Health.Updated(end)
+	if p.cfg.Conntrack != nil {
+		if err := p.cfg.Conntrack.ClearStale(p.pendingStale); err != nil {
+			klog.ErrorS(err, "Clearing stale conntrack entries failed")
+		}
+	}
+	p.pendingStale = core.ChangeSet{}
+	klog.V(2).InfoS("Synced", "mode", p.cfg.Mode.Name(), "full", changes.Full, "changedServices", changes.Services.Len(),
+		"servicePorts", len(snap.Services), "elapsed", end.Sub(start))
+	return nil
+}
+
+// Syncs returns how many syncs were attempted.
+func (p *Proxier) Syncs() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.syncs
+}
+
+// NeedsFullSync reports whether the next sync will be full because the
+// last one failed (or none succeeded yet).
+func (p *Proxier) NeedsFullSync() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.needFull
+}
