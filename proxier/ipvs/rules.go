@@ -1,0 +1,326 @@
+package ipvs
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/iptables"
+)
+
+// IPVS does the load balancing; iptables only decides which connections are
+// masqueraded. Without ipset, the per-service matches are plain rules:
+//
+//	nat PREROUTING, OUTPUT -> PM-IPVS-SERVICES
+//	    cluster IP from outside the cluster CIDR -> PM-IPVS-MARK-MASQ
+//	    external IP                              -> PM-IPVS-MARK-MASQ
+//	    (last) local destination -> PM-IPVS-NODEPORTS -> PM-IPVS-MARK-MASQ
+//	nat POSTROUTING -> PM-IPVS-POSTROUTING
+//	    hairpin (a pod reaching itself through its Service) -> MASQUERADE
+//	    marked -> MASQUERADE
+//	filter FORWARD -> PM-IPVS-FORWARD (accept marked and established traffic)
+//
+// The chain names differ from the iptables mode's (PM-SERVICES, ...), so
+// the two modes never overwrite each other's rules; both share the "PM-"
+// prefix that `proxier --cleanup` removes.
+const (
+	// ChainPrefix starts every chain this mode creates.
+	ChainPrefix      = "PM-IPVS-"
+	servicesChain    = "PM-IPVS-SERVICES"
+	nodePortsChain   = "PM-IPVS-NODEPORTS"
+	postroutingChain = "PM-IPVS-POSTROUTING"
+	markMasqChain    = "PM-IPVS-MARK-MASQ"
+	forwardChain     = "PM-IPVS-FORWARD"
+
+	tableFilter = "filter"
+	tableNAT    = "nat"
+)
+
+var (
+	filterChains = []string{forwardChain}
+	natChains    = []string{servicesChain, nodePortsChain, postroutingChain, markMasqChain}
+)
+
+// builtinChains are the chains that may hold our jump rules.
+var builtinChains = map[string][]string{
+	tableFilter: {"INPUT", "FORWARD", "OUTPUT"},
+	tableNAT:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+}
+
+// jumpRule hands packets from a built-in chain to ours. These are the only
+// rules this mode writes into chains it does not own.
+type jumpRule struct{ table, from, to, comment string }
+
+var jumpRules = []jumpRule{
+	{tableFilter, "FORWARD", forwardChain, "proxymodes ipvs forwarding rules"},
+	{tableNAT, "PREROUTING", servicesChain, "proxymodes ipvs service portals"},
+	{tableNAT, "OUTPUT", servicesChain, "proxymodes ipvs service portals"},
+	{tableNAT, "POSTROUTING", postroutingChain, "proxymodes ipvs postrouting rules"},
+}
+
+func (j jumpRule) args() []string {
+	return []string{"-m", "comment", "--comment", j.comment, "-j", j.to}
+}
+
+// ruleBuf collects iptables-restore lines.
+type ruleBuf struct {
+	bytes.Buffer
+	lines int
+}
+
+func (b *ruleBuf) add(args ...string) {
+	b.lines++
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(a)
+	}
+	b.WriteByte('\n')
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+// rules is one rendered batch, split so that a partial sync can tell
+// whether anything but the jump rules changed.
+type rules struct {
+	filterJumps, natJumps ruleBuf
+	filterBody, natBody   ruleBuf // the rules of our own chains
+}
+
+// body returns the rendered rules of our own chains, which is all a
+// partial sync compares.
+func (r *rules) body() []byte {
+	return append(append([]byte(nil), r.filterBody.Bytes()...), r.natBody.Bytes()...)
+}
+
+func (r *rules) batch() []byte {
+	var out bytes.Buffer
+	out.WriteString("*filter\n")
+	writeChains(&out, filterChains)
+	out.Write(r.filterJumps.Bytes())
+	out.Write(r.filterBody.Bytes())
+	out.WriteString("COMMIT\n*nat\n")
+	writeChains(&out, natChains)
+	out.Write(r.natJumps.Bytes())
+	out.Write(r.natBody.Bytes())
+	out.WriteString("COMMIT\n")
+	return out.Bytes()
+}
+
+// writeChains declares (and so flushes) our chains.
+func writeChains(out *bytes.Buffer, chains []string) {
+	for _, c := range chains {
+		fmt.Fprintf(out, ":%s - [0:0]\n", c)
+	}
+}
+
+// ruleConfig is what rendering depends on besides the snapshot.
+type ruleConfig struct {
+	clusterCIDR   netip.Prefix
+	masqueradeAll bool
+	masqMark      string // "0x4000"
+	masqMatch     string // "0x4000/0x4000"
+}
+
+// renderRules renders the masquerade rules for snap. existing is the
+// current kernel state on full syncs (to repair jump rules); nil on
+// partial syncs, which trust the jumps are in place.
+func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptables.Table) *rules {
+	r := &rules{}
+	if existing != nil {
+		for _, table := range []string{tableFilter, tableNAT} {
+			out := &r.filterJumps
+			if table == tableNAT {
+				out = &r.natJumps
+			}
+			for _, from := range builtinChains[table] {
+				var want []jumpRule
+				for _, j := range jumpRules {
+					if j.table == table && j.from == from {
+						want = append(want, j)
+					}
+				}
+				have := ownedJumps(existing, table, from)
+				if jumpsMatch(have, want) {
+					continue
+				}
+				for _, h := range have {
+					out.add("-D", from, h.String())
+				}
+				for i, j := range want {
+					out.add(append([]string{"-I", from, strconv.Itoa(i + 1)}, quoteArgs(j.args())...)...)
+				}
+			}
+		}
+	}
+
+	f := &r.filterBody
+	f.add("-A", forwardChain, "-m", "comment", "--comment", quote("proxymodes ipvs forwarding rules"),
+		"-m", "mark", "--mark", cfg.masqMatch, "-j", "ACCEPT")
+	f.add("-A", forwardChain, "-m", "comment", "--comment", quote("proxymodes ipvs forwarding conntrack rule"),
+		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+
+	n := &r.natBody
+	// Hairpin: IPVS sent a pod's connection back to that pod, which would
+	// answer itself directly unless the source is rewritten. The packet
+	// here already carries the real server as its destination.
+	seen := map[string]bool{}
+	names := snap.SortedServicePorts()
+	for _, name := range names {
+		svc := snap.Services[name]
+		proto := strings.ToLower(string(svc.Protocol))
+		for _, ep := range core.UsableEndpoints(snap.Endpoints[name]) {
+			if !ep.IP.Is4() {
+				continue
+			}
+			key := proto + "/" + ep.String()
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			n.add("-A", postroutingChain, "-m", "comment", "--comment", quote("proxymodes ipvs hairpin"),
+				"-s", ep.IP.String(), "-d", ep.IP.String(), "-m", proto, "-p", proto, "--dport", strconv.Itoa(int(ep.Port)),
+				"-j", "MASQUERADE")
+		}
+	}
+	n.add("-A", postroutingChain, "-m", "mark", "!", "--mark", cfg.masqMatch, "-j", "RETURN")
+	// Clear the mark so a packet that traverses the stack again is not
+	// masqueraded twice.
+	n.add("-A", postroutingChain, "-j", "MARK", "--xor-mark", cfg.masqMark)
+	n.add("-A", postroutingChain, "-m", "comment", "--comment", quote("proxymodes service traffic requiring SNAT"),
+		"-j", "MASQUERADE", "--random-fully")
+	n.add("-A", markMasqChain, "-j", "MARK", "--or-mark", cfg.masqMark)
+
+	for _, name := range names {
+		svc := snap.Services[name]
+		if !svc.ClusterIP.Is4() {
+			continue
+		}
+		proto := strings.ToLower(string(svc.Protocol))
+		port := strconv.Itoa(int(svc.Port))
+		label := name.String()
+		clusterIP := []string{"-A", servicesChain, "-m", "comment", "--comment", quote(label + " cluster IP"),
+			"-m", proto, "-p", proto, "-d", svc.ClusterIP.String(), "--dport", port}
+		switch {
+		case cfg.masqueradeAll:
+			n.add(append(clusterIP, "-j", markMasqChain)...)
+		case cfg.clusterCIDR.IsValid():
+			// Off-cluster sources may be answered by a pod on another
+			// node; SNAT so the reply comes back through this node.
+			n.add(append(clusterIP, "!", "-s", cfg.clusterCIDR.String(), "-j", markMasqChain)...)
+		default:
+			// Without a cluster CIDR only node-originated traffic is
+			// known to need it: its source is the VIP itself, which
+			// the pod could not answer.
+			n.add(append(clusterIP, "-m", "addrtype", "--src-type", "LOCAL", "-j", markMasqChain)...)
+		}
+		for _, eip := range svc.ExternalIPs {
+			if !eip.Is4() {
+				continue
+			}
+			n.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"),
+				"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", markMasqChain)
+		}
+		if svc.NodePort != 0 {
+			n.add("-A", nodePortsChain, "-m", "comment", "--comment", quote(label+" node port"),
+				"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", markMasqChain)
+		}
+	}
+	n.add("-A", servicesChain, "-m", "comment", "--comment", quote("proxymodes ipvs node ports; NOTE: this must be the last rule in this chain"),
+		"-m", "addrtype", "--dst-type", "LOCAL", "!", "-d", "127.0.0.0/8", "-j", nodePortsChain)
+
+	return r
+}
+
+// quoteArgs quotes arguments with spaces, as iptables-restore expects.
+func quoteArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\"") {
+			a = quote(strings.ReplaceAll(a, `"`, `\"`))
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// ownedJumps returns our rules in a built-in chain.
+func ownedJumps(tables map[string]*iptables.Table, table, chain string) []iptables.Rule {
+	t := tables[table]
+	if t == nil || t.Chains[chain] == nil {
+		return nil
+	}
+	var out []iptables.Rule
+	for _, r := range t.Chains[chain].Rules {
+		if strings.HasPrefix(r.Target(), ChainPrefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// jumpsMatch reports whether exactly the wanted jumps are present, in
+// order (by target and comment, which iptables-save prints back as given).
+func jumpsMatch(have []iptables.Rule, want []jumpRule) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range have {
+		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanupRules deletes our jump rules and chains from both tables in one
+// batch; it restores nothing when nothing of ours is there.
+func cleanupRules(ipt iptables.Interface) error {
+	data, err := ipt.Save()
+	if err != nil {
+		return fmt.Errorf("reading rules: %w", err)
+	}
+	tables, err := iptables.ParseSave(data)
+	if err != nil {
+		return fmt.Errorf("parsing iptables-save output: %w", err)
+	}
+	var out bytes.Buffer
+	for _, name := range []string{tableFilter, tableNAT} {
+		t := tables[name]
+		if t == nil {
+			continue
+		}
+		var chains, jumps, deletes ruleBuf
+		for _, cname := range t.SortedChains() {
+			c := t.Chains[cname]
+			switch {
+			case c.Builtin:
+				for _, r := range ownedJumps(tables, name, cname) {
+					jumps.add("-D", cname, r.String())
+				}
+			case strings.HasPrefix(cname, ChainPrefix):
+				fmt.Fprintf(&chains, ":%s - [0:0]\n", cname)
+				deletes.add("-X", cname)
+			}
+		}
+		if jumps.lines+deletes.lines == 0 {
+			continue
+		}
+		fmt.Fprintf(&out, "*%s\n", name)
+		out.Write(chains.Bytes())
+		out.Write(jumps.Bytes())
+		out.Write(deletes.Bytes())
+		out.WriteString("COMMIT\n")
+	}
+	if out.Len() == 0 {
+		return nil
+	}
+	if err := ipt.Restore(out.Bytes()); err != nil {
+		return fmt.Errorf("removing rules: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,565 @@
+package ipvs
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
+	"github.com/proxymodes/proxymodes/proxier/iptables"
+)
+
+// Node addresses used by the tests (198.18.0.0/24 is the node range).
+var (
+	node1 = netip.MustParseAddr("198.18.0.1")
+	node2 = netip.MustParseAddr("198.18.0.2")
+)
+
+// env is a Proxier over fakes of everything it touches.
+type env struct {
+	p     *Proxier
+	cfg   Config
+	ipvs  *Fake
+	links *FakeLinks
+	ipt   *iptables.Fake
+	sys   *FakeSysctl
+	clock *clocktesting.FakePassiveClock
+}
+
+func newEnv(t *testing.T, mutate ...func(*Config)) *env {
+	t.Helper()
+	e := &env{
+		ipvs: NewFake(), links: NewFakeLinks(node1), ipt: iptables.NewFake(), sys: NewFakeSysctl(),
+		clock: clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
+	}
+	e.cfg = Config{IPVS: e.ipvs, Links: e.links, IPTables: e.ipt, Sysctl: e.sys, Clock: e.clock, ClusterCIDR: testsnap.ClusterCIDR}
+	for _, m := range mutate {
+		m(&e.cfg)
+	}
+	e.restart(t)
+	return e
+}
+
+// restart replaces the Proxier with a new one over the same kernel state,
+// as a restarted process would see it.
+func (e *env) restart(t *testing.T) {
+	t.Helper()
+	p, err := New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.p = p
+}
+
+func (e *env) sync(t *testing.T, snap *core.Snapshot, c core.ChangeSet) {
+	t.Helper()
+	if err := e.p.Sync(snap, c); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+}
+
+func (e *env) resetOps() {
+	e.ipvs.ResetOps()
+	e.links.Ops = nil
+}
+
+func (e *env) vips(t *testing.T) []string {
+	t.Helper()
+	addrs, err := e.links.Addrs(DefaultDummyDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+func fullSync() core.ChangeSet {
+	return core.ChangeSet{Full: true, Services: sets.New[types.NamespacedName]()}
+}
+
+func partialSync(names ...string) core.ChangeSet {
+	c := core.ChangeSet{Services: sets.New[types.NamespacedName]()}
+	for _, n := range names {
+		c.Services.Insert(types.NamespacedName{Namespace: "ns", Name: n})
+	}
+	return c
+}
+
+func checkDump(t *testing.T, f *Fake, want string) {
+	t.Helper()
+	want = strings.TrimLeft(want, "\n")
+	if got := f.Dump(); got != want {
+		t.Errorf("IPVS state:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func checkOps(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("%s ops:\n  %s\nwant:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+// webSnap: one ClusterIP service with two endpoints, and one NodePort
+// service with an external IP.
+func webSnap() (*testsnap.Builder, core.ServicePortName) {
+	b := testsnap.New()
+	web := b.Add(testsnap.Port{Name: "web", PortName: "http", ClusterIP: "198.19.0.10", Port: 80,
+		Endpoints: []string{"198.18.64.10:8080", "198.18.65.10:8080"}})
+	b.Add(testsnap.Port{Name: "np", PortName: "http", ClusterIP: "198.19.0.30", Port: 80, NodePort: 30080,
+		ExternalIPs: []string{"198.19.200.1"}, Endpoints: []string{"198.18.64.30:8080"}})
+	b.Snap.Node = &core.NodeInfo{Name: "node-1", Addresses: []netip.Addr{node1, node2}}
+	return b, web
+}
+
+func TestSysctlsSetBySyncNotByNew(t *testing.T) {
+	e := newEnv(t)
+	if len(e.sys.Values)+len(e.ipvs.Ops)+len(e.links.Ops)+len(e.ipt.Restores) != 0 {
+		t.Fatalf("New changed kernel state: sysctls %v, %v %v %d restores", e.sys.Values, e.ipvs.Ops, e.links.Ops, len(e.ipt.Restores))
+	}
+	b, _ := webSnap()
+	e.sync(t, b.Snap, fullSync())
+	for _, want := range requiredSysctls {
+		if got := e.sys.Values[want.name]; got != want.value {
+			t.Errorf("%s = %q, want %q", want.name, got, want.value)
+		}
+	}
+	if len(e.sys.Values) != len(requiredSysctls) {
+		t.Errorf("set %d sysctls, want exactly %d: %v", len(e.sys.Values), len(requiredSysctls), e.sys.Values)
+	}
+	// Reset by someone else: the next full sync repairs it.
+	e.sys.Values["net/ipv4/vs/conntrack"] = "0"
+	e.sync(t, b.Snap, fullSync())
+	if got := e.sys.Values["net/ipv4/vs/conntrack"]; got != "1" {
+		t.Errorf("net/ipv4/vs/conntrack = %q after a full sync, want 1", got)
+	}
+}
+
+func TestSchedulerValidation(t *testing.T) {
+	for _, s := range []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq"} {
+		e := newEnv(t, func(c *Config) { c.Scheduler = s })
+		if e.p.Scheduler() != s {
+			t.Errorf("Scheduler() = %q, want %q", e.p.Scheduler(), s)
+		}
+	}
+	if e := newEnv(t); e.p.Scheduler() != "rr" {
+		t.Errorf("default scheduler %q, want rr", e.p.Scheduler())
+	}
+
+	sys := NewFakeSysctl()
+	_, err := New(Config{Scheduler: "fastest", IPVS: NewFake(), Links: NewFakeLinks(), IPTables: iptables.NewFake(), Sysctl: sys})
+	if err == nil {
+		t.Fatal("New accepted scheduler \"fastest\"")
+	}
+	for _, want := range append([]string{`"fastest"`}, Schedulers...) {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	if len(sys.Values) != 0 {
+		t.Errorf("a rejected config still set sysctls: %v", sys.Values)
+	}
+}
+
+func TestSyncAddsVirtualServersVIPsAndRealServers(t *testing.T) {
+	e := newEnv(t)
+	b, _ := webSnap()
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30080 rr
+  -> 198.18.64.30:8080 Masq 1 0 0
+TCP 198.18.0.2:30080 rr
+  -> 198.18.64.30:8080 Masq 1 0 0
+TCP 198.19.0.10:80 rr
+  -> 198.18.64.10:8080 Masq 1 0 0
+  -> 198.18.65.10:8080 Masq 1 0 0
+TCP 198.19.0.30:80 rr
+  -> 198.18.64.30:8080 Masq 1 0 0
+TCP 198.19.200.1:80 rr
+  -> 198.18.64.30:8080 Masq 1 0 0
+`)
+	// Cluster and external IPs are bound; node addresses are not (they
+	// are already local).
+	if got, want := e.vips(t), []string{"198.19.0.10", "198.19.0.30", "198.19.200.1"}; !slices.Equal(got, want) {
+		t.Errorf("VIPs on %s: %v, want %v", DefaultDummyDevice, got, want)
+	}
+	if e.links.Ops[0] != "add-dummy kube-ipvs0" {
+		t.Errorf("first link op %q, want the dummy device created first", e.links.Ops[0])
+	}
+	if st := e.p.LastStats(); st.ServicesAdded != 5 || st.DestsAdded != 6 || st.AddrsBound != 3 || !st.RulesApplied {
+		t.Errorf("stats %+v", st)
+	}
+
+	// A second full sync of the same snapshot changes nothing.
+	e.resetOps()
+	e.sync(t, b.Snap, fullSync())
+	checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	checkOps(t, "links", e.links.Ops, nil)
+}
+
+func TestNodePortAddressesFallBackToLocalAddresses(t *testing.T) {
+	e := newEnv(t)
+	b, _ := webSnap()
+	b.Snap.Node = nil // Node object not seen yet
+	e.sync(t, b.Snap, fullSync())
+	if !strings.Contains(e.ipvs.Dump(), "TCP 198.18.0.1:30080 rr") || strings.Contains(e.ipvs.Dump(), "198.18.0.2:30080") {
+		t.Errorf("NodePort not on the local address 198.18.0.1 only:\n%s", e.ipvs.Dump())
+	}
+
+	e = newEnv(t, func(c *Config) { c.NodePortAddresses = []netip.Addr{node2} })
+	b, _ = webSnap()
+	e.sync(t, b.Snap, fullSync())
+	if !strings.Contains(e.ipvs.Dump(), "TCP 198.18.0.2:30080 rr") || strings.Contains(e.ipvs.Dump(), "198.18.0.1:30080") {
+		t.Errorf("NodePort not on the configured address 198.18.0.2 only:\n%s", e.ipvs.Dump())
+	}
+}
+
+func TestOnlyUsableEndpointsBecomeRealServers(t *testing.T) {
+	e := newEnv(t)
+	b := testsnap.New()
+	name := b.Add(testsnap.Port{Name: "web", ClusterIP: "198.19.0.10", Port: 80,
+		Endpoints: []string{"198.18.64.10:8080", "198.18.64.11:8080", "198.18.64.12:8080"}})
+	eps := b.Snap.Endpoints[name]
+	eps[1].Ready = false                                                 // not ready, not serving: never used
+	eps[2].Ready, eps[2].Serving, eps[2].Terminating = false, true, true // serving while terminating
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.19.0.10:80 rr
+  -> 198.18.64.10:8080 Masq 1 0 0
+`)
+	// With no ready endpoint left, the serving-terminating one is used.
+	eps[0].Ready = false
+	e.sync(t, b.Snap, partialSync("web"))
+	checkDump(t, e.ipvs, `
+TCP 198.19.0.10:80 rr
+  -> 198.18.64.10:8080 Masq 0 0 0
+  -> 198.18.64.12:8080 Masq 1 0 0
+`)
+}
+
+func TestSyncUpdatesAndDeletes(t *testing.T) {
+	e := newEnv(t)
+	b, web := webSnap()
+	e.sync(t, b.Snap, fullSync())
+
+	// One endpoint replaced: the new one is added, the old one quiesced.
+	b.Snap.Endpoints[web] = []core.Endpoint{
+		{IP: netip.MustParseAddr("198.18.64.10"), Port: 8080, Ready: true, Serving: true},
+		{IP: netip.MustParseAddr("198.18.66.10"), Port: 8080, Ready: true, Serving: true},
+	}
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("web"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"add-dest TCP/198.19.0.10:80 198.18.66.10:8080 weight 1",
+		"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 0",
+	})
+	if st := e.p.LastStats(); st.DestLists != 1 {
+		t.Errorf("partial sync read the real servers of %d virtual servers, want 1 (only the changed service)", st.DestLists)
+	}
+
+	// The NodePort service is deleted: all its virtual servers go at once
+	// and its VIPs are unbound. The quiesced real server of the other
+	// service has no connections, so this later sync deletes it.
+	np := core.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "np"}, Port: "http", Protocol: v1.ProtocolTCP}
+	delete(b.Snap.Services, np)
+	delete(b.Snap.Endpoints, np)
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("np"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080",
+		"delete-service TCP/198.18.0.1:30080",
+		"delete-service TCP/198.18.0.2:30080",
+		"delete-service TCP/198.19.0.30:80",
+		"delete-service TCP/198.19.200.1:80",
+	})
+	checkOps(t, "links", e.links.Ops, []string{"delete-addr kube-ipvs0 198.19.0.30", "delete-addr kube-ipvs0 198.19.200.1"})
+	if got := e.vips(t); !slices.Equal(got, []string{"198.19.0.10"}) {
+		t.Errorf("VIPs %v, want only 198.19.0.10", got)
+	}
+	if strings.Contains(string(e.p.LastBatch()), "ns/np:http") || strings.Contains(e.ipt.Dump(), "ns/np:http") {
+		t.Errorf("rules still mention the deleted service:\n%s", e.ipt.Dump())
+	}
+
+	// A port change of a service is a new virtual server plus a deleted one.
+	b.Snap.Services[web].Port = 8000
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("web"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"add-service TCP/198.19.0.10:8000 rr",
+		"add-dest TCP/198.19.0.10:8000 198.18.64.10:8080 weight 1",
+		"add-dest TCP/198.19.0.10:8000 198.18.66.10:8080 weight 1",
+		"delete-service TCP/198.19.0.10:80",
+	})
+}
+
+func TestSchedulerChangeUpdatesServiceInPlace(t *testing.T) {
+	e := newEnv(t)
+	b, _ := webSnap()
+	e.sync(t, b.Snap, fullSync())
+
+	e.cfg.Scheduler = "wrr"
+	e.restart(t)
+	e.resetOps()
+	e.sync(t, b.Snap, fullSync())
+	for _, op := range e.ipvs.Ops {
+		if !strings.HasPrefix(op, "update-service ") || !strings.HasSuffix(op, " wrr") {
+			t.Errorf("unexpected op %q: a scheduler change must update services in place, not recreate them or touch real servers", op)
+		}
+	}
+	if len(e.ipvs.Ops) != 5 {
+		t.Errorf("%d ops, want 5 service updates: %v", len(e.ipvs.Ops), e.ipvs.Ops)
+	}
+	if strings.Contains(e.ipvs.Dump(), " rr\n") {
+		t.Errorf("a virtual server kept rr:\n%s", e.ipvs.Dump())
+	}
+}
+
+func TestSessionAffinityIsPersistence(t *testing.T) {
+	e := newEnv(t)
+	b := testsnap.New()
+	name := b.Add(testsnap.Port{Name: "sticky", ClusterIP: "198.19.0.20", Port: 443, Affinity: true, Timeout: 600,
+		Endpoints: []string{"198.18.64.20:8443"}})
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.19.0.20:443 rr persistent 600
+  -> 198.18.64.20:8443 Masq 1 0 0
+`)
+
+	b.Snap.Services[name].StickyTimeoutSeconds = 60
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("sticky"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-service TCP/198.19.0.20:443 rr persistent 60"})
+
+	b.Snap.Services[name].ClientIPAffinity = false
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("sticky"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-service TCP/198.19.0.20:443 rr"})
+	checkDump(t, e.ipvs, `
+TCP 198.19.0.20:443 rr
+  -> 198.18.64.20:8443 Masq 1 0 0
+`)
+}
+
+func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
+	vs := VSKey{Address: netip.MustParseAddr("198.19.0.10"), Protocol: ProtoTCP, Port: 80}
+	gone := netip.MustParseAddrPort("198.18.65.10:8080")
+	setup := func(t *testing.T) (*env, *testsnap.Builder) {
+		e := newEnv(t, func(c *Config) { c.GracePeriod = time.Minute })
+		b, web := webSnap()
+		e.sync(t, b.Snap, fullSync())
+		b.Snap.Endpoints[web] = b.Snap.Endpoints[web][:1] // 198.18.65.10 goes away
+		e.resetOps()
+		e.sync(t, b.Snap, partialSync("web"))
+		checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 0"})
+		return e, b
+	}
+
+	t.Run("deleted once idle", func(t *testing.T) {
+		e, b := setup(t)
+		if err := e.ipvs.SetConnections(vs, gone, 3, 1); err != nil {
+			t.Fatal(err)
+		}
+		// Later syncs (even partial ones about other services) revisit it,
+		// but keep it while connections are active.
+		e.clock.SetTime(e.clock.Now().Add(30 * time.Second))
+		e.resetOps()
+		e.sync(t, b.Snap, partialSync("np"))
+		checkOps(t, "ipvs", e.ipvs.Ops, nil)
+		if st := e.p.LastStats(); st.Quiescing != 1 {
+			t.Errorf("Quiescing = %d, want 1", st.Quiescing)
+		}
+		if err := e.ipvs.SetConnections(vs, gone, 0, 2); err != nil {
+			t.Fatal(err)
+		}
+		e.sync(t, b.Snap, partialSync())
+		checkOps(t, "ipvs", e.ipvs.Ops, []string{"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080"})
+		if st := e.p.LastStats(); st.Quiescing != 0 || st.DestsDeleted != 1 {
+			t.Errorf("stats after delete: %+v", st)
+		}
+	})
+
+	t.Run("deleted after the grace period", func(t *testing.T) {
+		e, b := setup(t)
+		if err := e.ipvs.SetConnections(vs, gone, 3, 0); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.SetTime(e.clock.Now().Add(59 * time.Second))
+		e.resetOps()
+		e.sync(t, b.Snap, fullSync())
+		checkOps(t, "ipvs", e.ipvs.Ops, nil)
+		e.clock.SetTime(e.clock.Now().Add(time.Second))
+		e.sync(t, b.Snap, fullSync())
+		checkOps(t, "ipvs", e.ipvs.Ops, []string{"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080"})
+	})
+
+	t.Run("usable again before deletion", func(t *testing.T) {
+		e, b := setup(t)
+		_, web := webSnap()
+		b.Snap.Endpoints[web] = append(b.Snap.Endpoints[web], core.Endpoint{IP: gone.Addr(), Port: int32(gone.Port()), Ready: true, Serving: true})
+		e.resetOps()
+		e.sync(t, b.Snap, partialSync("web"))
+		checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 1"})
+		e.resetOps()
+		e.sync(t, b.Snap, partialSync())
+		checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	})
+
+	t.Run("last endpoint", func(t *testing.T) {
+		// A service left with no endpoints keeps its virtual server (so
+		// clients are refused, not routed elsewhere) with its real
+		// servers quiesced.
+		e, b := setup(t)
+		_, web := webSnap()
+		delete(b.Snap.Endpoints, web)
+		e.resetOps()
+		e.sync(t, b.Snap, partialSync("web"))
+		checkOps(t, "ipvs", e.ipvs.Ops, []string{
+			"update-dest TCP/198.19.0.10:80 198.18.64.10:8080 weight 0",
+			"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080",
+		})
+		if !strings.Contains(e.ipvs.Dump(), "TCP 198.19.0.10:80 rr\n  -> 198.18.64.10:8080 Masq 0 0 0\n") {
+			t.Errorf("state:\n%s", e.ipvs.Dump())
+		}
+	})
+}
+
+func TestRestartConvergesWithoutFlushing(t *testing.T) {
+	e := newEnv(t)
+	b, web := webSnap()
+	e.sync(t, b.Snap, fullSync())
+	before := e.ipvs.Dump()
+	vs := VSKey{Address: netip.MustParseAddr("198.19.0.10"), Protocol: ProtoTCP, Port: 80}
+	if err := e.ipvs.SetConnections(vs, netip.MustParseAddrPort("198.18.64.10:8080"), 5, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// Same snapshot after a restart: nothing in IPVS or on the dummy
+	// device is touched, so established connections keep their real
+	// servers.
+	e.restart(t)
+	e.resetOps()
+	e.sync(t, b.Snap, fullSync())
+	checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	checkOps(t, "links", e.links.Ops, nil)
+	if !strings.Contains(e.ipvs.Dump(), "198.18.64.10:8080 Masq 1 5 0") {
+		t.Errorf("connection counts lost:\n%s", e.ipvs.Dump())
+	}
+
+	// Kernel state left by an older configuration: a stale virtual
+	// server, a stale real server, a stale VIP, and a virtual server of
+	// someone else in an excluded range.
+	stale := VirtualServer{Address: netip.MustParseAddr("198.19.9.9"), Protocol: ProtoUDP, Port: 53, Scheduler: "rr"}
+	foreign := VirtualServer{Address: netip.MustParseAddr("198.18.255.1"), Protocol: ProtoTCP, Port: 22, Scheduler: "sh"}
+	for _, v := range []VirtualServer{stale, foreign} {
+		if err := e.ipvs.NewService(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.ipvs.NewDestination(vs, RealServer{Address: netip.MustParseAddr("198.18.70.1"), Port: 8080, Weight: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.links.AddAddr(DefaultDummyDevice, stale.Address); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}
+	e.restart(t)
+	e.resetOps()
+	e.sync(t, b.Snap, fullSync())
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"update-dest TCP/198.19.0.10:80 198.18.70.1:8080 weight 0",
+		"delete-service UDP/198.19.9.9:53",
+	})
+	checkOps(t, "links", e.links.Ops, []string{"delete-addr kube-ipvs0 198.19.9.9"})
+	e.sync(t, b.Snap, partialSync())
+	want := before + "" // the stale real server is gone on the next sync; the foreign service stays
+	got := e.ipvs.Dump()
+	if !strings.Contains(got, "TCP 198.18.255.1:22 sh\n") {
+		t.Errorf("excluded virtual server was touched:\n%s", got)
+	}
+	got = strings.Replace(got, "TCP 198.18.255.1:22 sh\n", "", 1)
+	got = strings.Replace(got, "Masq 1 5 0", "Masq 1 0 0", 1)
+	if got != want {
+		t.Errorf("after convergence:\n%s\nwant:\n%s", got, want)
+	}
+	_ = web
+}
+
+func TestFailedOperationsDoNotStopOtherServices(t *testing.T) {
+	e := newEnv(t)
+	b, _ := webSnap()
+	broken := VSKey{Address: netip.MustParseAddr("198.19.0.10"), Protocol: ProtoTCP, Port: 80}
+	e.ipvs.Fail = func(op string, k VSKey) error {
+		if op == "add-service" && k == broken {
+			return syscall.ENOMEM
+		}
+		return nil
+	}
+	err := e.p.Sync(b.Snap, fullSync())
+	if err == nil || !errors.Is(err, syscall.ENOMEM) || !strings.Contains(err.Error(), "198.19.0.10:80") {
+		t.Fatalf("sync error %v, want one naming the failed virtual server", err)
+	}
+	if st := e.p.LastStats(); st.ServicesAdded != 4 {
+		t.Errorf("added %d virtual servers, want the 4 that did not fail", st.ServicesAdded)
+	}
+	// The next sync is full even when the caller asks for a partial one,
+	// and repairs the failed service.
+	e.ipvs.Fail = nil
+	e.sync(t, b.Snap, partialSync())
+	if st := e.p.LastStats(); !st.Full || st.ServicesAdded != 1 {
+		t.Errorf("retry stats %+v, want a full sync adding 1 service", st)
+	}
+	if !strings.Contains(e.ipvs.Dump(), "TCP 198.19.0.10:80 rr\n  -> 198.18.64.10:8080") {
+		t.Errorf("state:\n%s", e.ipvs.Dump())
+	}
+}
+
+func TestCleanupRemovesEverything(t *testing.T) {
+	e := newEnv(t)
+	b, _ := webSnap()
+	// Rules of the iptables mode in the same tables must survive.
+	other, err := iptables.New(iptables.Config{Backend: e.ipt, ClusterCIDR: testsnap.ClusterCIDR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	otherRules := e.ipt.Dump()
+	e.sync(t, b.Snap, fullSync())
+	if !strings.Contains(e.ipt.Dump(), ChainPrefix) {
+		t.Fatalf("no %s rules after sync:\n%s", ChainPrefix, e.ipt.Dump())
+	}
+	if err := e.p.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.ipvs.Dump(); d != "" {
+		t.Errorf("virtual servers left:\n%s", d)
+	}
+	if _, ok := e.links.Dummies[DefaultDummyDevice]; ok {
+		t.Errorf("%s not deleted", DefaultDummyDevice)
+	}
+	if got := e.ipt.Dump(); got != otherRules {
+		t.Errorf("rules after cleanup:\n%s\nwant the iptables mode's rules only:\n%s", got, otherRules)
+	}
+	// Cleaning up twice is fine, and a sync afterwards rebuilds it all.
+	if err := CleanupLeftovers(Config{IPVS: e.ipvs, Links: e.links, IPTables: e.ipt}); err != nil {
+		t.Errorf("second cleanup: %v", err)
+	}
+	e.sync(t, b.Snap, partialSync())
+	if st := e.p.LastStats(); !st.Full || st.ServicesAdded != 5 || st.AddrsBound != 3 {
+		t.Errorf("sync after cleanup: %+v", st)
+	}
+}
