@@ -1,0 +1,293 @@
+// Command proxier is the reference Service proxy of proxymodes. Its flags
+// follow kube-proxy's. Run it in a node's network namespace with a
+// kubeconfig:
+//
+//	proxier --proxy-mode=iptables --kubeconfig=/etc/kube/node.conf --hostname-override=node-1 --cluster-cidr=198.18.64.0/18
+//
+// --cleanup removes everything any mode may have created in the current
+// network namespace and exits.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/proxymodes/proxymodes/proxier/conntrack"
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/iptables"
+	"github.com/proxymodes/proxymodes/proxier/ipvs"
+	"github.com/proxymodes/proxymodes/proxier/metrics"
+	"github.com/proxymodes/proxymodes/proxier/server"
+	"github.com/proxymodes/proxymodes/proxier/userspace"
+)
+
+// Modes lists the valid --proxy-mode values.
+var Modes = []string{"userspace", "iptables", "ipvs"}
+
+type options struct {
+	mode               string
+	kubeconfig         string
+	master             string
+	hostname           string
+	clusterCIDR        string
+	minSyncPeriod      time.Duration
+	syncPeriod         time.Duration
+	fullSyncPeriod     time.Duration
+	metricsBindAddress string
+	healthzBindAddress string
+	cleanup            bool
+	ipvsScheduler      string
+	masqueradeAll      bool
+	masqueradeBit      int
+	iptablesBackend    string
+	conntrackCleanup   bool
+	apiQPS             float64
+	apiBurst           int
+}
+
+func newFlagSet(o *options, errOut io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("proxier", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.StringVar(&o.mode, "proxy-mode", "iptables", "which proxy mode to use: "+strings.Join(Modes, ", "))
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to a kubeconfig file (empty: in-cluster config)")
+	fs.StringVar(&o.master, "master", "", "API server address, overriding the kubeconfig")
+	fs.StringVar(&o.hostname, "hostname-override", "", "the node name to use instead of the hostname")
+	fs.StringVar(&o.clusterCIDR, "cluster-cidr", "", "the pod CIDR; traffic to cluster IPs from outside it is masqueraded")
+	fs.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "minimum time between rule syncs")
+	fs.DurationVar(&o.syncPeriod, "sync-period", 30*time.Second, "maximum time between rule syncs")
+	fs.DurationVar(&o.fullSyncPeriod, "full-sync-period", time.Hour, "maximum time between full rule rewrites (a failed sync always forces one)")
+	fs.StringVar(&o.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics (empty disables)")
+	fs.StringVar(&o.healthzBindAddress, "healthz-bind-address", "127.0.0.1:10256", "address for /healthz (empty disables)")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "remove every rule this proxier can have created in the current network namespace, then exit")
+	fs.StringVar(&o.ipvsScheduler, "ipvs-scheduler", "rr", "IPVS scheduler (ipvs mode)")
+	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "masquerade all traffic sent to cluster IPs")
+	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "fwmark bit (0-31) flagging packets for SNAT")
+	fs.StringVar(&o.iptablesBackend, "iptables-backend", "auto", fmt.Sprintf("iptables flavour: %v (auto honours $%s, then the system iptables)", iptables.Variants, iptables.EnvVariant))
+	fs.BoolVar(&o.conntrackCleanup, "conntrack-cleanup", true, "delete stale UDP conntrack entries when backends go away")
+	fs.Float64Var(&o.apiQPS, "kube-api-qps", 50, "QPS to the API server")
+	fs.IntVar(&o.apiBurst, "kube-api-burst", 100, "burst to the API server")
+	return fs
+}
+
+// newExec is the command runner; tests replace it.
+var newExec = func() iptables.Exec { return iptables.OSExec{} }
+
+func main() {
+	klog.InitFlags(nil)
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run parses args and runs the proxier; it returns the exit code.
+func run(args []string, errOut io.Writer) int {
+	var o options
+	fs := newFlagSet(&o, errOut)
+	// klog's flags (-v, --logtostderr, ...) live on the default set.
+	flag.CommandLine.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(errOut, "proxier: unexpected arguments %v\n", fs.Args())
+		return 2
+	}
+	defer klog.Flush()
+
+	if o.cleanup {
+		if err := cleanupAll(newExec()); err != nil {
+			fmt.Fprintf(errOut, "proxier: cleanup: %v\n", err)
+			return 1
+		}
+		klog.InfoS("Cleanup done")
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, o); err != nil {
+		fmt.Fprintf(errOut, "proxier: %v\n", err)
+		return 1
+	}
+	klog.InfoS("Stopped")
+	return 0
+}
+
+// errNotImplemented marks modes that are planned but not built yet.
+var errNotImplemented = errors.New("not implemented yet in this build")
+
+// buildMode validates the flags of the chosen mode and constructs it.
+func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, error) {
+	switch o.mode {
+	case "iptables":
+		var cidr netip.Prefix
+		if o.clusterCIDR != "" {
+			var err error
+			if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
+				return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
+			}
+		}
+		v, err := iptables.ParseVariant(o.iptablesBackend)
+		if err != nil {
+			return nil, fmt.Errorf("--iptables-backend: %w", err)
+		}
+		if v, err = iptables.Detect(ex, v); err != nil {
+			return nil, err
+		}
+		be, err := iptables.NewBackend(ex, v)
+		if err != nil {
+			return nil, err
+		}
+		klog.InfoS("Using iptables", "backend", v)
+		return iptables.New(iptables.Config{
+			Backend: be, ClusterCIDR: cidr, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit, Metrics: m,
+		})
+	case "userspace":
+		// The userspace mode uses iptables only for its portal rules.
+		v, err := iptables.ParseVariant(o.iptablesBackend)
+		if err != nil {
+			return nil, fmt.Errorf("--iptables-backend: %w", err)
+		}
+		if v, err = iptables.Detect(ex, v); err != nil {
+			return nil, err
+		}
+		be, err := iptables.NewBackend(ex, v)
+		if err != nil {
+			return nil, err
+		}
+		klog.InfoS("Using iptables for userspace portals", "backend", v)
+		return userspace.New(userspace.Config{Backend: be})
+	case "ipvs":
+		sched, err := ipvs.ParseScheduler(o.ipvsScheduler)
+		if err != nil {
+			return nil, fmt.Errorf("--ipvs-scheduler: %w", err)
+		}
+		var cidr netip.Prefix
+		if o.clusterCIDR != "" {
+			if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
+				return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
+			}
+		}
+		// IPVS balances; iptables only marks connections for masquerade.
+		v, err := iptables.ParseVariant(o.iptablesBackend)
+		if err != nil {
+			return nil, fmt.Errorf("--iptables-backend: %w", err)
+		}
+		if v, err = iptables.Detect(ex, v); err != nil {
+			return nil, err
+		}
+		be, err := iptables.NewBackend(ex, v)
+		if err != nil {
+			return nil, err
+		}
+		klog.InfoS("Using IPVS", "scheduler", sched, "iptablesBackend", v)
+		return ipvs.New(ipvs.Config{
+			Scheduler: sched, IPTables: be, ClusterCIDR: cidr, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit, Metrics: m,
+		})
+	default:
+		return nil, fmt.Errorf("--proxy-mode=%q is not a proxy mode: valid modes are %s", o.mode, strings.Join(Modes, ", "))
+	}
+}
+
+func nodeName(o options) (string, error) {
+	if o.hostname != "" {
+		return strings.ToLower(strings.TrimSpace(o.hostname)), nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("cannot read the hostname (%v); pass --hostname-override", err)
+	}
+	return strings.ToLower(strings.TrimSpace(h)), nil
+}
+
+func serve(ctx context.Context, o options) error {
+	if o.minSyncPeriod > o.syncPeriod {
+		return fmt.Errorf("--min-sync-period (%v) must not exceed --sync-period (%v)", o.minSyncPeriod, o.syncPeriod)
+	}
+	m := metrics.New()
+	mode, err := buildMode(o, m, newExec())
+	if err != nil {
+		return err
+	}
+	node, err := nodeName(o)
+	if err != nil {
+		return err
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags(o.master, o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig %q: %w", o.kubeconfig, err)
+	}
+	restCfg.QPS, restCfg.Burst = float32(o.apiQPS), o.apiBurst
+	restCfg.ContentType = "application/vnd.kubernetes.protobuf"
+	restCfg.UserAgent = "proxymodes-proxier/" + o.mode
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("creating API client: %w", err)
+	}
+
+	health := server.NewHealth(nil, 2*o.syncPeriod+o.minSyncPeriod)
+	cfg := server.Config{
+		Client: client, NodeName: node, Mode: mode,
+		MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: o.fullSyncPeriod,
+		Metrics: m, Health: health,
+	}
+	if o.conntrackCleanup {
+		cfg.Conntrack = conntrack.NewUDPCleaner()
+	}
+	p, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := server.Listen(ctx, o.metricsBindAddress, server.MetricsMux(m.Registry, health)); err != nil {
+		return fmt.Errorf("--metrics-bind-address: %w", err)
+	}
+	if err := server.Listen(ctx, o.healthzBindAddress, server.HealthMux(health)); err != nil {
+		return fmt.Errorf("--healthz-bind-address: %w", err)
+	}
+	klog.InfoS("Starting proxier", "mode", mode.Name(), "node", node, "clusterCIDR", o.clusterCIDR,
+		"minSyncPeriod", o.minSyncPeriod, "syncPeriod", o.syncPeriod)
+	return p.Run(ctx)
+}
+
+// cleanupAll removes what any mode can have created in this network
+// namespace: iptables rules of both flavours (a flavour whose tools are
+// missing or unusable here is skipped).
+func cleanupAll(ex iptables.Exec) error {
+	var errs []error
+	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
+		if _, err := ex.LookPath(fmt.Sprintf("iptables-%s-restore", v)); err != nil {
+			klog.V(2).InfoS("Skipping iptables cleanup: tools not installed", "backend", v)
+			continue
+		}
+		be, err := iptables.NewBackend(ex, v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := be.Save(); err != nil {
+			// e.g. iptables-nft in a kernel without nf_tables.
+			klog.InfoS("Skipping iptables cleanup: backend unusable here", "backend", v, "err", err)
+			continue
+		}
+		if err := iptables.CleanupBackend(be); err != nil {
+			errs = append(errs, fmt.Errorf("iptables-%s: %w", v, err))
+			continue
+		}
+		klog.V(1).InfoS("Cleaned up iptables rules", "backend", v)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,210 @@
+package userspace
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/iptables"
+)
+
+// Chains of the userspace mode, all in the nat table. They start with
+// iptables.ChainPrefix, so `proxier --cleanup` removes them too.
+//
+//	PREROUTING -> PM-PORTALS-CONTAINER   VIP:port and external IPs, from pods and other hosts
+//	           -> PM-NODEPORT-CONTAINER  NodePorts on local addresses
+//	OUTPUT     -> PM-PORTALS-HOST        the same for connections the node itself opens
+//	           -> PM-NODEPORT-HOST
+//
+// Every rule REDIRECTs to the service port's proxy socket, which listens
+// on 0.0.0.0. REDIRECT in PREROUTING rewrites the destination to the
+// primary address of the incoming interface; in OUTPUT it rewrites it to
+// 127.0.0.1. Both reach a 0.0.0.0 listener without route_localnet (the
+// packet never leaves the node), and no node IP has to be known. (kube-proxy
+// DNATed host traffic to the node IP instead, which needs that IP and
+// breaks when it changes.) The UDP socket answers from the address the
+// datagram was delivered to, so conntrack maps the reply back to the VIP.
+const (
+	chainPortalsContainer  = "PM-PORTALS-CONTAINER"
+	chainPortalsHost       = "PM-PORTALS-HOST"
+	chainNodePortContainer = "PM-NODEPORT-CONTAINER"
+	chainNodePortHost      = "PM-NODEPORT-HOST"
+)
+
+// Chains lists the chains the userspace mode owns.
+var Chains = []string{chainPortalsContainer, chainPortalsHost, chainNodePortContainer, chainNodePortHost}
+
+func ownChain(name string) bool {
+	for _, c := range Chains {
+		if c == name {
+			return true
+		}
+	}
+	return false
+}
+
+// jump is one of our rules in a built-in chain.
+type jump struct {
+	from, to, comment string
+	extra             []string
+}
+
+func (j jump) args() []string {
+	return append(append([]string(nil), j.extra...), "-m", "comment", "--comment", j.comment, "-j", j.to)
+}
+
+var localDst = []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+
+// jumps in the order they must appear at the top of each built-in chain:
+// portals before NodePorts, as in kube-proxy.
+var jumps = []jump{
+	{"PREROUTING", chainPortalsContainer, "proxymodes userspace portals", nil},
+	{"PREROUTING", chainNodePortContainer, "proxymodes userspace nodeports", localDst},
+	{"OUTPUT", chainPortalsHost, "proxymodes userspace portals", nil},
+	{"OUTPUT", chainNodePortHost, "proxymodes userspace nodeports", localDst},
+}
+
+// portal is one service port and the proxy port its traffic goes to.
+type portal struct {
+	svc       *core.ServicePort
+	proxyPort int
+}
+
+// renderRules writes the restore batch for the nat table. Our chains are
+// rewritten completely (a chain line flushes it). When existing is not nil
+// (full syncs) the jump rules in PREROUTING and OUTPUT are checked against
+// it and rewritten if they are missing, duplicated or out of order.
+func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
+	var b bytes.Buffer
+	b.WriteString("*nat\n")
+	for _, c := range Chains {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	if existing != nil {
+		for _, from := range []string{"PREROUTING", "OUTPUT"} {
+			var want []jump
+			for _, j := range jumps {
+				if j.from == from {
+					want = append(want, j)
+				}
+			}
+			have := ownedJumps(existing, from)
+			if jumpsMatch(have, want) {
+				continue
+			}
+			for _, r := range have {
+				fmt.Fprintf(&b, "-D %s %s\n", from, r.String())
+			}
+			for i, j := range want {
+				fmt.Fprintf(&b, "-I %s %d %s\n", from, i+1, join(j.args()))
+			}
+		}
+	}
+	for _, p := range portals {
+		svc := p.svc
+		proto := strings.ToLower(string(svc.Protocol))
+		port := strconv.Itoa(int(svc.Port))
+		to := []string{"-j", "REDIRECT", "--to-ports", strconv.Itoa(p.proxyPort)}
+		label := svc.Name.String()
+		dsts := []struct {
+			ip   string
+			what string
+		}{{svc.ClusterIP.String(), "cluster IP"}}
+		for _, eip := range svc.ExternalIPs {
+			dsts = append(dsts, struct{ ip, what string }{eip.String(), "external IP"})
+		}
+		for _, d := range dsts {
+			args := append([]string{"-m", "comment", "--comment", quote(label + " " + d.what),
+				"-p", proto, "-m", proto, "-d", d.ip + "/32", "--dport", port}, to...)
+			fmt.Fprintf(&b, "-A %s %s\n", chainPortalsContainer, strings.Join(args, " "))
+			fmt.Fprintf(&b, "-A %s %s\n", chainPortalsHost, strings.Join(args, " "))
+		}
+		if svc.NodePort != 0 {
+			args := append([]string{"-m", "comment", "--comment", quote(label + " node port"),
+				"-p", proto, "-m", proto, "--dport", strconv.Itoa(int(svc.NodePort))}, to...)
+			fmt.Fprintf(&b, "-A %s %s\n", chainNodePortContainer, strings.Join(args, " "))
+			fmt.Fprintf(&b, "-A %s %s\n", chainNodePortHost, strings.Join(args, " "))
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+// ownedJumps returns the rules in a built-in nat chain that jump to one of
+// our chains.
+func ownedJumps(tables map[string]*iptables.Table, chain string) []iptables.Rule {
+	t := tables["nat"]
+	if t == nil || t.Chains[chain] == nil {
+		return nil
+	}
+	var out []iptables.Rule
+	for _, r := range t.Chains[chain].Rules {
+		if ownChain(r.Target()) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// jumpsMatch compares by target and comment, which iptables-save prints
+// back as written.
+func jumpsMatch(have []iptables.Rule, want []jump) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range have {
+		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
+			return false
+		}
+	}
+	return true
+}
+
+// renderCleanup writes the batch that removes our jumps and chains from
+// the nat table described by tables; nil when there is nothing to remove.
+func renderCleanup(tables map[string]*iptables.Table) []byte {
+	t := tables["nat"]
+	if t == nil {
+		return nil
+	}
+	var chains, rules bytes.Buffer
+	n := 0
+	for _, from := range []string{"PREROUTING", "OUTPUT"} {
+		for _, r := range ownedJumps(tables, from) {
+			fmt.Fprintf(&rules, "-D %s %s\n", from, r.String())
+			n++
+		}
+	}
+	for _, c := range Chains {
+		if _, ok := t.Chains[c]; ok {
+			fmt.Fprintf(&chains, ":%s - [0:0]\n", c)
+			fmt.Fprintf(&rules, "-X %s\n", c)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	var b bytes.Buffer
+	b.WriteString("*nat\n")
+	b.Write(chains.Bytes())
+	b.Write(rules.Bytes())
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+func quote(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }
+
+// join renders arguments for a restore line, quoting those with spaces.
+func join(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\"") {
+			a = quote(a)
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
