@@ -19,6 +19,8 @@ type End struct {
 	NS   string
 	Name string
 	Addr netip.Prefix
+	// MAC, if set, fixes the link's hardware address.
+	MAC net.HardwareAddr
 }
 
 // Veth creates a veth pair between two namespaces, assigns the addresses
@@ -31,9 +33,10 @@ func Veth(a, b End) error {
 	defer nsB.Close()
 	err = WithHandle(a.NS, func(h *netlink.Handle) error {
 		return h.LinkAdd(&netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: a.Name},
-			PeerName:      b.Name,
-			PeerNamespace: netlink.NsFd(int(nsB)),
+			LinkAttrs:        netlink.LinkAttrs{Name: a.Name, HardwareAddr: a.MAC},
+			PeerName:         b.Name,
+			PeerHardwareAddr: b.MAC,
+			PeerNamespace:    netlink.NsFd(int(nsB)),
 		})
 	})
 	if err != nil {
@@ -176,6 +179,14 @@ func ReadSysctl(ns, key string) (string, error) {
 		return err
 	})
 	return out, err
+}
+
+// MACFor derives a locally administered MAC from an IPv4 address, so an
+// address that is reused (a pod deleted and another created) keeps its MAC
+// and neighbours' ARP caches stay right, as CNI plugins arrange it.
+func MACFor(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x02, 0x50, b[0], b[1], b[2], b[3]}
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

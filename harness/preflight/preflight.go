@@ -38,6 +38,9 @@ var Required = map[string]string{
 	"iptables":         "iptables",
 	"iptables-restore": "iptables",
 	"iptables-legacy":  "iptables",
+	"ipvsadm":          "ipvsadm", // rule inspection in the ipvs mode's lab
+	"modprobe":         "kmod",    // module loading inside the user-mode Linux guest
+	"busybox":          "busybox-static",
 }
 
 // Check runs every check and returns the first problem with its fix.

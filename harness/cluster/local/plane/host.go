@@ -196,7 +196,8 @@ func (h *Host) AddPod(ctx context.Context, s PodSlot) error {
 	}
 	nodeNS := NodeNS(h.t.Prefix, s.Node)
 	veth := vethName(pod)
-	if err := netlab.Veth(netlab.End{NS: pod.NS, Name: podIface, Addr: addrplan.PodIP(s.Node, s.Index)},
+	ip := addrplan.PodIP(s.Node, s.Index)
+	if err := netlab.Veth(netlab.End{NS: pod.NS, Name: podIface, Addr: ip, MAC: netlab.MACFor(ip.Addr())},
 		netlab.End{NS: nodeNS, Name: veth}); err != nil {
 		return err
 	}
