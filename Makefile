@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 MODES := userspace iptables ipvs
 MODE ?= iptables
+PROVIDER ?= local
+IMPL ?= reference
 CACHE ?= /var/cache/proxymodes
 export PROXYMODES_CACHE := $(CACHE)
 GO ?= go
@@ -14,7 +16,7 @@ TEST_TIMEOUT ?= 60m
 .PHONY: help deps k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode
 
 help: ## show this help
-	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))]"
+	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local] [IMPL=reference]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 cli: ## build the proxymodes CLI into $(BIN)
@@ -27,18 +29,24 @@ deps: cli ## check root, tools and kernel; apt-get install missing packages
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane >/dev/null
 
-test: deps k8s ## run every test (unit, lab, proxier), as CI does
+test: deps k8s ## run every test, and the conformance suite for every mode, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
-	@echo "proxymodes: go test ./... (lab tests take a few minutes)"
+	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
 	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@for m in userspace ipvs; do \
+		echo "proxymodes: conformance suite, MODE=$$m (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
+		PROXYMODES_MODE=$$m PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \
+	done
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
 
-conformance: check-mode deps k8s ## run the conformance suites for MODE on the local lab
-	PROXYMODES_MODE=$(MODE) PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
+conformance: check-mode deps k8s ## run the conformance suite for MODE [PROVIDER=local] [IMPL=reference]
+	PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
+		PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
 
 bench: check-mode deps k8s ## run the load benchmarks for MODE
 	PROXYMODES_MODE=$(MODE) PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \

@@ -1,0 +1,153 @@
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/e2e-framework/pkg/types"
+
+	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/suites/promise"
+	"github.com/proxymodes/proxymodes/suites/stats"
+	"github.com/proxymodes/proxymodes/suites/suite"
+)
+
+func TestAffinity(t *testing.T) {
+	testenv.Test(t, clientIPAffinity())
+}
+
+const (
+	// stickN connections from one client must all reach one backend. A
+	// proxy without affinity passes that with probability 3^-39 (random)
+	// or 0 (round-robin).
+	stickN = 40
+	// spreadClients distinct client pods. With affinity each keeps the
+	// backend of its first connection; a random mode picks that first one
+	// uniformly, so all land on one backend with probability
+	// 3 * 3^-14 = 3^-13 = 6.3e-7 (the false-failure probability of the
+	// spread check). Round-robin modes hand out first connections in turn,
+	// so they always spread. The same clients check that affinity expires:
+	// after the timeout each re-chooses, and in a random mode all 14 keep
+	// their backend with probability 3^-14 = 2.1e-7. Round-robin modes move
+	// every client (14 new picks shift the cycle by 14 mod 3 = 2).
+	spreadClients = 14
+	perClient     = 5
+	// affinityTimeout is the Service's timeoutSeconds in the expiry check.
+	affinityTimeout = 5 * time.Second
+	// longAffinity is Kubernetes' default timeout (10800s).
+	longAffinity = 3 * time.Hour
+)
+
+func clientIPAffinity() types.Feature {
+	var names []string
+	needAffinity := func(a *suite.A) {
+		if !a.Promise.ClientIPAffinity {
+			a.Skipf("%s does not promise ClientIP affinity", a.Promise.Mode)
+		}
+		if names == nil {
+			names = suite.Names(a.Fixture.Backends(a, 3))
+		}
+	}
+	return suite.NewFeature("ClientIP affinity", "affinity",
+		"sessionAffinity: ClientIP keeps a client on one backend until timeoutSeconds pass").
+		Assess("one client sticks to one backend over 40 connections", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff", Affinity: longAffinity})
+			tg := tcpTo(clients(a, 1)[0].NS, svc)
+			a.Eventually("Service programmed", suite.Converge,
+				func() probe.Summary { return a.Probe(tg, 3, quick) },
+				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			s := a.Probe(tg, stickN, quick)
+			a.Evidence("client-00: %s", suite.Distribution(s, names))
+			if b := allSame(s); b == "" {
+				a.Fatalf("one client's %d connections were spread: %s (affinity not honoured)", stickN, suite.Distribution(s, names))
+			}
+			a.Evidence("all %d on one backend (without affinity: probability <= 3^-39)", stickN)
+		}).
+		Assess("14 clients spread across backends, each sticking to its own", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-spread", Affinity: longAffinity})
+			cs := clients(a, spreadClients)
+			a.Eventually("Service programmed", suite.Converge,
+				func() probe.Summary { return a.Probe(tcpTo(cs[0].NS, svc), 3, quick) },
+				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			perBackend := map[string]int{}
+			for _, c := range cs {
+				s := a.Probe(tcpTo(c.NS, svc), perClient, quick)
+				b := allSame(s)
+				if b == "" {
+					a.Fatalf("client %s did not stick: %s", c.Name, suite.Distribution(s, names))
+				}
+				perBackend[b]++
+			}
+			a.Evidence("clients per backend: %s (each client %d/%d on its backend)", tally(perBackend), perClient, perClient)
+			if len(perBackend) < 2 {
+				a.Fatalf("all %d clients landed on one backend (%s); a random first choice does that with probability 3^-13 = 6.3e-7", spreadClients, tally(perBackend))
+			}
+		}).
+		Assess("after timeoutSeconds a client can move", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout", Affinity: affinityTimeout})
+			cs := clients(a, spreadClients)
+			a.Eventually("Service programmed", suite.Converge,
+				func() probe.Summary { return a.Probe(tcpTo(cs[0].NS, svc), 1, quick) },
+				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			before := make([]string, len(cs))
+			for i, c := range cs {
+				s := a.Probe(tcpTo(c.NS, svc), 3, quick)
+				if before[i] = allSame(s); before[i] == "" {
+					a.Fatalf("client %s did not stick within the timeout: %s", c.Name, suite.Distribution(s, names))
+				}
+			}
+			wait := affinityTimeout + a.Promise.AffinityExpirySlack
+			a.Logf("waiting %s (timeoutSeconds %s + %s slack for %s) with no traffic", wait, affinityTimeout, a.Promise.AffinityExpirySlack, a.Promise.Mode)
+			select {
+			case <-time.After(wait):
+			case <-a.Ctx.Done():
+				a.Fatal(a.Ctx.Err())
+			}
+			moved := 0
+			var moves []string
+			for i, c := range cs {
+				s := a.Probe(tcpTo(c.NS, svc), 1, quick)
+				if e := s.Errors(); len(e) > 0 {
+					a.Fatalf("client %s: %v", c.Name, e[0])
+				}
+				if after := s.Sequence()[0]; after != before[i] {
+					moved++
+					moves = append(moves, fmt.Sprintf("%s:%s->%s", c.Name, before[i], after))
+				}
+			}
+			bound := stats.NoneMovedBound(spreadClients, 3)
+			a.Evidence("timeoutSeconds=%d, waited %s: %d of %d clients moved %v", int(affinityTimeout/time.Second), wait, moved, len(cs), moves)
+			if moved == 0 {
+				if a.Promise.Selection == promise.Random {
+					a.Fatalf("no client moved %s after its last connection; with expired affinity all %d keep their backend with probability %.2g", wait, len(cs), bound)
+				}
+				a.Fatalf("no client moved %s after its last connection: affinity did not expire", wait)
+			}
+		}).
+		Assess("switching affinity on and off on a live Service takes effect", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-switch"})
+			tg := tcpTo(clients(a, 1)[0].NS, svc)
+			waitServedByAll(a, "without affinity one client reaches all 3 backends", tg, names)
+
+			start := time.Now()
+			a.Fixture.UpdateAffinity(a, svc.Name, longAffinity)
+			a.Eventually("affinity switched on: 40 connections on one backend", suite.Converge,
+				func() probe.Summary { return a.Probe(tg, stickN, quick) },
+				func(s probe.Summary) bool { return allSame(s) != "" })
+			on := time.Since(start)
+
+			start = time.Now()
+			a.Fixture.UpdateAffinity(a, svc.Name, 0)
+			a.Eventually("affinity switched off: 60 connections reach all 3 backends", suite.Converge,
+				func() probe.Summary { return a.Probe(tg, 60, quick) },
+				func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
+			off := time.Since(start)
+			a.Evidence("on took effect within %s, off within %s (40 on one backend by chance: <= 3^-39)", on.Round(10*time.Millisecond), off.Round(10*time.Millisecond))
+		}).Feature()
+}

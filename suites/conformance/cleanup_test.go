@@ -1,0 +1,328 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/e2e-framework/pkg/types"
+
+	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/suites/promise"
+	"github.com/proxymodes/proxymodes/suites/suite"
+)
+
+func TestCleanup(t *testing.T) {
+	testenv.Test(t, ruleCleanup())
+}
+
+// deleted is what the first assessment learned about the Service it
+// deleted, for the checks of later assessments.
+type deleted struct {
+	vip        string
+	nodePorts  []string
+	ipvsBefore map[string][]string // node -> lines that named the VIP
+	ipvsErr    error
+	vipsBefore map[string]bool // node -> VIP was bound
+}
+
+func ruleCleanup() types.Feature {
+	var gone *deleted
+	var names []string
+	return suite.NewFeature("rule cleanup", "cleanup",
+		"after a Service is deleted nothing in the data plane refers to it, and stale UDP conntrack entries are cleared").
+		Assess("nothing in iptables or proxy listeners refers to a deleted Service", func(ctx context.Context, a *suite.A) {
+			nodes := a.Cluster.Info().Nodes
+			baseline := map[string]map[string]bool{}
+			for _, n := range nodes {
+				dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+				if err != nil {
+					a.Fatal(err)
+				}
+				baseline[n.Name] = suite.Chains(dump)
+			}
+			pods := a.Fixture.Backends(a, 2)
+			names = suite.Names(pods)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "gone", NodePort: true})
+			tg := tcpTo(nodes[0].NS, svc)
+			a.Eventually("Service programmed", suite.Converge,
+				func() probe.Summary { return a.Probe(tg, 40, quick) },
+				func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
+			d := &deleted{vip: svc.Spec.ClusterIP, ipvsBefore: map[string][]string{}, vipsBefore: map[string]bool{}}
+			for _, p := range svc.Spec.Ports {
+				d.nodePorts = append(d.nodePorts, strconv.Itoa(int(p.NodePort)))
+			}
+			comment := suite.Namespace + "/" + svc.Name + ":"
+			addrs := []string{d.vip}
+
+			// What refers to the Service while it exists: if nothing does,
+			// absence afterwards proves nothing.
+			perNode := map[string][]string{} // node -> new chains
+			var proxyPorts []string
+			for _, n := range nodes {
+				dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+				if err != nil {
+					a.Fatal(err)
+				}
+				lines := suite.Refers(dump, addrs, nil, d.nodePorts, []string{comment})
+				if len(lines) == 0 {
+					a.Fatalf("%s: no iptables rule refers to the Service (VIP %s, NodePorts %v, comment %q) while it exists, so its absence later proves nothing", n.Name, d.vip, d.nodePorts, comment)
+				}
+				declared := suite.Chains(dump)
+				chains := map[string]bool{}
+				for _, l := range lines {
+					for _, f := range strings.Fields(l) {
+						f = strings.TrimPrefix(f, ":")
+						if declared[f] && !baseline[n.Name][f] {
+							chains[f] = true
+						}
+					}
+				}
+				for c := range chains {
+					perNode[n.Name] = append(perNode[n.Name], c)
+				}
+				sort.Strings(perNode[n.Name])
+				a.Evidence("before delete, %s: %d rules refer to it; its own chains: %v", n.Name, len(lines), perNode[n.Name])
+				proxyPorts = append(proxyPorts, suite.ProxyPorts(lines)...)
+				if a.Promise.Has(promise.IPVS) {
+					recordIPVS(a, d, n.Name, n.NS)
+				}
+			}
+			if a.Promise.Has(promise.Listeners) && len(proxyPorts) == 0 {
+				a.Errorf("%s keeps proxy sockets, but no rule redirects the Service to one (--to-ports)", a.Promise.Mode)
+			}
+
+			start := time.Now()
+			a.Fixture.DeleteService(a, svc.Name)
+			gone = d
+			deadline := start.Add(suite.Converge)
+			for _, n := range nodes {
+				for {
+					dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+					if err != nil {
+						a.Fatal(err)
+					}
+					left := suite.Refers(dump, addrs, perNode[n.Name], d.nodePorts, []string{comment})
+					if len(left) == 0 {
+						break
+					}
+					if time.Now().After(deadline) {
+						a.Fatalf("%s: %s after the Service was deleted, these rules remain:\n%s", n.Name, suite.Converge, strings.Join(left, "\n"))
+					}
+					time.Sleep(250 * time.Millisecond)
+				}
+			}
+			a.Evidence("after delete: no rule, chain or NodePort of it on %d nodes within %s", len(nodes), time.Since(start).Round(10*time.Millisecond))
+
+			if a.Promise.Has(promise.Listeners) {
+				checkListenersClosed(a, dedupe(proxyPorts), deadline)
+			}
+		}).
+		Assess("no IPVS virtual server or bound VIP remains", func(ctx context.Context, a *suite.A) {
+			if !a.Promise.Has(promise.IPVS) {
+				a.Skipf("%s keeps no IPVS state", a.Promise.Mode)
+			}
+			if gone == nil {
+				a.Fatalf("no deleted Service to check (the previous assessment did not run)")
+			}
+			if errors.Is(gone.ipvsErr, suite.ErrUnsupported) {
+				// TODO(lead): implement suite.IPVSDumper/AddrDumper (or
+				// Execer with ipvsadm) for the UML lab.
+				a.Skipf("TODO: the provider cannot read IPVS state yet: %v", gone.ipvsErr)
+			}
+			if gone.ipvsErr != nil {
+				a.Fatal(gone.ipvsErr)
+			}
+			checkIPVSGone(a, gone)
+		}).
+		Assess("stale UDP conntrack entries to a removed endpoint are cleared", func(ctx context.Context, a *suite.A) {
+			pods := a.Fixture.Backends(a, 2)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "flow"})
+			// The Service selects this feature's backends still alive.
+			all := map[string]bool{}
+			for _, p := range pods {
+				all[p.Name] = true
+			}
+			for _, n := range names {
+				all[n] = true
+			}
+			client := clients(a, 1)[0]
+			dst := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), suite.UDPPort)
+			flow, err := suite.OpenUDPFlow(a.Ctx, a.Cluster, client.NS, dst)
+			if errors.Is(err, suite.ErrUnsupported) {
+				a.Skipf("TODO: %v", err)
+			}
+			if err != nil {
+				a.Fatal(err)
+			}
+			defer flow.Close()
+			// Wait until the Service answers on this flow.
+			var first string
+			deadline := time.Now().Add(suite.Converge)
+			for first == "" {
+				first, err = flow.Exchange(a.Ctx, 500*time.Millisecond)
+				if err != nil && time.Now().After(deadline) {
+					a.Fatalf("UDP flow %v -> %s never answered: %v", flow, dst, err)
+				}
+			}
+			for i := 0; i < 5; i++ {
+				b, err := flow.Exchange(a.Ctx, time.Second)
+				if err != nil || b != first {
+					a.Fatalf("the UDP flow did not stay on %s (got %q, %v): cannot test stale entries", first, b, err)
+				}
+			}
+			a.Evidence("UDP flow %v -> %s served by %s (6 datagrams, one source port)", flow, dst, first)
+			victim := podByName(pods, first)
+			if victim == nil {
+				// The flow landed on a backend of an earlier assessment.
+				for _, p := range a.Run.Cluster().Pods() {
+					if p.Name == first {
+						victim = &p
+					}
+				}
+			}
+			if victim == nil {
+				a.Fatalf("backend %s is not a pod of this lab", first)
+			}
+			start := time.Now()
+			a.Fixture.DeletePod(a, *victim)
+			lost := 0
+			var errs []string
+			deadline = start.Add(suite.Converge)
+			for {
+				b, err := flow.Exchange(a.Ctx, 300*time.Millisecond)
+				if err == nil && b != first {
+					a.Evidence("after deleting %s the same flow reached %s within %s (%d datagrams unanswered meanwhile)", first, b, time.Since(start).Round(10*time.Millisecond), lost)
+					if !all[b] {
+						a.Errorf("the flow reached %s, which is not a backend of the Service", b)
+					}
+					return
+				}
+				if err == nil && b == first {
+					a.Fatalf("deleted backend %s still answered", first)
+				}
+				lost++
+				if len(errs) < 3 {
+					errs = append(errs, err.Error())
+				}
+				if time.Now().After(deadline) {
+					a.Fatalf("%s after %s was deleted, the UDP flow from the same source port still reaches no other backend (%d datagrams lost; errors: %v): a stale conntrack entry keeps it on the removed endpoint", suite.Converge, first, lost, errs)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}).Feature()
+}
+
+// recordIPVS notes what IPVS state refers to the VIP before the delete.
+func recordIPVS(a *suite.A, d *deleted, node, ns string) {
+	dump, err := suite.DumpIPVS(a.Ctx, a.Cluster, ns)
+	if err != nil {
+		d.ipvsErr = err
+		return
+	}
+	d.ipvsBefore[node] = linesWith(dump, d.vip)
+	addrs, err := suite.DumpAddrs(a.Ctx, a.Cluster, ns)
+	if err != nil {
+		d.ipvsErr = err
+		return
+	}
+	d.vipsBefore[node] = len(linesWith(addrs, d.vip)) > 0
+	a.Evidence("before delete, %s: %d IPVS lines name the VIP; VIP bound: %t", node, len(d.ipvsBefore[node]), d.vipsBefore[node])
+}
+
+func checkIPVSGone(a *suite.A, d *deleted) {
+	for node, lines := range d.ipvsBefore {
+		if len(lines) == 0 {
+			a.Errorf("%s: no IPVS virtual server named the VIP %s while the Service existed, so absence proves nothing", node, d.vip)
+		}
+		if !d.vipsBefore[node] {
+			a.Errorf("%s: the VIP %s was not bound while the Service existed", node, d.vip)
+		}
+	}
+	deadline := time.Now().Add(suite.Converge)
+	for _, n := range a.Cluster.Info().Nodes {
+		for {
+			dump, err := suite.DumpIPVS(a.Ctx, a.Cluster, n.NS)
+			if err != nil {
+				a.Fatal(err)
+			}
+			addrs, err := suite.DumpAddrs(a.Ctx, a.Cluster, n.NS)
+			if err != nil {
+				a.Fatal(err)
+			}
+			left := append(linesWith(dump, d.vip), linesWith(addrs, d.vip)...)
+			for _, np := range d.nodePorts {
+				left = append(left, linesWith(dump, ":"+np)...)
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				a.Fatalf("%s: after the Service was deleted, IPVS state remains:\n%s", n.Name, strings.Join(left, "\n"))
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	a.Evidence("no virtual server and no bound VIP of the deleted Service on any node")
+}
+
+// linesWith returns the lines with a field equal to s, s/32 or starting
+// with s followed by ':' or '/'.
+func linesWith(text, s string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		for _, f := range strings.Fields(l) {
+			if f == s || strings.HasPrefix(f, s+":") || strings.HasPrefix(f, s+"/") || (strings.HasPrefix(s, ":") && strings.HasSuffix(f, s)) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// checkListenersClosed: the userspace mode's proxy sockets of a deleted
+// Service must close. From the node itself, 127.0.0.1:port must refuse
+// (TCP RST, or ICMP port unreachable for UDP).
+func checkListenersClosed(a *suite.A, ports []string, deadline time.Time) {
+	nodes := a.Cluster.Info().Nodes
+	for _, port := range ports {
+		pn, err := strconv.Atoi(port)
+		if err != nil {
+			a.Fatalf("proxy port %q: %v", port, err)
+		}
+		for _, n := range nodes {
+			for _, proto := range []probe.Proto{probe.TCP, probe.UDP} {
+				tg := probe.Target{NS: n.NS, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(pn)), Proto: proto}
+				for {
+					s := a.Probe(tg, 1, time.Second)
+					if e := s.Errors(); len(e) == 1 && suite.Classify(e[0]) == suite.Refused {
+						break
+					}
+					if time.Now().After(deadline) {
+						a.Fatalf("%s: proxy port %s/%d still accepts after the Service was deleted: %s", n.Name, proto, pn, s)
+					}
+					time.Sleep(250 * time.Millisecond)
+				}
+			}
+		}
+	}
+	a.Evidence("proxy sockets %v closed on every node (TCP and UDP refused)", ports)
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}

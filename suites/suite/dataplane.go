@@ -1,0 +1,262 @@
+package suite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/backend"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/probe"
+)
+
+// ErrorKind classifies a failed connection.
+type ErrorKind string
+
+const (
+	Refused ErrorKind = "refused" // RST or ICMP port unreachable
+	Timeout ErrorKind = "timeout" // nothing came back in time
+	Other   ErrorKind = "other"
+)
+
+// Classify names the kind of a probe error. It checks the error chain
+// first and falls back to the message, for providers that carry errors
+// across a process boundary as text.
+func Classify(err error) ErrorKind {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Refused
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return Timeout
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "connection refused"):
+		return Refused
+	case strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "deadline exceeded"), strings.Contains(msg, "timed out"):
+		return Timeout
+	}
+	return Other
+}
+
+// ErrorKinds counts a summary's errors by kind and keeps one example of
+// each.
+func ErrorKinds(s probe.Summary) (counts map[ErrorKind]int, examples map[ErrorKind]string) {
+	counts, examples = map[ErrorKind]int{}, map[ErrorKind]string{}
+	for _, e := range s.Errors() {
+		k := Classify(e)
+		counts[k]++
+		if _, ok := examples[k]; !ok {
+			examples[k] = e.Error()
+		}
+	}
+	return counts, examples
+}
+
+// UDPFlow is one UDP socket that keeps its source port, so that a
+// conntrack entry for it lives as long as the flow does.
+type UDPFlow interface {
+	// Exchange sends a datagram and returns the backend that answered.
+	Exchange(ctx context.Context, timeout time.Duration) (backendName string, err error)
+	Close() error
+}
+
+// UDPFlowOpener is what a provider implements to let the conntrack check
+// run wherever its namespaces live. The local lab's namespaces are in the
+// host kernel, so the suite opens the socket itself there (see OpenUDPFlow).
+// TODO(harness): add this to cluster.Cluster, for the UML (ipvs) lab.
+type UDPFlowOpener interface {
+	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (UDPFlow, error)
+}
+
+// ErrUnsupported marks a check the provider cannot run yet.
+var ErrUnsupported = errors.New("not supported by this provider")
+
+// OpenUDPFlow opens a UDP flow from a namespace of the cluster.
+func OpenUDPFlow(ctx context.Context, c cluster.Cluster, ns string, dst netip.AddrPort) (UDPFlow, error) {
+	if o, ok := c.(UDPFlowOpener); ok {
+		return o.OpenUDPFlow(ctx, ns, dst)
+	}
+	// probe.Dial enters the namespace in this process, which is right only
+	// when the lab's namespaces are in this kernel (the local lab's host
+	// plane), not in a guest's (its UML plane for ipvs).
+	if _, ok := c.(*local.Lab); !ok || !InHostKernel(c) {
+		return nil, fmt.Errorf("a fixed-source-port UDP flow from %s: %w (implement suite.UDPFlowOpener)", ns, ErrUnsupported)
+	}
+	conn, err := probe.Dial(ctx, probe.Target{NS: ns, Addr: dst, Proto: probe.UDP}, "udp")
+	if err != nil {
+		return nil, err
+	}
+	return hostUDPFlow{conn}, nil
+}
+
+// InHostKernel reports whether the cluster's data plane runs in the kernel
+// this process runs in.
+func InHostKernel(c cluster.Cluster) bool {
+	k := c.Info().Kernel
+	if kk, ok := c.(interface{ Kernel() string }); ok && k == "" {
+		k = kk.Kernel()
+	}
+	h := hostKernel()
+	// Providers name the kernel as the release or as "Linux <release>".
+	return h != "" && (k == h || strings.HasSuffix(k, " "+h))
+}
+
+func hostKernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Execer runs a command inside a lab namespace, wherever it lives (the
+// local lab has it). The cleanup check uses it for ipvsadm and ip addr
+// when the provider has no IPVSDumper or AddrDumper.
+type Execer interface {
+	Exec(ctx context.Context, ns string, argv ...string) (string, error)
+}
+
+type hostUDPFlow struct{ conn net.Conn }
+
+func (f hostUDPFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
+	f.conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := f.conn.Write([]byte("probe\n")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 512)
+	n, err := f.conn.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	name, _, err := backend.ParseReply(string(buf[:n]))
+	return name, err
+}
+
+func (f hostUDPFlow) Close() error { return f.conn.Close() }
+
+func (f hostUDPFlow) String() string { return f.conn.LocalAddr().String() }
+
+// IPVSDumper is what a provider implements to let the cleanup check read a
+// node's IPVS virtual servers (ipvsadm -Ln style text).
+type IPVSDumper interface {
+	IPVS(ctx context.Context, ns string) (string, error)
+}
+
+// AddrDumper lists the addresses bound in a namespace (`ip -o addr`
+// style), for the bound-VIP check of the ipvs mode.
+type AddrDumper interface {
+	Addrs(ctx context.Context, ns string) (string, error)
+}
+
+// DumpIPVS reads a node's IPVS table through the provider: IPVSDumper if
+// it has one, else `ipvsadm -Ln` through Execer.
+// TODO(lead): give the UML lab an IPVSDumper (moby/ipvs in the guest agent)
+// if ipvsadm is not in the guest.
+func DumpIPVS(ctx context.Context, c cluster.Cluster, ns string) (string, error) {
+	if d, ok := c.(IPVSDumper); ok {
+		return d.IPVS(ctx, ns)
+	}
+	if e, ok := c.(Execer); ok {
+		return e.Exec(ctx, ns, "ipvsadm", "-Ln")
+	}
+	return "", fmt.Errorf("reading IPVS virtual servers in %s: %w (implement suite.IPVSDumper)", ns, ErrUnsupported)
+}
+
+// DumpAddrs lists a namespace's addresses through the provider.
+func DumpAddrs(ctx context.Context, c cluster.Cluster, ns string) (string, error) {
+	if d, ok := c.(AddrDumper); ok {
+		return d.Addrs(ctx, ns)
+	}
+	if e, ok := c.(Execer); ok {
+		return e.Exec(ctx, ns, "ip", "-o", "addr", "show")
+	}
+	return "", fmt.Errorf("listing addresses in %s: %w (implement suite.AddrDumper)", ns, ErrUnsupported)
+}
+
+var chainDecl = regexp.MustCompile(`^:(\S+)`)
+
+// Chains returns the chains declared in an iptables-save dump.
+func Chains(dump string) map[string]bool {
+	out := map[string]bool{}
+	for _, l := range strings.Split(dump, "\n") {
+		if m := chainDecl.FindStringSubmatch(l); m != nil {
+			out[m[1]] = true
+		}
+	}
+	return out
+}
+
+// Refers returns the lines of a dump that refer to a Service: lines with a
+// field equal to one of the addresses (bare, /32 or with a port), a field
+// equal to one of the names (chains), "--dport P"/"--to-ports P" for one of
+// the ports, or one of the comment substrings.
+func Refers(dump string, addrs, names, ports, comments []string) []string {
+	var out []string
+	for _, line := range strings.Split(dump, "\n") {
+		if line == "" {
+			continue
+		}
+		if refers(line, addrs, names, ports, comments) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+func refers(line string, addrs, names, ports, comments []string) bool {
+	for _, c := range comments {
+		if strings.Contains(line, c) {
+			return true
+		}
+	}
+	f := strings.Fields(line)
+	for i, w := range f {
+		for _, a := range addrs {
+			if w == a || w == a+"/32" || strings.HasPrefix(w, a+":") {
+				return true
+			}
+		}
+		for _, n := range names {
+			if w == n || w == ":"+n {
+				return true
+			}
+		}
+		if i > 0 && (f[i-1] == "--dport" || f[i-1] == "--to-ports" || f[i-1] == "--dports") {
+			for _, p := range ports {
+				if w == p {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// ProxyPorts returns the ports of "--to-ports N" in the lines (the
+// userspace mode's proxy sockets).
+func ProxyPorts(lines []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "--to-ports" && !seen[f[i+1]] {
+				seen[f[i+1]] = true
+				out = append(out, f[i+1])
+			}
+		}
+	}
+	return out
+}
+

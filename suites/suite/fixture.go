@@ -1,0 +1,314 @@
+package suite
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/proxymodes/proxymodes/harness/backend"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/probe"
+)
+
+// Namespace is where the suites create their objects.
+const Namespace = "default"
+
+// Service ports every suite Service exposes.
+const (
+	TCPPort = 80 // -> backend.TCPPort (greets with "pod client")
+	UDPPort = 53 // -> backend.UDPPort (echoes "pod client")
+)
+
+// Converge is how long the suites wait for the proxier to program a
+// change. The reference proxier syncs at most once a second, so this is
+// generous; it bounds waiting, never a statistical check.
+const Converge = 45 * time.Second
+
+// Fixture tracks what one feature created, so its teardown removes it.
+type Fixture struct {
+	c    cluster.Cluster
+	slug string
+	run  *Run
+
+	mu       sync.Mutex
+	pods     []cluster.Pod
+	services []string
+}
+
+// Selector is the label set of the feature's backends.
+func (fx *Fixture) Selector() map[string]string { return map[string]string{"app": fx.slug} }
+
+// Backends adds n backend pods selected by Selector, spread over the
+// nodes in turn (so local and remote endpoints are both exercised).
+func (fx *Fixture) Backends(a *A, n int) []cluster.Pod {
+	a.Helper()
+	nodes := fx.c.Info().Nodes
+	fx.mu.Lock()
+	first := len(fx.pods)
+	fx.mu.Unlock()
+	var out []cluster.Pod
+	for i := first; i < first+n; i++ {
+		out = append(out, fx.AddPod(a, fmt.Sprintf("%s-%d", fx.slug, i), nodes[i%len(nodes)].Name))
+	}
+	return out
+}
+
+// AddPod adds one backend pod with the feature's selector on a node.
+func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
+	a.Helper()
+	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: Namespace, Name: name, Node: node, Labels: fx.Selector()})
+	if err != nil {
+		a.Fatalf("adding backend pod %s: %v", name, err)
+	}
+	fx.mu.Lock()
+	fx.pods = append(fx.pods, p)
+	fx.mu.Unlock()
+	return p
+}
+
+// DeletePod deletes one of the feature's pods.
+func (fx *Fixture) DeletePod(a *A, p cluster.Pod) {
+	a.Helper()
+	if err := fx.c.DeletePod(a.Ctx, p.Namespace, p.Name); err != nil {
+		a.Fatalf("deleting pod %s: %v", p, err)
+	}
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	for i, q := range fx.pods {
+		if q.Name == p.Name && q.Namespace == p.Namespace {
+			fx.pods = append(fx.pods[:i], fx.pods[i+1:]...)
+			break
+		}
+	}
+}
+
+// ServiceOptions shape a Service.
+type ServiceOptions struct {
+	Name string
+	// Selector defaults to the feature's; use an unmatched one for a
+	// Service without endpoints.
+	Selector map[string]string
+	NodePort bool
+	// Affinity > 0 sets sessionAffinity ClientIP with this timeout.
+	Affinity time.Duration
+}
+
+// Service creates a Service with TCP port 80 and UDP port 53 in front of
+// the backends' TCP and UDP port 9000.
+func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
+	a.Helper()
+	sel := o.Selector
+	if sel == nil {
+		sel = fx.Selector()
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: Namespace},
+		Spec: corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{
+			{Name: "tcp", Port: TCPPort, TargetPort: intstr.FromInt32(backend.TCPPort), Protocol: corev1.ProtocolTCP},
+			{Name: "udp", Port: UDPPort, TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
+		}},
+	}
+	if o.NodePort {
+		svc.Spec.Type = corev1.ServiceTypeNodePort
+	}
+	SetAffinity(svc, o.Affinity)
+	created, err := fx.c.Client().CoreV1().Services(Namespace).Create(a.Ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		a.Fatalf("creating Service %s: %v", o.Name, err)
+	}
+	fx.mu.Lock()
+	fx.services = append(fx.services, o.Name)
+	fx.mu.Unlock()
+	a.Logf("Service %s/%s: ClusterIP %s%s", Namespace, o.Name, created.Spec.ClusterIP, nodePortNote(created))
+	return created
+}
+
+func nodePortNote(s *corev1.Service) string {
+	var np []string
+	for _, p := range s.Spec.Ports {
+		if p.NodePort != 0 {
+			np = append(np, fmt.Sprintf("%s=%d", p.Name, p.NodePort))
+		}
+	}
+	if len(np) == 0 {
+		return ""
+	}
+	return ", NodePorts " + strings.Join(np, " ")
+}
+
+// SetAffinity sets ClientIP affinity with a timeout (d > 0) or None.
+func SetAffinity(svc *corev1.Service, d time.Duration) {
+	if d <= 0 {
+		svc.Spec.SessionAffinity = corev1.ServiceAffinityNone
+		svc.Spec.SessionAffinityConfig = nil
+		return
+	}
+	secs := int32(d / time.Second)
+	svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &secs}}
+}
+
+// UpdateAffinity changes a live Service's affinity.
+func (fx *Fixture) UpdateAffinity(a *A, name string, d time.Duration) {
+	a.Helper()
+	svcs := fx.c.Client().CoreV1().Services(Namespace)
+	for try := 0; ; try++ {
+		svc, err := svcs.Get(a.Ctx, name, metav1.GetOptions{})
+		if err != nil {
+			a.Fatalf("getting Service %s: %v", name, err)
+		}
+		SetAffinity(svc, d)
+		if _, err = svcs.Update(a.Ctx, svc, metav1.UpdateOptions{}); err == nil {
+			return
+		}
+		if !apierrors.IsConflict(err) || try > 5 {
+			a.Fatalf("updating Service %s: %v", name, err)
+		}
+	}
+}
+
+// DeleteService deletes one of the feature's Services now.
+func (fx *Fixture) DeleteService(a *A, name string) {
+	a.Helper()
+	if err := fx.c.Client().CoreV1().Services(Namespace).Delete(a.Ctx, name, metav1.DeleteOptions{}); err != nil {
+		a.Fatalf("deleting Service %s: %v", name, err)
+	}
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	for i, s := range fx.services {
+		if s == name {
+			fx.services = append(fx.services[:i], fx.services[i+1:]...)
+			break
+		}
+	}
+}
+
+func (fx *Fixture) cleanup(t *testing.T) {
+	fx.mu.Lock()
+	pods, svcs := fx.pods, fx.services
+	fx.pods, fx.services = nil, nil
+	fx.mu.Unlock()
+	ctx := context.Background()
+	for _, s := range svcs {
+		if err := fx.c.Client().CoreV1().Services(Namespace).Delete(ctx, s, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("teardown: deleting Service %s: %v", s, err)
+		}
+	}
+	for _, p := range pods {
+		// A pod that was broken on purpose is restored first; Restore of a
+		// healthy pod is a no-op.
+		fx.c.Restore(ctx, p)
+		if err := fx.c.DeletePod(ctx, p.Namespace, p.Name); err != nil {
+			t.Errorf("teardown: deleting pod %s: %v", p, err)
+		}
+	}
+}
+
+// VIP is a Service's ClusterIP and port.
+func VIP(svc *corev1.Service, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), port)
+}
+
+// NodePort returns the node port of a Service port by name.
+func NodePort(svc *corev1.Service, name string) uint16 {
+	for _, p := range svc.Spec.Ports {
+		if p.Name == name {
+			return uint16(p.NodePort)
+		}
+	}
+	return 0
+}
+
+// Names returns the pods' names, sorted.
+func Names(pods []cluster.Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Probe opens n connections through the cluster and logs a one-line summary.
+func (a *A) Probe(t probe.Target, n int, timeout time.Duration) probe.Summary {
+	a.Helper()
+	s := a.Cluster.Probe(a.Ctx, t, n, timeout)
+	return s
+}
+
+// Eventually repeats a probe until ok accepts its summary, and fails with
+// the last summary after limit. It is only for waiting until the proxier
+// has programmed a change; measurements are taken after it returns.
+func (a *A) Eventually(what string, limit time.Duration, run func() probe.Summary, ok func(probe.Summary) bool) probe.Summary {
+	a.Helper()
+	start := time.Now()
+	deadline := start.Add(limit)
+	lastLog := start
+	for {
+		s := run()
+		if ok(s) {
+			a.Logf("%s: after %s", what, time.Since(start).Round(10*time.Millisecond))
+			return s
+		}
+		if time.Now().After(deadline) || a.Ctx.Err() != nil {
+			a.Fatalf("%s: still not so after %s; last probe: %s", what, limit, s)
+		}
+		if time.Since(lastLog) > 5*time.Second {
+			a.Logf("%s: not yet after %s; last probe: %s", what, time.Since(start).Round(time.Second), s)
+			lastLog = time.Now()
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// ServedBy reports whether every connection succeeded and exactly the
+// named backends answered (each at least once).
+func ServedBy(s probe.Summary, names ...string) bool {
+	c := s.Counts()
+	if len(s.Errors()) > 0 || len(c) != len(names) {
+		return false
+	}
+	for _, n := range names {
+		if c[n] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Distribution renders counts over the given backends ("a=300 b=290 ...").
+func Distribution(s probe.Summary, names []string) string {
+	c := s.Counts()
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s=%d", n, c[n]))
+	}
+	for n, k := range c {
+		if !contains(names, n) {
+			parts = append(parts, fmt.Sprintf("UNEXPECTED %s=%d", n, k))
+		}
+	}
+	if e := len(s.Errors()); e > 0 {
+		parts = append(parts, fmt.Sprintf("errors=%d", e))
+	}
+	return strings.Join(parts, " ")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,234 @@
+package suite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"sigs.k8s.io/e2e-framework/pkg/envconf"
+
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/labtest"
+	"github.com/proxymodes/proxymodes/harness/leak"
+	"github.com/proxymodes/proxymodes/suites/report"
+)
+
+// Run is one suite run: its settings, its cluster and its report. Its
+// methods with the env.Func signature are the suite's Setup and Finish.
+type Run struct {
+	Name     string // suite name, also the lab name (1-8 letters/digits)
+	Settings Settings
+	Report   *report.Run
+	// Log receives progress lines (stderr by default).
+	Log io.Writer
+
+	settingsErr error
+	cluster     cluster.Cluster
+	labName     string
+	unregister  func()
+
+	clientsMu sync.Mutex
+	clients   []cluster.Pod
+}
+
+// NewRun reads the settings from the environment. A bad setting is kept and
+// reported by the first Setup step, so that the run still writes results.
+func NewRun(name string) *Run {
+	s, err := SettingsFromEnv(time.Now())
+	r := &Run{Name: name, Settings: s, settingsErr: err, Log: os.Stderr}
+	// go test holds back a package's output while others run, so progress
+	// also goes to a file: tail -f <results dir>/progress.log.
+	if os.MkdirAll(s.ResultsDir, 0o755) == nil {
+		if f, ferr := os.Create(filepath.Join(s.ResultsDir, "progress.log")); ferr == nil {
+			r.Log = io.MultiWriter(os.Stderr, f)
+		}
+	}
+	r.Report = report.New(name, s.Map(), s.Promise.Summary())
+	return r
+}
+
+// Logf prints a progress line.
+func (r *Run) Logf(format string, args ...any) {
+	fmt.Fprintf(r.Log, "%s %s: %s\n", time.Now().Format("15:04:05"), r.Name, fmt.Sprintf(format, args...))
+}
+
+type ctxKey int
+
+const (
+	clusterKey ctxKey = iota
+	runKey
+)
+
+// ClusterFrom returns the cluster Setup put into the context.
+func ClusterFrom(ctx context.Context) cluster.Cluster {
+	c, _ := ctx.Value(clusterKey).(cluster.Cluster)
+	return c
+}
+
+// RunFrom returns the run Setup put into the context.
+func RunFrom(ctx context.Context) *Run {
+	r, _ := ctx.Value(runKey).(*Run)
+	return r
+}
+
+// CheckSettings is the first Setup step: it fails the run, before any
+// cluster exists, on an unknown or unsupported mode, provider or impl.
+func (r *Run) CheckSettings(ctx context.Context, _ *envconf.Config) (context.Context, error) {
+	if r.settingsErr != nil {
+		r.Report.Errorf("settings: %v", r.settingsErr)
+		r.Logf("ERROR: %v", r.settingsErr)
+		return ctx, r.settingsErr
+	}
+	s := r.Settings
+	r.Logf("mode=%s provider=%s impl=%s; results in %s", s.Mode, s.Provider, s.Impl, s.ResultsDir)
+	r.Logf("promise: %s (%s)", s.Promise.Summary(), s.Promise.Basis)
+	return context.WithValue(ctx, runKey, r), nil
+}
+
+// CreateCluster is the Setup step that brings the cluster up with the
+// proxier in the chosen mode and puts it into the context.
+func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Context, error) {
+	start := time.Now()
+	var c cluster.Cluster
+	var err error
+	switch r.Settings.Provider {
+	case "local":
+		r.labName = r.Name
+		upCtx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+		var lab *local.Lab
+		lab, err = local.Up(upCtx, local.Options{
+			Name: r.labName, Nodes: 2, Logger: logger{r}, BuildOutput: r.Log,
+			Proxier: &local.ProxierOptions{Mode: r.Settings.Mode},
+		})
+		cancel()
+		if err == nil {
+			c = lab
+		}
+	default:
+		err = fmt.Errorf("provider %q is not yet supported", r.Settings.Provider)
+	}
+	if err != nil {
+		err = fmt.Errorf("creating the %s cluster for mode %s: %w", r.Settings.Provider, r.Settings.Mode, err)
+		r.Report.Errorf("%v", err)
+		r.Logf("ERROR: %v", err)
+		return ctx, err
+	}
+	r.cluster = c
+	r.unregister = labtest.OnInterrupt(c.Down)
+	if k := c.Info().Kernel; k != "" {
+		r.Report.Settings["kernel"] = k // the data plane's kernel, maybe a guest's
+	}
+	r.Logf("cluster %s up in %s: %d nodes, API %s", c.Info().Name, time.Since(start).Round(time.Millisecond), len(c.Info().Nodes), c.Info().APIServer)
+	return context.WithValue(context.WithValue(ctx, clusterKey, c), runKey, r), nil
+}
+
+// SaveLogsOnFailure is a Finish step: when anything failed, the lab's logs
+// go into the results directory before the lab is removed.
+func (r *Run) SaveLogsOnFailure(ctx context.Context, _ *envconf.Config) (context.Context, error) {
+	if r.cluster == nil || !r.Report.Failed() {
+		return ctx, nil
+	}
+	dir := filepath.Join(r.Settings.ResultsDir, "logs")
+	if err := r.cluster.SaveLogs(dir); err != nil {
+		r.Logf("saving logs: %v", err)
+		return ctx, nil
+	}
+	r.Logf("something failed: lab logs kept in %s", dir)
+	return ctx, nil
+}
+
+// DestroyCluster is a Finish step that tears the cluster down.
+func (r *Run) DestroyCluster(ctx context.Context, _ *envconf.Config) (context.Context, error) {
+	if r.cluster == nil {
+		return ctx, nil
+	}
+	start := time.Now()
+	err := r.cluster.Down(context.Background())
+	if r.unregister != nil {
+		r.unregister()
+	}
+	if err != nil {
+		r.Report.Errorf("tearing the cluster down: %v", err)
+		r.Logf("ERROR: tearing the cluster down: %v", err)
+		return ctx, err
+	}
+	r.Logf("cluster down in %s", time.Since(start).Round(time.Millisecond))
+	return ctx, nil
+}
+
+// CheckLeaks is the last Finish step: nothing of the lab may remain.
+func (r *Run) CheckLeaks(ctx context.Context, _ *envconf.Config) (context.Context, error) {
+	if r.labName == "" {
+		return ctx, nil
+	}
+	left := leak.Check(r.labName)
+	if len(left) == 0 {
+		r.Logf("leak check: nothing of lab %s remains", r.labName)
+		return ctx, nil
+	}
+	for _, l := range left {
+		r.Report.Errorf("left behind after down: %s", l)
+	}
+	err := fmt.Errorf("lab %s left %d objects behind: %v (remove them with `proxymodes lab down --name %s`)", r.labName, len(left), left, r.labName)
+	r.Logf("ERROR: %v", err)
+	return ctx, err
+}
+
+// Finish prints the summary table, writes the results and returns the
+// process exit code: non-zero if the tests or anything around them failed.
+func (r *Run) Finish(code int) int {
+	r.Report.Finished = time.Now()
+	if code != 0 && !r.Report.Failed() {
+		// go test failed outside the features (a panic, a bad flag, a
+		// plain Test function): say so in the results too.
+		r.Report.Errorf("go test exited with status %d", code)
+	}
+	if r.Report.Failed() && code == 0 {
+		code = 1
+	}
+	r.Report.ExitCode = code
+	r.Report.WriteTable(r.Log)
+	if err := r.Report.WriteFiles(r.Settings.ResultsDir); err != nil {
+		fmt.Fprintf(r.Log, "writing results: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	} else {
+		fmt.Fprintf(r.Log, "results: %s (summary.txt, results.json, junit.xml)\n", r.Settings.ResultsDir)
+	}
+	return code
+}
+
+// Cluster returns the run's cluster (nil before Setup).
+func (r *Run) Cluster() cluster.Cluster { return r.cluster }
+
+// Clients returns n client pods shared by all features, creating the ones
+// that do not exist yet, alternating between nodes. Client pods carry no
+// app label, so no Service selects them.
+func (r *Run) Clients(ctx context.Context, n int) ([]cluster.Pod, error) {
+	r.clientsMu.Lock()
+	defer r.clientsMu.Unlock()
+	nodes := r.cluster.Info().Nodes
+	for i := len(r.clients); i < n; i++ {
+		p, err := r.cluster.AddPod(ctx, cluster.PodSpec{Namespace: "default", Name: fmt.Sprintf("client-%02d", i),
+			Node: nodes[(i+1)%len(nodes)].Name, Labels: map[string]string{"role": "client"}})
+		if err != nil {
+			return nil, fmt.Errorf("client pod %d: %w", i, err)
+		}
+		r.clients = append(r.clients, p)
+	}
+	return append([]cluster.Pod(nil), r.clients[:n]...), nil
+}
+
+type logger struct{ r *Run }
+
+func (l logger) Logf(format string, args ...any) { l.r.Logf(format, args...) }
+
+// ErrNoCluster is what helpers return when Setup did not create one.
+var ErrNoCluster = errors.New("no cluster in the context: the Setup step that creates it did not run or failed")

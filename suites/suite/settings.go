@@ -1,0 +1,105 @@
+// Package suite is the glue between sigs.k8s.io/e2e-framework and the lab:
+// the settings a run is driven by (PROXYMODES_MODE, _PROVIDER, _IMPL), the
+// env funcs that create and tear down the cluster, the feature builder that
+// records evidence for the summary, and small helpers features share
+// (services, probing, waiting for rules to converge). Features themselves
+// live in the suite packages (suites/conformance).
+package suite
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/proxymodes/proxymodes/suites/promise"
+)
+
+// Environment variables a run is driven by.
+const (
+	EnvMode       = "PROXYMODES_MODE"
+	EnvProvider   = "PROXYMODES_PROVIDER"
+	EnvImpl       = "PROXYMODES_IMPL"
+	EnvResultsDir = "PROXYMODES_RESULTS_DIR"
+	// EnvClaim overrides parts of the promise table for this run (see
+	// promise.Claim); it exists to prove the suite fails a proxy that does
+	// not keep a promise.
+	EnvClaim = "PROXYMODES_CLAIM"
+)
+
+// Providers and implementations the suite knows.
+var (
+	Providers = []string{"local", "kind", "kubeconfig"}
+	Impls     = []string{"reference", "kube-proxy"}
+)
+
+// Settings are what a run tests and where it writes results.
+type Settings struct {
+	Mode, Provider, Impl string
+	Claim                string
+	Promise              promise.Promise
+	// ResultsDir receives summary.txt, results.json, junit.xml and, when
+	// something failed, the lab's logs.
+	ResultsDir string
+}
+
+// SettingsFromEnv reads and validates the settings. Errors say what to set.
+func SettingsFromEnv(now time.Time) (Settings, error) {
+	s := Settings{
+		Mode:       strings.TrimSpace(os.Getenv(EnvMode)),
+		Provider:   strings.TrimSpace(os.Getenv(EnvProvider)),
+		Impl:       strings.TrimSpace(os.Getenv(EnvImpl)),
+		Claim:      os.Getenv(EnvClaim),
+		ResultsDir: os.Getenv(EnvResultsDir),
+	}
+	if s.Mode == "" {
+		s.Mode = "iptables"
+	}
+	if s.Provider == "" {
+		s.Provider = "local"
+	}
+	if s.Impl == "" {
+		s.Impl = "reference"
+	}
+	if s.ResultsDir == "" {
+		// Outside the checkout, so runs never dirty the repository.
+		s.ResultsDir = filepath.Join(os.TempDir(), "proxymodes-runs", now.Format("20060102-150405")+"-"+s.Mode)
+	}
+	p, err := promise.For(s.Mode)
+	if err != nil {
+		return s, fmt.Errorf("%s: %w", EnvMode, err)
+	}
+	if s.Promise, err = promise.Claim(p, s.Claim); err != nil {
+		return s, fmt.Errorf("%s: %w", EnvClaim, err)
+	}
+	switch s.Provider {
+	case "local":
+	case "kind", "kubeconfig":
+		return s, fmt.Errorf("%s=%s is not yet supported (a later issue adds it); use %s=local, the default", EnvProvider, s.Provider, EnvProvider)
+	default:
+		return s, fmt.Errorf("%s=%q is unknown: use one of %s (only local works today)", EnvProvider, s.Provider, strings.Join(Providers, ", "))
+	}
+	switch s.Impl {
+	case "reference":
+	case "kube-proxy":
+		return s, fmt.Errorf("%s=kube-proxy is not yet available: running upstream kube-proxy v1.37.2 in the lab is still to be built (issue 6); use %s=reference, the default", EnvImpl, EnvImpl)
+	default:
+		return s, fmt.Errorf("%s=%q is unknown: use one of %s", EnvImpl, s.Impl, strings.Join(Impls, ", "))
+	}
+	return s, nil
+}
+
+// Map renders the settings for the report.
+func (s Settings) Map() map[string]string {
+	m := map[string]string{"mode": s.Mode, "provider": s.Provider, "impl": s.Impl, "resultsDir": s.ResultsDir}
+	if s.Claim != "" {
+		m["claim"] = s.Claim
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		// The kernel the proxy ran on; for a guest-kernel lab the provider
+		// should report its own (TODO for the ipvs lab).
+		m["kernel"] = strings.TrimSpace(string(b))
+	}
+	return m
+}
