@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	certutil "k8s.io/client-go/util/cert"
 
+	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/proc"
 )
 
@@ -106,7 +106,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	go func() { c.cmd.Wait(); close(c.exited) }()
 	if err := c.waitReady(ctx, 90*time.Second); err != nil {
 		c.Stop()
-		return nil, fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, tail(c.LogPath, 25))
+		return nil, fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, logs.Tail(c.LogPath, 25))
 	}
 	return c, nil
 }
@@ -287,16 +287,4 @@ func freeLoopbackPorts(n int) (int, error) {
 
 func firstIP(p netip.Prefix) net.IP {
 	return net.IP(p.Masked().Addr().Next().AsSlice())
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 )
 
@@ -138,7 +139,7 @@ func (s *Started) Wait(ctx context.Context, timeout time.Duration) (Result, erro
 	}
 	r := s.result()
 	if _, err := os.Stat(filepath.Join(s.runDir, "rc")); err != nil {
-		return r, fmt.Errorf("the guest stopped without running the command; console log:\n%s", tail(filepath.Join(s.runDir, "console.log"), 30))
+		return r, fmt.Errorf("the guest stopped without running the command; console log:\n%s", logs.Tail(filepath.Join(s.runDir, "console.log"), 30))
 	}
 	return r, nil
 }
@@ -214,16 +215,4 @@ func stage2(o RunOptions, runDir string) string {
 
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

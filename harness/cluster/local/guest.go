@@ -13,6 +13,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
+	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/uml"
 )
@@ -120,7 +121,7 @@ func (g *guest) waitAgent(ctx context.Context, limit time.Duration) error {
 		}
 		if exited || time.Now().After(deadline) {
 			return fmt.Errorf("the lab agent in the UML guest did not come up (%v); its log:\n%s\nconsole:\n%s", err,
-				plane.Tail(filepath.Join(g.started.RunDir(), "stderr"), 20), plane.Tail(filepath.Join(g.started.RunDir(), "console.log"), 10))
+				logs.Tail(filepath.Join(g.started.RunDir(), "stderr"), 20), logs.Tail(filepath.Join(g.started.RunDir(), "console.log"), 10))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

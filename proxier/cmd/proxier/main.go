@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -127,48 +128,37 @@ func run(args []string, errOut io.Writer) int {
 	return 0
 }
 
-// errNotImplemented marks modes that are planned but not built yet.
-var errNotImplemented = errors.New("not implemented yet in this build")
-
 // buildMode validates the flags of the chosen mode and constructs it.
 func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, error) {
+	if !slices.Contains(Modes, o.mode) {
+		return nil, fmt.Errorf("--proxy-mode=%q is not a proxy mode: valid modes are %s", o.mode, strings.Join(Modes, ", "))
+	}
+	// Every mode needs iptables: for its rules (iptables), its portals
+	// (userspace) or its masquerade marks (ipvs).
+	v, err := iptables.ParseVariant(o.iptablesBackend)
+	if err != nil {
+		return nil, fmt.Errorf("--iptables-backend: %w", err)
+	}
+	if v, err = iptables.Detect(ex, v); err != nil {
+		return nil, err
+	}
+	be, err := iptables.NewBackend(ex, v)
+	if err != nil {
+		return nil, err
+	}
+	var cidr netip.Prefix
+	if o.clusterCIDR != "" {
+		if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
+			return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
+		}
+	}
 	switch o.mode {
 	case "iptables":
-		var cidr netip.Prefix
-		if o.clusterCIDR != "" {
-			var err error
-			if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
-				return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
-			}
-		}
-		v, err := iptables.ParseVariant(o.iptablesBackend)
-		if err != nil {
-			return nil, fmt.Errorf("--iptables-backend: %w", err)
-		}
-		if v, err = iptables.Detect(ex, v); err != nil {
-			return nil, err
-		}
-		be, err := iptables.NewBackend(ex, v)
-		if err != nil {
-			return nil, err
-		}
 		klog.InfoS("Using iptables", "backend", v)
 		return iptables.New(iptables.Config{
 			Backend: be, ClusterCIDR: cidr, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit, Metrics: m,
 		})
 	case "userspace":
-		// The userspace mode uses iptables only for its portal rules.
-		v, err := iptables.ParseVariant(o.iptablesBackend)
-		if err != nil {
-			return nil, fmt.Errorf("--iptables-backend: %w", err)
-		}
-		if v, err = iptables.Detect(ex, v); err != nil {
-			return nil, err
-		}
-		be, err := iptables.NewBackend(ex, v)
-		if err != nil {
-			return nil, err
-		}
 		klog.InfoS("Using iptables for userspace portals", "backend", v)
 		return userspace.New(userspace.Config{Backend: be})
 	case "ipvs":
@@ -176,31 +166,12 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 		if err != nil {
 			return nil, fmt.Errorf("--ipvs-scheduler: %w", err)
 		}
-		var cidr netip.Prefix
-		if o.clusterCIDR != "" {
-			if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
-				return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
-			}
-		}
-		// IPVS balances; iptables only marks connections for masquerade.
-		v, err := iptables.ParseVariant(o.iptablesBackend)
-		if err != nil {
-			return nil, fmt.Errorf("--iptables-backend: %w", err)
-		}
-		if v, err = iptables.Detect(ex, v); err != nil {
-			return nil, err
-		}
-		be, err := iptables.NewBackend(ex, v)
-		if err != nil {
-			return nil, err
-		}
 		klog.InfoS("Using IPVS", "scheduler", sched, "iptablesBackend", v)
 		return ipvs.New(ipvs.Config{
 			Scheduler: sched, IPTables: be, ClusterCIDR: cidr, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit, Metrics: m,
 		})
-	default:
-		return nil, fmt.Errorf("--proxy-mode=%q is not a proxy mode: valid modes are %s", o.mode, strings.Join(Modes, ", "))
 	}
+	panic("unreachable: mode validated above")
 }
 
 func nodeName(o options) (string, error) {

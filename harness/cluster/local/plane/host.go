@@ -24,6 +24,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/harness/proc"
@@ -380,9 +381,9 @@ func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-p.exited:
-			return fmt.Errorf("proxier on %s exited (%v):\n%s", node, p.cmd.ProcessState, Tail(p.log, 20))
+			return fmt.Errorf("proxier on %s exited (%v):\n%s", node, p.cmd.ProcessState, logs.Tail(p.log, 20))
 		case <-deadline:
-			return fmt.Errorf("proxier on %s not healthy after 90s:\n%s", node, Tail(p.log, 20))
+			return fmt.Errorf("proxier on %s not healthy after 90s:\n%s", node, logs.Tail(p.log, 20))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -448,17 +449,4 @@ func (h *Host) Close() error {
 	}
 	wg.Wait()
 	return nil
-}
-
-// Tail returns the last n lines of a file, for error messages.
-func Tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
