@@ -173,7 +173,7 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 		if n := s.sock.CloseEndpoints(func(ep netip.AddrPort) bool { return present[ep] }); n > 0 {
 			klog.V(2).InfoS("Closed connections to removed endpoints", "service", name, "connections", n)
 		}
-		portals = append(portals, portal{svc: svc, proxyPort: s.sock.Port()})
+		portals = append(portals, portal{svc: svc, proxyPort: s.sock.Port(), reject: len(usable) == 0})
 	}
 
 	batch := renderRules(portals, existing)

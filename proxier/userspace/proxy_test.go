@@ -375,7 +375,8 @@ func TestRulesBatch(t *testing.T) {
 	svc := tcpService(svcA)
 	svc.NodePort = 30080
 	svc.ExternalIPs = []netip.Addr{netip.MustParseAddr("198.18.0.200")}
-	syncOK(t, p, snapshotWith(svc))
+	ep := netip.MustParseAddrPort("198.18.64.2:9000")
+	syncOK(t, p, snapshotWith(svc, ep))
 	port, _ := p.ProxyPort(svcA)
 	got := rec.last()
 	want := `*nat
@@ -394,10 +395,23 @@ func TestRulesBatch(t *testing.T) {
 -A PM-NODEPORT-CONTAINER -m comment --comment "ns/a:p node port" -p tcp -m tcp --dport 30080 -j REDIRECT --to-ports {PORT}
 -A PM-NODEPORT-HOST -m comment --comment "ns/a:p node port" -p tcp -m tcp --dport 30080 -j REDIRECT --to-ports {PORT}
 COMMIT
+*filter
+:PM-PORTALS-REJECT - [0:0]
+-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "proxymodes userspace services without endpoints" -j PM-PORTALS-REJECT
+-I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment "proxymodes userspace services without endpoints" -j PM-PORTALS-REJECT
+COMMIT
 `
 	want = strings.ReplaceAll(want, "{PORT}", itoa(port))
 	if got != want {
 		t.Errorf("batch:\n%s\nwant:\n%s", got, want)
+	}
+	// Without endpoints the service port is rejected, not redirected.
+	if err := p.Sync(snapshotWith(svc), core.ChangeSet{Services: sets.New(svcA.NamespacedName)}); err != nil {
+		t.Fatal(err)
+	}
+	noEps := rec.last()
+	if strings.Contains(noEps, "REDIRECT") || !strings.Contains(noEps, "-A PM-PORTALS-REJECT -m comment --comment \"ns/a:p cluster IP\" -p tcp -m tcp -d 198.19.0.10/32 --dport 80 -j REJECT") {
+		t.Errorf("a service port without endpoints should be rejected and not redirected:\n%s", noEps)
 	}
 	// A partial sync does not touch the jumps.
 	if err := p.Sync(snapshotWith(svc), core.ChangeSet{Services: sets.New(svcA.NamespacedName)}); err != nil {

@@ -31,10 +31,17 @@ const (
 	chainPortalsHost       = "PM-PORTALS-HOST"
 	chainNodePortContainer = "PM-NODEPORT-CONTAINER"
 	chainNodePortHost      = "PM-NODEPORT-HOST"
+	// chainReject (filter) refuses new connections to service ports that
+	// have no endpoints, as the other modes do: without a portal their
+	// packets are routed towards the VIP, through FORWARD or OUTPUT.
+	chainReject = "PM-PORTALS-REJECT"
 )
 
 // Chains lists the chains the userspace mode owns.
-var Chains = []string{chainPortalsContainer, chainPortalsHost, chainNodePortContainer, chainNodePortHost}
+var Chains = []string{chainPortalsContainer, chainPortalsHost, chainNodePortContainer, chainNodePortHost, chainReject}
+
+// natChains are the chains of the nat table.
+var natChains = Chains[:4]
 
 func ownChain(name string) bool {
 	for _, c := range Chains {
@@ -47,8 +54,8 @@ func ownChain(name string) bool {
 
 // jump is one of our rules in a built-in chain.
 type jump struct {
-	from, to, comment string
-	extra             []string
+	table, from, to, comment string
+	extra                    []string
 }
 
 func (j jump) args() []string {
@@ -59,17 +66,28 @@ var localDst = []string{"-m", "addrtype", "--dst-type", "LOCAL"}
 
 // jumps in the order they must appear at the top of each built-in chain:
 // portals before NodePorts, as in kube-proxy.
+var newConn = []string{"-m", "conntrack", "--ctstate", "NEW"}
+
 var jumps = []jump{
-	{"PREROUTING", chainPortalsContainer, "proxymodes userspace portals", nil},
-	{"PREROUTING", chainNodePortContainer, "proxymodes userspace nodeports", localDst},
-	{"OUTPUT", chainPortalsHost, "proxymodes userspace portals", nil},
-	{"OUTPUT", chainNodePortHost, "proxymodes userspace nodeports", localDst},
+	{"nat", "PREROUTING", chainPortalsContainer, "proxymodes userspace portals", nil},
+	{"nat", "PREROUTING", chainNodePortContainer, "proxymodes userspace nodeports", localDst},
+	{"nat", "OUTPUT", chainPortalsHost, "proxymodes userspace portals", nil},
+	{"nat", "OUTPUT", chainNodePortHost, "proxymodes userspace nodeports", localDst},
+	{"filter", "FORWARD", chainReject, "proxymodes userspace services without endpoints", newConn},
+	{"filter", "OUTPUT", chainReject, "proxymodes userspace services without endpoints", newConn},
 }
 
-// portal is one service port and the proxy port its traffic goes to.
+// builtins are the built-in chains our jumps hang off, per table.
+var builtins = []struct{ table, chain string }{
+	{"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"filter", "FORWARD"}, {"filter", "OUTPUT"},
+}
+
+// portal is one service port and the proxy port its traffic goes to; a
+// service port without endpoints gets a REJECT instead.
 type portal struct {
 	svc       *core.ServicePort
 	proxyPort int
+	reject    bool
 }
 
 // renderRules writes the restore batch for the nat table. Our chains are
@@ -77,28 +95,29 @@ type portal struct {
 // (full syncs) the jump rules in PREROUTING and OUTPUT are checked against
 // it and rewritten if they are missing, duplicated or out of order.
 func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
-	var b bytes.Buffer
-	b.WriteString("*nat\n")
-	for _, c := range Chains {
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	var nat, filter bytes.Buffer
+	out := map[string]*bytes.Buffer{"nat": &nat, "filter": &filter}
+	for _, c := range natChains {
+		fmt.Fprintf(&nat, ":%s - [0:0]\n", c)
 	}
+	fmt.Fprintf(&filter, ":%s - [0:0]\n", chainReject)
 	if existing != nil {
-		for _, from := range []string{"PREROUTING", "OUTPUT"} {
+		for _, bi := range builtins {
 			var want []jump
 			for _, j := range jumps {
-				if j.from == from {
+				if j.table == bi.table && j.from == bi.chain {
 					want = append(want, j)
 				}
 			}
-			have := ownedJumps(existing, from)
+			have := ownedJumps(existing, bi.table, bi.chain)
 			if jumpsMatch(have, want) {
 				continue
 			}
 			for _, r := range have {
-				fmt.Fprintf(&b, "-D %s %s\n", from, r.String())
+				fmt.Fprintf(out[bi.table], "-D %s %s\n", bi.chain, r.String())
 			}
 			for i, j := range want {
-				fmt.Fprintf(&b, "-I %s %d %s\n", from, i+1, join(j.args()))
+				fmt.Fprintf(out[bi.table], "-I %s %d %s\n", bi.chain, i+1, join(j.args()))
 			}
 		}
 	}
@@ -116,26 +135,36 @@ func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
 			dsts = append(dsts, struct{ ip, what string }{eip.String(), "external IP"})
 		}
 		for _, d := range dsts {
-			args := append([]string{"-m", "comment", "--comment", quote(label + " " + d.what),
-				"-p", proto, "-m", proto, "-d", d.ip + "/32", "--dport", port}, to...)
-			fmt.Fprintf(&b, "-A %s %s\n", chainPortalsContainer, strings.Join(args, " "))
-			fmt.Fprintf(&b, "-A %s %s\n", chainPortalsHost, strings.Join(args, " "))
+			match := []string{"-m", "comment", "--comment", quote(label + " " + d.what),
+				"-p", proto, "-m", proto, "-d", d.ip + "/32", "--dport", port}
+			if p.reject {
+				fmt.Fprintf(&filter, "-A %s %s -j REJECT\n", chainReject, strings.Join(match, " "))
+				continue
+			}
+			args := append(match, to...)
+			fmt.Fprintf(&nat, "-A %s %s\n", chainPortalsContainer, strings.Join(args, " "))
+			fmt.Fprintf(&nat, "-A %s %s\n", chainPortalsHost, strings.Join(args, " "))
 		}
-		if svc.NodePort != 0 {
+		if svc.NodePort != 0 && !p.reject {
 			args := append([]string{"-m", "comment", "--comment", quote(label + " node port"),
 				"-p", proto, "-m", proto, "--dport", strconv.Itoa(int(svc.NodePort))}, to...)
-			fmt.Fprintf(&b, "-A %s %s\n", chainNodePortContainer, strings.Join(args, " "))
-			fmt.Fprintf(&b, "-A %s %s\n", chainNodePortHost, strings.Join(args, " "))
+			fmt.Fprintf(&nat, "-A %s %s\n", chainNodePortContainer, strings.Join(args, " "))
+			fmt.Fprintf(&nat, "-A %s %s\n", chainNodePortHost, strings.Join(args, " "))
 		}
 	}
-	b.WriteString("COMMIT\n")
+	var b bytes.Buffer
+	for _, t := range []string{"nat", "filter"} {
+		fmt.Fprintf(&b, "*%s\n", t)
+		b.Write(out[t].Bytes())
+		b.WriteString("COMMIT\n")
+	}
 	return b.Bytes()
 }
 
-// ownedJumps returns the rules in a built-in nat chain that jump to one of
-// our chains.
-func ownedJumps(tables map[string]*iptables.Table, chain string) []iptables.Rule {
-	t := tables["nat"]
+// ownedJumps returns the rules in a built-in chain that jump to one of our
+// chains.
+func ownedJumps(tables map[string]*iptables.Table, table, chain string) []iptables.Rule {
+	t := tables[table]
 	if t == nil || t.Chains[chain] == nil {
 		return nil
 	}
@@ -165,33 +194,41 @@ func jumpsMatch(have []iptables.Rule, want []jump) bool {
 // renderCleanup writes the batch that removes our jumps and chains from
 // the nat table described by tables; nil when there is nothing to remove.
 func renderCleanup(tables map[string]*iptables.Table) []byte {
-	t := tables["nat"]
-	if t == nil {
-		return nil
-	}
-	var chains, rules bytes.Buffer
-	n := 0
-	for _, from := range []string{"PREROUTING", "OUTPUT"} {
-		for _, r := range ownedJumps(tables, from) {
-			fmt.Fprintf(&rules, "-D %s %s\n", from, r.String())
-			n++
-		}
-	}
-	for _, c := range Chains {
-		if _, ok := t.Chains[c]; ok {
-			fmt.Fprintf(&chains, ":%s - [0:0]\n", c)
-			fmt.Fprintf(&rules, "-X %s\n", c)
-			n++
-		}
-	}
-	if n == 0 {
-		return nil
-	}
 	var b bytes.Buffer
-	b.WriteString("*nat\n")
-	b.Write(chains.Bytes())
-	b.Write(rules.Bytes())
-	b.WriteString("COMMIT\n")
+	for _, table := range []string{"nat", "filter"} {
+		t := tables[table]
+		if t == nil {
+			continue
+		}
+		var chains, rules bytes.Buffer
+		n := 0
+		for _, bi := range builtins {
+			if bi.table != table {
+				continue
+			}
+			for _, r := range ownedJumps(tables, table, bi.chain) {
+				fmt.Fprintf(&rules, "-D %s %s\n", bi.chain, r.String())
+				n++
+			}
+		}
+		for _, c := range Chains {
+			if _, ok := t.Chains[c]; ok {
+				fmt.Fprintf(&chains, ":%s - [0:0]\n", c)
+				fmt.Fprintf(&rules, "-X %s\n", c)
+				n++
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", table)
+		b.Write(chains.Bytes())
+		b.Write(rules.Bytes())
+		b.WriteString("COMMIT\n")
+	}
+	if b.Len() == 0 {
+		return nil
+	}
 	return b.Bytes()
 }
 
