@@ -91,9 +91,13 @@ func clientIPAffinity() types.Feature {
 			needAffinity(a)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout", Affinity: affinityTimeout})
 			cs := clients(a, spreadClients)
-			a.Eventually("Service programmed", suite.Converge,
-				func() probe.Summary { return a.Probe(tcpTo(cs[0].NS, svc), 1, quick) },
-				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			// Every client's node must have the Service: nodes sync on their
+			// own schedule (seconds apart in a UML guest).
+			for _, c := range cs {
+				a.Eventually("Service programmed for "+c.Name, suite.Converge,
+					func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
+					func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			}
 			before := make([]string, len(cs))
 			for i, c := range cs {
 				s := a.Probe(tcpTo(c.NS, svc), 3, quick)
