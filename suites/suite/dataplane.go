@@ -259,4 +259,3 @@ func ProxyPorts(lines []string) []string {
 	}
 	return out
 }
-
