@@ -43,9 +43,16 @@ func RunTestInGuest(t *testing.T, timeout time.Duration) bool {
 	for _, part := range strings.Split(t.Name(), "/") {
 		pattern = append(pattern, "^"+regexp.QuoteMeta(part)+"$")
 	}
+	// The guest starts with a fresh environment; test settings go along.
+	env := []string{InGuestEnv + "=1"}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PM_") || strings.HasPrefix(kv, "PROXIER_") || strings.HasPrefix(kv, "PROXYMODES_") {
+			env = append(env, kv)
+		}
+	}
 	r, err := k.Run(ctx, RunOptions{
 		Argv:    []string{self, "-test.run=" + strings.Join(pattern, "/"), "-test.v", "-test.count=1"},
-		Env:     []string{InGuestEnv + "=1"},
+		Env:     env,
 		Dir:     wd,
 		Timeout: timeout,
 	})

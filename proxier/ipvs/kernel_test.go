@@ -47,7 +47,7 @@ func ranInGuest(t *testing.T) bool {
 	if uml.InGuest() {
 		t.Fatal("running inside the UML guest, yet no ip_vs: the guest failed to load it")
 	}
-	return uml.RunTestInGuest(t, 5*time.Minute)
+	return uml.RunTestInGuest(t, 30*time.Minute) // a bound; the scale test takes minutes
 }
 
 // kernelVariant picks the iptables flavour for kernel tests: $PROXIER_IPTABLES

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -37,10 +36,6 @@ import (
 
 var lab *local.Lab
 
-type stderrLog struct{}
-
-func (stderrLog) Logf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
-
 func TestMain(m *testing.M) {
 	labtest.Init()
 	flag.Parse()
@@ -49,28 +44,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "userspace: no lab (-short or not root); lab tests are skipped")
 		os.Exit(m.Run())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	l, err := local.Up(ctx, local.Options{Name: "usp", Nodes: 2, Logger: stderrLog{}, BuildOutput: os.Stderr,
-		Proxier: &local.ProxierOptions{Mode: "userspace"}})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	lab = l
-	labtest.OnInterrupt(l.Down)
-	code := m.Run()
-	if code != 0 {
-		dir := filepath.Join(os.TempDir(), "proxymodes-logs", "userspace-"+time.Now().Format("20060102-150405"))
-		if err := l.SaveLogs(dir); err == nil {
-			fmt.Fprintln(os.Stderr, "logs of the failed run kept in", dir)
-		}
-	}
-	if err := l.Down(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(labtest.WithLab(m, local.Options{Name: "usp", Nodes: 2, Proxier: &local.ProxierOptions{Mode: "userspace"}},
+		func(l *local.Lab) { lab = l }))
 }
 
 func needLab(t testing.TB) {
@@ -81,70 +56,28 @@ func needLab(t testing.TB) {
 }
 
 func addPod(t testing.TB, name, node string, labels map[string]string) cluster.Pod {
-	t.Helper()
-	p, err := lab.AddPod(context.Background(), cluster.PodSpec{Namespace: "default", Name: name, Node: node, Labels: labels})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.DeletePod(context.Background(), p.Namespace, p.Name) })
-	return p
+	return labtest.AddPod(t, lab, name, node, labels)
 }
 
 func createService(t testing.TB, name string, selector map[string]string, affinity bool) *corev1.Service {
 	t.Helper()
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec: corev1.ServiceSpec{Selector: selector, Ports: []corev1.ServicePort{
-			{Name: "tcp", Port: 80, TargetPort: intstr.FromInt32(backend.TCPPort), Protocol: corev1.ProtocolTCP},
-			{Name: "udp", Port: 53, TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
-		}},
-	}
-	if affinity {
-		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-	}
-	created, err := lab.Client().CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		lab.Client().CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{})
+	return labtest.Service(t, lab, name, selector, func(s *corev1.Service) {
+		if affinity {
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		}
 	})
-	return created
 }
 
-func vip(svc *corev1.Service, port uint16) netip.AddrPort {
-	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), port)
-}
+var vip = labtest.VIP
 
 // eventually polls until ok holds for a probe summary (the proxier syncs at
 // most once a second, and slices take a moment to appear).
 func eventually(t testing.TB, what string, run func() probe.Summary, ok func(probe.Summary) bool) probe.Summary {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		s := run()
-		if ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 20s; last probe: %s", what, s)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return labtest.Eventually(t, what, 20*time.Second, run, ok)
 }
 
-func served(s probe.Summary, names ...string) bool {
-	c := s.Counts()
-	if len(s.Errors()) > 0 || len(c) != len(names) {
-		return false
-	}
-	for _, n := range names {
-		if c[n] == 0 {
-			return false
-		}
-	}
-	return true
-}
+var served = labtest.Served
 
 // threeBackends starts three pods behind a new Service and a client pod on
 // node-1, and waits until the client reaches all three through the VIP.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
@@ -273,18 +274,7 @@ func (a *A) Eventually(what string, limit time.Duration, run func() probe.Summar
 
 // ServedBy reports whether every connection succeeded and exactly the
 // named backends answered (each at least once).
-func ServedBy(s probe.Summary, names ...string) bool {
-	c := s.Counts()
-	if len(s.Errors()) > 0 || len(c) != len(names) {
-		return false
-	}
-	for _, n := range names {
-		if c[n] == 0 {
-			return false
-		}
-	}
-	return true
-}
+func ServedBy(s probe.Summary, names ...string) bool { return labtest.Served(s, names...) }
 
 // Distribution renders counts over the given backends ("a=300 b=290 ...").
 func Distribution(s probe.Summary, names []string) string {

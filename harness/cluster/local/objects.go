@@ -110,6 +110,10 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 }
 
 func (l *Lab) startProxiers(ctx context.Context) error {
+	return l.runProxiers(ctx, l.opts.Proxier.Args)
+}
+
+func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 	po := l.opts.Proxier
 	if po.Binary == "" {
 		var err error
@@ -125,7 +129,21 @@ func (l *Lab) startProxiers(ctx context.Context) error {
 			return err
 		}
 	}
-	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig, Args: po.Args})
+	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig, Args: args})
+}
+
+// RestartProxiers stops every node's proxier and starts it again with
+// extra flags (another --ipvs-scheduler, say). The data plane keeps its
+// rules in between, as in a rolling upgrade.
+func (l *Lab) RestartProxiers(ctx context.Context, extra ...string) error {
+	if l.opts.Proxier == nil {
+		return fmt.Errorf("lab %s runs no proxier", l.opts.Name)
+	}
+	for _, n := range l.Info().Nodes {
+		// A node whose proxier was already stopped is fine.
+		l.plane.StopProxier(ctx, n.Name)
+	}
+	return l.runProxiers(ctx, append(append([]string(nil), l.opts.Proxier.Args...), extra...))
 }
 
 // StopProxier stops one node's proxier and leaves its rules in place, as
