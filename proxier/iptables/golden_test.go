@@ -1,9 +1,6 @@
 package iptables
 
 import (
-	"flag"
-	"os"
-	"path/filepath"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -11,10 +8,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/internal/golden"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
 
 // newFakeProxier returns a proxier over a fresh Fake, masquerading
 // off-cluster traffic for the test pod CIDR.
@@ -42,20 +39,7 @@ func partialSync(names ...string) core.ChangeSet {
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./proxier/iptables -run %s -update to create it)", err, t.Name())
-	}
-	if string(want) != string(got) {
-		t.Errorf("%s differs from %s (rerun with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", t.Name(), path, got, want)
-	}
+	golden.Check(t, name, got)
 }
 
 // goldenCases are the representative snapshots whose whole first-sync

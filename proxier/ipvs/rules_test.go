@@ -1,37 +1,21 @@
 package ipvs
 
 import (
-	"flag"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/proxymodes/proxymodes/proxier/internal/golden"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./proxier/ipvs -run %s -update to create it)", err, t.Name())
-	}
-	if string(want) != string(got) {
-		t.Errorf("%s differs from %s (rerun with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", t.Name(), path, got, want)
-	}
+	golden.Check(t, name, got)
 }
 
 // goldenCases are snapshots whose whole first-sync iptables batch is kept
