@@ -12,7 +12,6 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
-
 // newFakeProxier returns a proxier over a fresh Fake, masquerading
 // off-cluster traffic for the test pod CIDR.
 func newFakeProxier(t testing.TB) (*Proxier, *Fake) {

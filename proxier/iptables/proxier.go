@@ -51,20 +51,8 @@ const (
 	extChainPrefix = "PM-EXT-"
 )
 
-// jumpRule is a rule in a built-in chain that hands packets to our chains.
-// These are the only rules we put in chains we do not own.
-type jumpRule struct {
-	table, from, to, comment string
-	extra                    []string
-}
-
-func (j jumpRule) args() []string {
-	args := append([]string(nil), j.extra...)
-	args = append(args, "-m", "comment", "--comment", j.comment, "-j", j.to)
-	return args
-}
-
-var jumpRules = []jumpRule{
+// jumpRules are the only rules this mode puts in chains it does not own.
+var jumpRules = []Jump{
 	{tableFilter, "INPUT", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
 	{tableFilter, "FORWARD", servicesChain, "proxymodes service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
 	{tableFilter, "FORWARD", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
@@ -253,20 +241,6 @@ func failingLines(err error, batch []byte) string {
 // savedTables wraps parsed iptables-save output.
 type savedTables struct{ byName map[string]*Table }
 
-// ownedJumps returns our rules in a built-in chain.
-func (t *savedTables) ownedJumps(table, chain string) []Rule {
-	if t == nil || t.byName[table] == nil || t.byName[table].Chains[chain] == nil {
-		return nil
-	}
-	var out []Rule
-	for _, r := range t.byName[table].Chains[chain].Rules {
-		if strings.HasPrefix(r.Target(), ChainPrefix) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // serviceChains returns the per-service nat chains present.
 func (t *savedTables) serviceChains() []string {
 	var out []string
@@ -388,21 +362,21 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 				out = &natJumps
 			}
 			for _, from := range builtinChains[table] {
-				var want []jumpRule
+				var want []Jump
 				for _, j := range jumpRules {
-					if j.table == table && j.from == from {
+					if j.Table == table && j.From == from {
 						want = append(want, j)
 					}
 				}
-				have := existing.ownedJumps(table, from)
-				if jumpsMatch(have, want) {
+				have := OwnedJumps(existing.byName, table, from, nil)
+				if JumpsMatch(have, want) {
 					continue
 				}
 				for _, r := range have {
 					out.add("-D", from, r.String())
 				}
 				for i, j := range want {
-					out.add("-I", from, strconv.Itoa(i+1), joinArgs(j.args()))
+					out.add("-I", from, strconv.Itoa(i+1), joinArgs(j.Args()))
 				}
 			}
 		}
@@ -576,21 +550,6 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 	return rendered{batch: out.Bytes(), activeNAT: active, stats: stats, skippedNATRules: skipped.lines}
 }
 
-// jumpsMatch reports whether the jump rules present are exactly the ones
-// wanted, in order (compared by target and comment, which iptables-save
-// prints back unchanged).
-func jumpsMatch(have []Rule, want []jumpRule) bool {
-	if len(have) != len(want) {
-		return false
-	}
-	for i := range have {
-		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
-			return false
-		}
-	}
-	return true
-}
-
 // Cleanup implements core.Mode: it deletes our jump rules from built-in
 // chains and every chain named PM-*, in both tables, in one batch.
 func (p *Proxier) Cleanup() error {
@@ -622,7 +581,7 @@ func CleanupBackend(b Interface) error {
 		for _, cname := range t.SortedChains() {
 			c := t.Chains[cname]
 			if c.Builtin {
-				for _, r := range (&savedTables{tables}).ownedJumps(name, cname) {
+				for _, r := range OwnedJumps(tables, name, cname, nil) {
 					jumps.add("-D", cname, r.String())
 				}
 			} else if strings.HasPrefix(cname, ChainPrefix) {

@@ -50,20 +50,17 @@ var builtinChains = map[string][]string{
 	tableNAT:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 }
 
-// jumpRule hands packets from a built-in chain to ours. These are the only
-// rules this mode writes into chains it does not own.
-type jumpRule struct{ table, from, to, comment string }
-
-var jumpRules = []jumpRule{
-	{tableFilter, "FORWARD", forwardChain, "proxymodes ipvs forwarding rules"},
-	{tableNAT, "PREROUTING", servicesChain, "proxymodes ipvs service portals"},
-	{tableNAT, "OUTPUT", servicesChain, "proxymodes ipvs service portals"},
-	{tableNAT, "POSTROUTING", postroutingChain, "proxymodes ipvs postrouting rules"},
+// jumpRules are the only rules this mode writes into chains it does not own.
+var jumpRules = []iptables.Jump{
+	{Table: tableFilter, From: "FORWARD", To: forwardChain, Comment: "proxymodes ipvs forwarding rules"},
+	{Table: tableNAT, From: "PREROUTING", To: servicesChain, Comment: "proxymodes ipvs service portals"},
+	{Table: tableNAT, From: "OUTPUT", To: servicesChain, Comment: "proxymodes ipvs service portals"},
+	{Table: tableNAT, From: "POSTROUTING", To: postroutingChain, Comment: "proxymodes ipvs postrouting rules"},
 }
 
-func (j jumpRule) args() []string {
-	return []string{"-m", "comment", "--comment", j.comment, "-j", j.to}
-}
+// ownChain: this mode's chains are PM-IPVS-*, so the iptables mode's PM-
+// chains in the same node are left alone.
+func ownChain(target string) bool { return strings.HasPrefix(target, ChainPrefix) }
 
 // ruleBuf collects iptables-restore lines.
 type ruleBuf struct {
@@ -138,21 +135,21 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 				out = &r.natJumps
 			}
 			for _, from := range builtinChains[table] {
-				var want []jumpRule
+				var want []iptables.Jump
 				for _, j := range jumpRules {
-					if j.table == table && j.from == from {
+					if j.Table == table && j.From == from {
 						want = append(want, j)
 					}
 				}
-				have := ownedJumps(existing, table, from)
-				if jumpsMatch(have, want) {
+				have := iptables.OwnedJumps(existing, table, from, ownChain)
+				if iptables.JumpsMatch(have, want) {
 					continue
 				}
 				for _, h := range have {
 					out.add("-D", from, h.String())
 				}
 				for i, j := range want {
-					out.add(append([]string{"-I", from, strconv.Itoa(i + 1)}, quoteArgs(j.args())...)...)
+					out.add(append([]string{"-I", from, strconv.Itoa(i + 1)}, quoteArgs(j.Args())...)...)
 				}
 			}
 		}
@@ -248,35 +245,6 @@ func quoteArgs(args []string) []string {
 	return out
 }
 
-// ownedJumps returns our rules in a built-in chain.
-func ownedJumps(tables map[string]*iptables.Table, table, chain string) []iptables.Rule {
-	t := tables[table]
-	if t == nil || t.Chains[chain] == nil {
-		return nil
-	}
-	var out []iptables.Rule
-	for _, r := range t.Chains[chain].Rules {
-		if strings.HasPrefix(r.Target(), ChainPrefix) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// jumpsMatch reports whether exactly the wanted jumps are present, in
-// order (by target and comment, which iptables-save prints back as given).
-func jumpsMatch(have []iptables.Rule, want []jumpRule) bool {
-	if len(have) != len(want) {
-		return false
-	}
-	for i := range have {
-		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
-			return false
-		}
-	}
-	return true
-}
-
 // cleanupRules deletes our jump rules and chains from both tables in one
 // batch; it restores nothing when nothing of ours is there.
 func cleanupRules(ipt iptables.Interface) error {
@@ -299,7 +267,7 @@ func cleanupRules(ipt iptables.Interface) error {
 			c := t.Chains[cname]
 			switch {
 			case c.Builtin:
-				for _, r := range ownedJumps(tables, name, cname) {
+				for _, r := range iptables.OwnedJumps(tables, name, cname, ownChain) {
 					jumps.add("-D", cname, r.String())
 				}
 			case strings.HasPrefix(cname, ChainPrefix):

@@ -12,7 +12,6 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
-
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	golden.Check(t, name, got)

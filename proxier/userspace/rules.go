@@ -52,29 +52,20 @@ func ownChain(name string) bool {
 	return false
 }
 
-// jump is one of our rules in a built-in chain.
-type jump struct {
-	table, from, to, comment string
-	extra                    []string
-}
-
-func (j jump) args() []string {
-	return append(append([]string(nil), j.extra...), "-m", "comment", "--comment", j.comment, "-j", j.to)
-}
-
-var localDst = []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+var (
+	localDst = []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+	newConn  = []string{"-m", "conntrack", "--ctstate", "NEW"}
+)
 
 // jumps in the order they must appear at the top of each built-in chain:
 // portals before NodePorts, as in kube-proxy.
-var newConn = []string{"-m", "conntrack", "--ctstate", "NEW"}
-
-var jumps = []jump{
-	{"nat", "PREROUTING", chainPortalsContainer, "proxymodes userspace portals", nil},
-	{"nat", "PREROUTING", chainNodePortContainer, "proxymodes userspace nodeports", localDst},
-	{"nat", "OUTPUT", chainPortalsHost, "proxymodes userspace portals", nil},
-	{"nat", "OUTPUT", chainNodePortHost, "proxymodes userspace nodeports", localDst},
-	{"filter", "FORWARD", chainReject, "proxymodes userspace services without endpoints", newConn},
-	{"filter", "OUTPUT", chainReject, "proxymodes userspace services without endpoints", newConn},
+var jumps = []iptables.Jump{
+	{Table: "nat", From: "PREROUTING", To: chainPortalsContainer, Comment: "proxymodes userspace portals"},
+	{Table: "nat", From: "PREROUTING", To: chainNodePortContainer, Comment: "proxymodes userspace nodeports", Extra: localDst},
+	{Table: "nat", From: "OUTPUT", To: chainPortalsHost, Comment: "proxymodes userspace portals"},
+	{Table: "nat", From: "OUTPUT", To: chainNodePortHost, Comment: "proxymodes userspace nodeports", Extra: localDst},
+	{Table: "filter", From: "FORWARD", To: chainReject, Comment: "proxymodes userspace services without endpoints", Extra: newConn},
+	{Table: "filter", From: "OUTPUT", To: chainReject, Comment: "proxymodes userspace services without endpoints", Extra: newConn},
 }
 
 // builtins are the built-in chains our jumps hang off, per table.
@@ -103,21 +94,21 @@ func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
 	fmt.Fprintf(&filter, ":%s - [0:0]\n", chainReject)
 	if existing != nil {
 		for _, bi := range builtins {
-			var want []jump
+			var want []iptables.Jump
 			for _, j := range jumps {
-				if j.table == bi.table && j.from == bi.chain {
+				if j.Table == bi.table && j.From == bi.chain {
 					want = append(want, j)
 				}
 			}
-			have := ownedJumps(existing, bi.table, bi.chain)
-			if jumpsMatch(have, want) {
+			have := iptables.OwnedJumps(existing, bi.table, bi.chain, ownChain)
+			if iptables.JumpsMatch(have, want) {
 				continue
 			}
 			for _, r := range have {
 				fmt.Fprintf(out[bi.table], "-D %s %s\n", bi.chain, r.String())
 			}
 			for i, j := range want {
-				fmt.Fprintf(out[bi.table], "-I %s %d %s\n", bi.chain, i+1, join(j.args()))
+				fmt.Fprintf(out[bi.table], "-I %s %d %s\n", bi.chain, i+1, join(j.Args()))
 			}
 		}
 	}
@@ -161,36 +152,6 @@ func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
 	return b.Bytes()
 }
 
-// ownedJumps returns the rules in a built-in chain that jump to one of our
-// chains.
-func ownedJumps(tables map[string]*iptables.Table, table, chain string) []iptables.Rule {
-	t := tables[table]
-	if t == nil || t.Chains[chain] == nil {
-		return nil
-	}
-	var out []iptables.Rule
-	for _, r := range t.Chains[chain].Rules {
-		if ownChain(r.Target()) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// jumpsMatch compares by target and comment, which iptables-save prints
-// back as written.
-func jumpsMatch(have []iptables.Rule, want []jump) bool {
-	if len(have) != len(want) {
-		return false
-	}
-	for i := range have {
-		if have[i].Target() != want[i].to || have[i].Comment() != want[i].comment {
-			return false
-		}
-	}
-	return true
-}
-
 // renderCleanup writes the batch that removes our jumps and chains from
 // the nat table described by tables; nil when there is nothing to remove.
 func renderCleanup(tables map[string]*iptables.Table) []byte {
@@ -206,7 +167,7 @@ func renderCleanup(tables map[string]*iptables.Table) []byte {
 			if bi.table != table {
 				continue
 			}
-			for _, r := range ownedJumps(tables, table, bi.chain) {
+			for _, r := range iptables.OwnedJumps(tables, table, bi.chain, ownChain) {
 				fmt.Fprintf(&rules, "-D %s %s\n", bi.chain, r.String())
 				n++
 			}
