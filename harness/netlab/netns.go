@@ -6,8 +6,10 @@
 package netlab
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -200,4 +202,22 @@ func onLockedThread(fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// Dialer returns a DialContext function whose connections start inside the
+// named namespace; a socket keeps its namespace for life, so only the dial
+// runs there. d may be nil.
+func Dialer(ns string, d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := Do(ns, func() error {
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }

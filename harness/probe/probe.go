@@ -142,7 +142,6 @@ func Once(ctx context.Context, t Target, timeout time.Duration) Result {
 // Dial connects from inside the target's namespace. The socket keeps that
 // namespace for its whole life, so only the dial itself runs there.
 func Dial(ctx context.Context, t Target, network string) (net.Conn, error) {
-	var conn net.Conn
 	d := net.Dialer{}
 	if t.Source.IsValid() {
 		if network == "udp" {
@@ -151,12 +150,7 @@ func Dial(ctx context.Context, t Target, network string) (net.Conn, error) {
 			d.LocalAddr = &net.TCPAddr{IP: t.Source.AsSlice()}
 		}
 	}
-	err := netlab.Do(t.NS, func() error {
-		var err error
-		conn, err = d.DialContext(ctx, network, t.Addr.String())
-		return err
-	})
-	return conn, err
+	return netlab.Dialer(t.NS, &d)(ctx, network, t.Addr.String())
 }
 
 func tcpOnce(ctx context.Context, t Target) (string, error) {

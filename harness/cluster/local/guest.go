@@ -68,11 +68,7 @@ func startGuest(ctx context.Context, l *Lab) (*guest, error) {
 	if err := netlab.Sysctl(ns, "net/ipv4/ip_forward", "1"); err != nil {
 		return nil, err
 	}
-	err = netlab.Do(ns, func() error {
-		ipt, err := iptables.New(iptables.Timeout(5))
-		if err != nil {
-			return err
-		}
+	err = plane.IPTablesIn(ns, func(ipt *iptables.IPTables) error {
 		return ipt.Append("nat", "POSTROUTING", "-o", guestUplink, "-m", "comment", "--comment", "proxymodes guest uplink", "-j", "MASQUERADE")
 	})
 	if err != nil {

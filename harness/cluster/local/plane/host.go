@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -278,7 +277,7 @@ func (h *Host) Break(ctx context.Context, pod cluster.Pod, f cluster.Fault) erro
 		h.stopBackend(pod)
 		return nil
 	case cluster.Blackhole:
-		return podIPTables(pod.NS, func(ipt *iptables.IPTables) error {
+		return IPTablesIn(pod.NS, func(ipt *iptables.IPTables) error {
 			return ipt.Insert("filter", "INPUT", 1, blackholeRule...)
 		})
 	}
@@ -291,16 +290,17 @@ func (h *Host) Restore(ctx context.Context, pod cluster.Pod, f cluster.Fault) er
 	case cluster.Refuse:
 		return h.startBackend(pod)
 	case cluster.Blackhole:
-		return podIPTables(pod.NS, func(ipt *iptables.IPTables) error {
+		return IPTablesIn(pod.NS, func(ipt *iptables.IPTables) error {
 			return ipt.DeleteIfExists("filter", "INPUT", blackholeRule...)
 		})
 	}
 	return nil
 }
 
-// podIPTables runs fn with an iptables handle whose commands execute inside
-// the pod's namespace (they are forked from a thread that entered it).
-func podIPTables(ns string, fn func(*iptables.IPTables) error) error {
+// IPTablesIn runs fn with an iptables handle (of the kernel's usable
+// flavour) whose commands execute inside the lab namespace ns: they are
+// forked from a thread that entered it.
+func IPTablesIn(ns string, fn func(*iptables.IPTables) error) error {
 	return netlab.Do(ns, func() error {
 		path, err := exec.LookPath(rules.Command())
 		if err != nil {
@@ -356,15 +356,7 @@ func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
 	p := h.proxiers[node]
 	h.mu.Unlock()
 	ns := NodeNS(h.t.Prefix, k)
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netlab.Do(ns, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: netlab.Dialer(ns, nil)}
 	client := &http.Client{Transport: tr, Timeout: time.Second}
 	deadline := time.After(90 * time.Second)
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", ProxierHealthzPort)

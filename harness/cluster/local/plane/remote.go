@@ -263,15 +263,7 @@ type Remote struct {
 
 // NewRemote talks to the agent of a guest whose link lives in ns.
 func NewRemote(ns string) *Remote {
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netlab.Do(ns, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DialContext: netlab.Dialer(ns, nil)}
 	return &Remote{client: &http.Client{Transport: tr},
 		base: "http://" + netip.AddrPortFrom(UplinkGuest().Addr(), AgentPort).String()}
 }
