@@ -153,16 +153,47 @@ func (d dialRecord) String() string { return fmt.Sprintf("%v/%v", d.ep, d.timeou
 type fakeDialer struct {
 	fail  map[netip.AddrPort]bool
 	calls []dialRecord
+	// during, if set, runs inside every dial: other connections using the
+	// balancer meanwhile.
+	during func()
 }
 
 func (f *fakeDialer) dial(_ context.Context, _ string, ep netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	f.calls = append(f.calls, dialRecord{ep, timeout})
+	if f.during != nil {
+		f.during()
+	}
 	if f.fail[ep] {
 		return nil, fmt.Errorf("dial %v: i/o timeout", ep)
 	}
 	c1, c2 := net.Pipe()
 	c2.Close()
 	return c1, nil
+}
+
+// TestRetrySkipsFailedEndpointUnderConcurrency: while one connection waits
+// on a dead endpoint, two others take the next round-robin slots, so the
+// shared position points at the dead endpoint again. The retry must go to
+// an endpoint this connection has not tried.
+func TestRetrySkipsFailedEndpointUnderConcurrency(t *testing.T) {
+	lb := NewBalancer(nil)
+	lb.Update(svcA, []netip.AddrPort{ep1, ep2, ep3}, false, time.Hour)
+	d := &fakeDialer{fail: map[netip.AddrPort]bool{ep1: true}}
+	d.during = func() {
+		for i := 0; i < 2; i++ {
+			if _, err := lb.Next(svcA, client1, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	conn, ep, err := connect(context.Background(), lb, d.dial, svcA, "tcp", client1)
+	if err != nil {
+		t.Fatalf("connect failed although two endpoints work: %v (attempts %v)", err, d.calls)
+	}
+	conn.Close()
+	if ep == ep1 || len(d.calls) != 2 || d.calls[1].ep == ep1 {
+		t.Errorf("attempts %v ended on %v; want one failed attempt on %v, then a different endpoint", d.calls, ep, ep1)
+	}
 }
 
 func TestRetrySequence(t *testing.T) {

@@ -35,11 +35,21 @@ func Dial(ctx context.Context, network string, ep netip.AddrPort, timeout time.D
 func connect(ctx context.Context, lb *Balancer, dial DialFunc, name core.ServicePortName, network string, client netip.Addr) (net.Conn, netip.AddrPort, error) {
 	resetAffinity := false
 	var errs []error
+	tried := map[netip.AddrPort]bool{}
 	for _, timeout := range DialTimeouts {
 		ep, err := lb.Next(name, client, resetAffinity)
+		// Concurrent connections share the round-robin position, so "next"
+		// can be an endpoint this connection already failed on; skip those
+		// while untried ones remain, or one dead backend could use up all
+		// attempts while others work.
+		n := len(lb.Endpoints(name))
+		for skips := 0; err == nil && tried[ep] && len(tried) < n && skips < n; skips++ {
+			ep, err = lb.Next(name, client, true)
+		}
 		if err != nil {
 			return nil, netip.AddrPort{}, fmt.Errorf("%s: %w", name, err)
 		}
+		tried[ep] = true
 		conn, err := dial(ctx, network, ep, timeout)
 		if err == nil {
 			return conn, ep, nil
