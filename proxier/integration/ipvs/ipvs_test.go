@@ -83,10 +83,19 @@ func TestDeletedServiceLeavesNoVirtualServer(t *testing.T) {
 	_, tg, _ := backends(t, "gone")
 	ctx := context.Background()
 	vip := tg.Addr.Addr().String()
+	// Nodes sync on their own schedule: wait until every node has the
+	// virtual server, or its absence later proves nothing.
 	for _, n := range lab.Info().Nodes {
-		out, err := lab.Exec(ctx, n.NS, "ipvsadm", "-Ln")
-		if err != nil || !strings.Contains(out, vip) {
-			t.Fatalf("%s: no virtual server for %s while the Service exists (%v), so absence proves nothing:\n%s", n.Name, vip, err, out)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := lab.Exec(ctx, n.NS, "ipvsadm", "-Ln")
+			if err == nil && strings.Contains(out, vip) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no virtual server for %s 30s after the Service was created (%v):\n%s", n.Name, vip, err, out)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 	if err := lab.Client().CoreV1().Services("default").Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
