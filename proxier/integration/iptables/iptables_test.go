@@ -85,13 +85,17 @@ func TestDeletedServiceLeavesNoRules(t *testing.T) {
 	needles := []string{svc.Spec.ClusterIP, "default/gone:"}
 	var chains []string
 	for _, n := range lab.Info().Nodes {
-		dump, err := lab.IPTables(context.Background(), n.NS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines := rules.Matching(dump, needles...)
-		if len(lines) == 0 {
-			t.Fatalf("%s: no rule mentions %v while the Service exists, so absence proves nothing", n.Name, needles)
+		// Nodes sync on their own schedule; wait for this one's rules.
+		var lines []string
+		for deadline := time.Now().Add(20 * time.Second); len(lines) == 0; time.Sleep(200 * time.Millisecond) {
+			dump, err := lab.IPTables(context.Background(), n.NS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = rules.Matching(dump, needles...)
+			if len(lines) == 0 && time.Now().After(deadline) {
+				t.Fatalf("%s: no rule mentions %v 20s after the Service was created", n.Name, needles)
+			}
 		}
 		for _, l := range lines {
 			for _, f := range strings.Fields(l) {
