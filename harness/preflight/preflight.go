@@ -41,6 +41,7 @@ var Required = map[string]string{
 	"ipvsadm":          "ipvsadm", // rule inspection in the ipvs mode's lab
 	"modprobe":         "kmod",    // module loading inside the user-mode Linux guest
 	"busybox":          "busybox-static",
+	"ipset":            "ipset", // upstream kube-proxy's ipvs mode refuses to start without it
 }
 
 // Check runs every check and returns the first problem with its fix.

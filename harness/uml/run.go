@@ -20,7 +20,7 @@ import (
 )
 
 // Modules are loaded before the command runs. Besides these, stage 2 loads
-// every iptables table, match and target module: in the guest, loading on
+// every iptables table, match and target module and every ipset type: in the guest, loading on
 // demand from inside a program's modprobe call fails ("could not get
 // modinfo ... Invalid argument"), while loading them up front works.
 var Modules = []string{"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
@@ -193,7 +193,10 @@ func stage2(o RunOptions, runDir string) string {
 	b.WriteString("mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmpfs /run\n")
 	b.WriteString("mkdir -p /dev/pts /dev/shm /run/netns; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm\n")
 	b.WriteString("ip link set lo up\n")
-	b.WriteString("nf=$(cd /lib/modules/$(uname -r)/kernel/net && ls netfilter/xt_*.ko ipv4/netfilter/iptable_*.ko ipv4/netfilter/ipt_*.ko 2>/dev/null | sed 's#.*/##; s#[.]ko$##' | grep -v CLUSTERIP)\n")
+	// Only legacy iptables works in this kernel (no IPv4 nf_tables), and
+	// programs that run plain "iptables" (upstream kube-proxy) must get it.
+	b.WriteString("mkdir -p /run/pm-legacy; for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do ln -s /usr/sbin/xtables-legacy-multi /run/pm-legacy/$t; done; export PATH=/run/pm-legacy:$PATH\n")
+	b.WriteString("nf=$(cd /lib/modules/$(uname -r)/kernel/net && ls netfilter/xt_*.ko netfilter/ipset/ip_set*.ko ipv4/netfilter/iptable_*.ko ipv4/netfilter/ipt_*.ko 2>/dev/null | sed 's#.*/##; s#[.]ko$##' | grep -v CLUSTERIP)\n")
 	fmt.Fprintf(&b, "modprobe -a %s $nf 2>>%s/stderr || echo \"proxymodes: some modules failed to load\" >>%s/stderr\n",
 		strings.Join(Modules, " "), runDir, runDir)
 	for _, e := range o.Env {

@@ -36,11 +36,11 @@ func ruleCleanup() types.Feature {
 	var names []string
 	return suite.NewFeature("rule cleanup", "cleanup",
 		"after a Service is deleted nothing in the data plane refers to it, and stale UDP conntrack entries are cleared").
-		Assess("nothing in iptables or proxy listeners refers to a deleted Service", func(ctx context.Context, a *suite.A) {
+		Assess("nothing in iptables, ipsets or proxy listeners refers to a deleted Service", func(ctx context.Context, a *suite.A) {
 			nodes := a.Cluster.Info().Nodes
 			baseline := map[string]map[string]bool{}
 			for _, n := range nodes {
-				dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+				dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
 				if err != nil {
 					a.Fatal(err)
 				}
@@ -65,13 +65,13 @@ func ruleCleanup() types.Feature {
 			perNode := map[string][]string{} // node -> new chains
 			var proxyPorts []string
 			for _, n := range nodes {
-				dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+				dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
 				if err != nil {
 					a.Fatal(err)
 				}
 				lines := suite.Refers(dump, addrs, nil, d.nodePorts, []string{comment})
 				if len(lines) == 0 {
-					a.Fatalf("%s: no iptables rule refers to the Service (VIP %s, NodePorts %v, comment %q) while it exists, so its absence later proves nothing", n.Name, d.vip, d.nodePorts, comment)
+					a.Fatalf("%s: no iptables rule or ipset member refers to the Service (VIP %s, NodePorts %v, comment %q) while it exists, so its absence later proves nothing", n.Name, d.vip, d.nodePorts, comment)
 				}
 				declared := suite.Chains(dump)
 				chains := map[string]bool{}
@@ -103,7 +103,7 @@ func ruleCleanup() types.Feature {
 			deadline := start.Add(suite.Converge)
 			for _, n := range nodes {
 				for {
-					dump, err := a.Cluster.IPTables(a.Ctx, n.NS)
+					dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
 					if err != nil {
 						a.Fatal(err)
 					}

@@ -197,10 +197,31 @@ func Chains(dump string) map[string]bool {
 	return out
 }
 
+// DumpNetfilter returns a namespace's iptables rules followed by its
+// ipset members ("ipset save"). kube-proxy's ipvs mode matches Services
+// through ipsets (KUBE-CLUSTER-IP holds "VIP,tcp:port"), so no rule names
+// a VIP there: without the sets, a Service it forgot would go unseen.
+func DumpNetfilter(ctx context.Context, c cluster.Cluster, ns string) (string, error) {
+	dump, err := c.IPTables(ctx, ns)
+	if err != nil {
+		return "", err
+	}
+	e, ok := c.(Execer)
+	if !ok {
+		return dump, nil
+	}
+	sets, err := e.Exec(ctx, ns, "ipset", "save")
+	if err != nil {
+		return "", fmt.Errorf("reading ipsets in %s: %w", ns, err)
+	}
+	return dump + "\n" + sets, nil
+}
+
 // Refers returns the lines of a dump that refer to a Service: lines with a
 // field equal to one of the addresses (bare, /32 or with a port), a field
 // equal to one of the names (chains), "--dport P"/"--to-ports P" for one of
-// the ports, or one of the comment substrings.
+// the ports, or one of the comment substrings. ipset members count too:
+// "add SET ADDR,proto:port" and "add SET PORT".
 func Refers(dump string, addrs, names, ports, comments []string) []string {
 	var out []string
 	for _, line := range strings.Split(dump, "\n") {
@@ -223,7 +244,7 @@ func refers(line string, addrs, names, ports, comments []string) bool {
 	f := strings.Fields(line)
 	for i, w := range f {
 		for _, a := range addrs {
-			if w == a || w == a+"/32" || strings.HasPrefix(w, a+":") {
+			if w == a || w == a+"/32" || strings.HasPrefix(w, a+":") || strings.HasPrefix(w, a+",") {
 				return true
 			}
 		}
@@ -232,7 +253,7 @@ func refers(line string, addrs, names, ports, comments []string) bool {
 				return true
 			}
 		}
-		if i > 0 && (f[i-1] == "--dport" || f[i-1] == "--to-ports" || f[i-1] == "--dports") {
+		if i > 0 && (f[i-1] == "--dport" || f[i-1] == "--to-ports" || f[i-1] == "--dports") || (i == 2 && f[0] == "add") {
 			for _, p := range ports {
 				if w == p {
 					return true

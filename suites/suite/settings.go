@@ -64,7 +64,11 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 	}
 	if s.ResultsDir == "" {
 		// Outside the checkout, so runs never dirty the repository.
-		s.ResultsDir = filepath.Join(os.TempDir(), "proxymodes-runs", now.Format("20060102-150405")+"-"+s.Mode)
+		name := now.Format("20060102-150405") + "-" + s.Mode
+		if s.Impl != "reference" {
+			name += "-" + s.Impl
+		}
+		s.ResultsDir = filepath.Join(os.TempDir(), "proxymodes-runs", name)
 	}
 	p, err := promise.For(s.Mode)
 	if err != nil {
@@ -83,7 +87,9 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 	switch s.Impl {
 	case "reference":
 	case "kube-proxy":
-		return s, fmt.Errorf("%s=kube-proxy is not yet available: running upstream kube-proxy v1.37.2 in the lab is still to be built (issue 6); use %s=reference, the default", EnvImpl, EnvImpl)
+		if s.Mode == "userspace" {
+			return s, fmt.Errorf("%s=kube-proxy has no userspace mode (upstream removed it in v1.26): use %s=iptables or ipvs, or %s=reference", EnvImpl, EnvMode, EnvImpl)
+		}
 	default:
 		return s, fmt.Errorf("%s=%q is unknown: use one of %s", EnvImpl, s.Impl, strings.Join(Impls, ", "))
 	}

@@ -94,12 +94,14 @@ const (
 	KernelUML  = "uml"
 )
 
-// ProxierOptions start the reference proxier on every node.
+// ProxierOptions start a proxier on every node.
 type ProxierOptions struct {
 	// Mode is the proxy mode (userspace, iptables, ipvs).
 	Mode string
+	// Impl is the proxier: ImplReference (the default) or ImplKubeProxy.
+	Impl string
 	// Binary overrides the proxier binary; by default it is built from
-	// this checkout.
+	// this checkout (reference) or from the pinned module (kube-proxy).
 	Binary string
 	// Args are extra flags for every proxier.
 	Args []string
@@ -159,8 +161,8 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if p := opts.Proxier; p != nil && p.Binary == "" {
-		if p.Binary, err = binaries.Project("proxier/cmd/proxier", opts.BuildOutput); err != nil {
+	if p := opts.Proxier; p != nil {
+		if err := p.resolve(opts.BuildOutput); err != nil {
 			return nil, err
 		}
 	}

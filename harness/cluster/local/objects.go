@@ -14,7 +14,6 @@ import (
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/backend"
-	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
 	"github.com/proxymodes/proxymodes/harness/probe"
@@ -57,16 +56,16 @@ func (l *Lab) chooseKernel() (string, error) {
 	if l.opts.Kernel != "" {
 		return l.opts.Kernel, nil
 	}
-	if l.opts.Proxier != nil && l.opts.Proxier.Mode == "ipvs" && !hostHasIPVS() {
+	if l.opts.Proxier != nil && l.opts.Proxier.Mode == "ipvs" && !HostHasIPVS() {
 		l.log.Logf("lab %s: the host kernel has no ip_vs, so the nodes run in a user-mode Linux guest", l.opts.Name)
 		return KernelUML, nil
 	}
 	return KernelHost, nil
 }
 
-// hostHasIPVS checks the running kernel; ip_vs is either built in (its
+// HostHasIPVS checks the running kernel; ip_vs is either built in (its
 // proc file exists) or the kernel could load it.
-func hostHasIPVS() bool {
+func HostHasIPVS() bool {
 	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
 		return true
 	}
@@ -115,11 +114,8 @@ func (l *Lab) startProxiers(ctx context.Context) error {
 
 func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 	po := l.opts.Proxier
-	if po.Binary == "" {
-		var err error
-		if po.Binary, err = binaries.Project("proxier/cmd/proxier", l.opts.BuildOutput); err != nil {
-			return err
-		}
+	if err := po.resolve(l.opts.BuildOutput); err != nil {
+		return err
 	}
 	kubeconfig := l.st.Kubeconfig
 	if g, ok := l.plane.(*guest); ok {
@@ -129,7 +125,8 @@ func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig, Args: args})
+	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig,
+		Args: append(po.implArgs(), args...)})
 }
 
 // RestartProxiers stops every node's proxier and starts it again with
@@ -144,6 +141,46 @@ func (l *Lab) RestartProxiers(ctx context.Context, extra ...string) error {
 		l.plane.StopProxier(ctx, n.Name)
 	}
 	return l.runProxiers(ctx, append(append([]string(nil), l.opts.Proxier.Args...), extra...))
+}
+
+// SwitchProxiers replaces every node's proxier with another mode or
+// implementation (nil: none), as an operator changing kube-proxy's mode
+// would: stop the old ones, run the old binary's --cleanup in each node
+// (both implementations remove every mode's rules with it), start the new
+// ones. Benchmarks use it to compare proxiers over the same Services.
+func (l *Lab) SwitchProxiers(ctx context.Context, po *ProxierOptions) error {
+	if po != nil {
+		if err := po.resolve(l.opts.BuildOutput); err != nil {
+			return err
+		}
+	}
+	if old := l.opts.Proxier; old != nil {
+		for _, n := range l.Info().Nodes {
+			l.plane.StopProxier(ctx, n.Name) // a node whose proxier already stopped is fine
+			if out, err := l.plane.Exec(ctx, n.NS, []string{old.Binary, "--cleanup"}); err != nil {
+				return fmt.Errorf("cleaning up %s's rules on %s: %w\n%s", old.Impl, n.Name, err, out)
+			}
+		}
+	}
+	l.opts.Proxier = po
+	if po == nil {
+		return nil
+	}
+	return l.runProxiers(ctx, po.Args)
+}
+
+// ProxierMetrics returns a node's proxier metrics (Prometheus text).
+func (l *Lab) ProxierMetrics(ctx context.Context, node string) (string, error) {
+	return l.plane.ProxierMetrics(ctx, node)
+}
+
+// Proxier is what the nodes run (nil without proxiers).
+func (l *Lab) Proxier() *ProxierOptions {
+	if l.opts.Proxier == nil {
+		return nil
+	}
+	p := *l.opts.Proxier
+	return &p
 }
 
 // StopProxier stops one node's proxier and leaves its rules in place, as

@@ -381,6 +381,39 @@ func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
 	}
 }
 
+// ProxierMetrics scrapes a node's proxier from inside the node.
+func (h *Host) ProxierMetrics(ctx context.Context, node string) (string, error) {
+	k, err := h.nodeIndex(node)
+	if err != nil {
+		return "", err
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: netlab.Dialer(NodeNS(h.t.Prefix, k), nil)},
+		Timeout: 10 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/metrics", ProxierMetricsPort), nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("proxier metrics on %s: %w", node, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("proxier metrics on %s: %s", node, resp.Status)
+	}
+	return string(b), err
+}
+
+func (h *Host) nodeIndex(node string) (int, error) {
+	for k := 0; k < h.t.Nodes; k++ {
+		if NodeName(k) == node {
+			return k, nil
+		}
+	}
+	return 0, fmt.Errorf("no node %q in this lab (it has %d)", node, h.t.Nodes)
+}
+
 // StopProxier stops one node's proxier and leaves its rules in place, as a
 // crashed or upgraded proxier would.
 func (h *Host) StopProxier(ctx context.Context, node string) error {

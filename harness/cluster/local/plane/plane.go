@@ -26,6 +26,9 @@ type Plane interface {
 	// StartProxiers runs one proxier per node and waits until each is healthy.
 	StartProxiers(ctx context.Context, s ProxierSpec) error
 	StopProxier(ctx context.Context, node string) error
+	// ProxierMetrics returns a node's proxier metrics in the Prometheus
+	// text format (they are served on the node's loopback only).
+	ProxierMetrics(ctx context.Context, node string) (string, error)
 	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
 	IPTables(ctx context.Context, ns string) (string, error)
 	// Exec runs a command inside a lab namespace and returns its combined

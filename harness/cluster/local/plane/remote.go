@@ -214,6 +214,14 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		}
 		return reply{Err: toWire(h.StopProxier(ctx, node))}
 	})
+	handle("/proxiers/metrics", func(ctx context.Context, b []byte) reply {
+		var node string
+		if e := decode(b, &node); e != nil {
+			return reply{Err: e}
+		}
+		text, err := h.ProxierMetrics(ctx, node)
+		return reply{Text: text, Err: toWire(err)}
+	})
 	handle("/probe", func(ctx context.Context, b []byte) reply {
 		var p probeReq
 		if e := decode(b, &p); e != nil {
@@ -313,6 +321,11 @@ func (r *Remote) StartProxiers(ctx context.Context, s ProxierSpec) error {
 }
 func (r *Remote) StopProxier(ctx context.Context, node string) error {
 	return r.do(ctx, "/proxiers/stop", node)
+}
+
+func (r *Remote) ProxierMetrics(ctx context.Context, node string) (string, error) {
+	rep, err := r.call(ctx, "/proxiers/metrics", node)
+	return rep.Text, err
 }
 
 // Probe runs the probe in the guest; a broken link shows as errors on
