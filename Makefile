@@ -13,7 +13,7 @@ BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help deps k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode
+.PHONY: help deps k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local] [IMPL=reference]"
@@ -27,36 +27,44 @@ deps: cli ## check root, tools and kernel; apt-get install missing packages
 	@$(PROXYMODES) preflight --install
 
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
-	@clusters/k8s/build.sh controlplane >/dev/null
+	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps k8s ## run every test, and the conformance suite for every mode, as CI does
+test: deps k8s ## run every test, conformance for every mode and implementation, and a short bench sweep, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
-	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
-	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	@for m in userspace ipvs; do \
-		echo "proxymodes: conformance suite, MODE=$$m (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
-		PROXYMODES_MODE=$$m PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables, the bench smoke sweep; labs run one at a time)"
+	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@for run in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
+		echo "proxymodes: conformance suite, MODE=$${run%/*} IMPL=$${run#*/} (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
+		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \
 	done
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
 
-conformance: check-mode deps k8s ## run the conformance suite for MODE [PROVIDER=local] [IMPL=reference]
+conformance: check-mode deps k8s ## run the conformance suite for MODE [PROVIDER=local] [IMPL=reference|kube-proxy]
 	PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
-		PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
+		PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
 
-bench: check-mode deps k8s ## run the load benchmarks for MODE
-	PROXYMODES_MODE=$(MODE) PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^$$' -bench . ./bench/... ./proxier/...
+LABEL ?= default
+BENCH_ARGS ?=
+bench: deps k8s ## run the load benchmark sweep (100..10k Services, every mode and impl) into results/<date>-$(LABEL) [BENCH_ARGS="--services 100,1000,30000"]
+	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(PROXYMODES) bench --label $(LABEL) $(BENCH_ARGS)
+
+bench-micro: ## run the proxiers' Go micro-benchmarks (rule rendering and syncs over fakes)
+	$(GO) test -count=1 -run '^$$' -bench . ./proxier/...
 
 lab-up: deps k8s ## start a local lab with 4 echo pods and leave it running
-	@PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane) $(PROXYMODES) lab up --pods 4
+	@PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(PROXYMODES) lab up --pods 4
 
 lab-status: cli ## show the running lab
 	@$(PROXYMODES) lab status
 
 lab-down: cli ## remove the lab, including leftovers of killed runs
 	@$(PROXYMODES) lab down
+
+report: cli ## compare two result sets: make report A=results/… B=results/… (A alone: re-render its README.md and plots)
+	@test -n "$(A)" || { echo "usage: make report A=results/<date>-<label> [B=results/<date>-<label>]: with B, compare A (old) with B (new); without, re-render A" >&2; exit 2; }
+	@$(PROXYMODES) report $(A) $(B)

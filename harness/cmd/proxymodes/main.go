@@ -1,10 +1,11 @@
 // Command proxymodes drives the harness: it brings labs up and down and
 // reports on them.
 //
-//	proxymodes lab up [--name lab] [--nodes 2] [--pods 0] [--mode iptables]
+//	proxymodes lab up [--name lab] [--nodes 2] [--pods 0] [--mode iptables] [--impl reference]
 //	proxymodes lab status [--name lab]
 //	proxymodes lab down [--name lab]
 //	proxymodes preflight [--install]
+//	proxymodes bench [flags]
 package main
 
 import (
@@ -26,11 +27,14 @@ import (
 )
 
 const usage = `usage:
-  proxymodes lab up [--name NAME] [--nodes N] [--pods N] [--mode MODE] [--kernel host|uml]
+  proxymodes lab up [--name NAME] [--nodes N] [--pods N] [--mode MODE] [--impl reference|kube-proxy] [--kernel host|uml]
                                                             start a local lab and leave it running
   proxymodes lab status [--name NAME]                       print nodes, pods, API address, kubeconfig
   proxymodes lab down [--name NAME]                         remove a lab, including leftovers of killed runs
   proxymodes preflight [--install]                          check root, tools and kernel features
+  proxymodes bench [--services 100,1000,5000,10000] [--label L] [--out results] ...
+                                                            run the load benchmark sweep into results/<date>-<label>
+  proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
 `
 
 type stderrLogger struct{}
@@ -73,6 +77,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		fmt.Fprintln(out, "preflight: ok")
 		return nil
+	case "bench":
+		return benchCmd(ctx, args[1:], out)
+	case "report":
+		return runReport(args[1:], out)
 	case "help", "-h", "--help":
 		fmt.Fprint(out, usage)
 		return nil
@@ -87,7 +95,8 @@ func labCmd(ctx context.Context, sub string, args []string, out io.Writer) error
 	nodes := fs.Int("nodes", 2, "number of nodes")
 	pods := fs.Int("pods", 0, "echo-backend pods to start, spread over the nodes (label app=echo)")
 	kernel := fs.String("kernel", "", "where the nodes run: host, uml (a user-mode Linux guest), or empty to choose by mode")
-	mode := fs.String("mode", "", "run the reference proxier on every node in this mode (userspace, iptables, ipvs); empty runs none")
+	mode := fs.String("mode", "", "run a proxier on every node in this mode (userspace, iptables, ipvs); empty runs none")
+	impl := fs.String("impl", local.ImplReference, "the proxier: reference or kube-proxy (upstream v1.37.2)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,7 +104,7 @@ func labCmd(ctx context.Context, sub string, args []string, out io.Writer) error
 	case "up":
 		opts := local.Options{Name: *name, Nodes: *nodes, Logger: stderrLogger{}, BuildOutput: os.Stderr, Persistent: true, Kernel: *kernel}
 		if *mode != "" {
-			opts.Proxier = &local.ProxierOptions{Mode: *mode}
+			opts.Proxier = &local.ProxierOptions{Mode: *mode, Impl: *impl}
 		}
 		lab, err := local.Up(ctx, opts)
 		if err != nil {

@@ -1,0 +1,443 @@
+package result
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// column is one measured quantity in the Markdown tables.
+type column struct {
+	bench, unit, head string
+}
+
+// columns are the known metrics in table order; metrics not listed here get
+// a column of their own after these (see setColumns).
+var columns = []column{
+	{Sync, UnitFullSec, "sync full"},
+	{Sync, UnitPartialSec, "sync partial"},
+	{Programming, UnitRulesP50Sec, "rules p50"},
+	{Programming, UnitRulesP99Sec, "rules p99"},
+	{Programming, UnitConnP50Sec, "conn p50"},
+	{Programming, UnitConnP99Sec, "conn p99"},
+	{DataPlane, UnitP50Sec, "p50"},
+	{DataPlane, UnitP90Sec, "p90"},
+	{DataPlane, UnitP99Sec, "p99"},
+	{DataPlane, UnitReqPerSec, "req/s"},
+	{Resources, UnitCPUSec, "CPU"},
+	{Resources, UnitRSSBytes, "RSS"},
+	{Rules, UnitIPTablesRules, "iptables rules"},
+	{Rules, UnitIPVSServices, "IPVS services"},
+	{Rules, UnitIPVSDests, "IPVS dests"},
+}
+
+// directColumns are the data-plane metrics compared against direct.
+var directColumns = columns[6:10]
+
+const glossary = `Columns: **sync full** / **sync partial**: one proxier sync of every Service / after one Service changed.
+**rules p50/p99**: from an EndpointSlice change to the node's proxier having applied it (its last-sync timestamp); **conn p50/p99**: to the first connection through the VIP that reaches the new endpoints (percentiles over the changes of one point, each made with the proxier idle; with fewer than 100 changes p99 is the slowest).
+**p50/p90/p99** and **req/s**: request latency and throughput through a Service.
+**CPU** and **RSS**: CPU time and peak resident memory of the proxier.
+**iptables rules**, **IPVS services**, **IPVS dests**: programmed state once synced.`
+
+const kernelNote = `**Host-kernel and UML figures are not comparable.** A user-mode Linux (UML) guest runs its kernel
+as an ordinary process, so everything measured in it is slower than on the host, by a factor that
+depends on the workload. Every table, ratio and plot below keeps each kernel apart: no ratio and no
+plot panel ever mixes two kernels.`
+
+// WriteMarkdown writes a summary of the set for people: environment, the
+// medians of every point per kernel and size, the reference ÷ kube-proxy
+// and mode ÷ direct ratios, and the failed points. plots are the file names
+// of plots to embed, relative to where the Markdown goes, as written by
+// Plot; each lands in its kernel's section.
+func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
+	s := set.sorted()
+	var b bytes.Buffer
+	label := s.Label
+	if label == "" {
+		label = "(no label)"
+	}
+	fmt.Fprintf(&b, "# Benchmark results: %s\n\n", label)
+	if line := runLine(s); line != "" {
+		fmt.Fprintf(&b, "%s\n\n", line)
+	}
+	fmt.Fprintf(&b, "%s\n\n", kernelNote)
+	b.WriteString("Compare two result sets with `proxymodes report OLD NEW` (or `make report A=OLD B=NEW`).\n" +
+		"`bench.txt` is in Go benchmark format for benchstat, e.g. `benchstat -col /impl bench.txt`; to compare two sets with benchstat,\n" +
+		"give it `-table ''` (the commit and versions at the top of each file would otherwise split every table in two).\n\n")
+
+	b.WriteString("## Environment\n\n")
+	writeTable(&b, 2, []string{"", ""}, envRows(&s.Env))
+	b.WriteString("## Sweep\n\n")
+	writeTable(&b, 2, []string{"", ""}, sweepRows(&s.Sweep))
+
+	var failed [][]string
+	for i := range s.Points {
+		if p := &s.Points[i]; p.Error != "" {
+			failed = append(failed, []string{p.Name(), p.Error})
+		}
+	}
+	if len(failed) > 0 {
+		b.WriteString("## Failed points\n\nThese points failed. The median tables keep what they measured before failing, marked (failed); " +
+			"ratios and plots leave them out.\n\n")
+		for _, f := range failed {
+			fmt.Fprintf(&b, "- %s: %s\n", f[0], oneLine(f[1]))
+		}
+		b.WriteString("\n")
+	}
+
+	if len(s.Points) == 0 {
+		b.WriteString("This set has no points.\n")
+	} else {
+		b.WriteString(glossary + "\n\n")
+	}
+
+	plan := plotPlan(s)
+	placed := map[string]bool{}
+	cols := setColumns(s)
+	for _, kernel := range s.Kernels() {
+		pts := kernelPoints(s, kernel)
+		fmt.Fprintf(&b, "## %s\n\n", kernel)
+		writeMedians(&b, pts, cols)
+		writeImplRatios(&b, pts, cols)
+		writeDirectRatios(&b, pts)
+		var imgs []string
+		for _, name := range plots {
+			for _, spec := range plan {
+				if spec.kernel == kernel && spec.file == path.Base(name) {
+					imgs = append(imgs, fmt.Sprintf("![%s](%s)", spec.title, name))
+					placed[name] = true
+				}
+			}
+		}
+		if len(imgs) > 0 {
+			b.WriteString("### Plots\n\n")
+			for _, img := range imgs {
+				b.WriteString(img + "\n\n")
+			}
+		}
+	}
+	var rest []string
+	for _, name := range plots {
+		if !placed[name] {
+			rest = append(rest, fmt.Sprintf("![%s](%s)", name, name))
+		}
+	}
+	if len(rest) > 0 {
+		b.WriteString("## Other plots\n\n")
+		for _, img := range rest {
+			b.WriteString(img + "\n\n")
+		}
+	}
+	out := bytes.TrimRight(b.Bytes(), "\n")
+	_, err := w.Write(append(out, '\n'))
+	return err
+}
+
+func runLine(s *Set) string {
+	const layout = "2006-01-02 15:04 MST"
+	var parts []string
+	if !s.Started.IsZero() {
+		line := "Run on " + s.Started.UTC().Format(layout)
+		if !s.Finished.IsZero() {
+			line += fmt.Sprintf(" for %s", s.Finished.Sub(s.Started).Round(time.Second))
+		}
+		parts = append(parts, line)
+	}
+	if s.Env.Commit != "" {
+		parts = append(parts, fmt.Sprintf("proxymodes commit `%s`", s.Env.Commit))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return strings.Join(parts, ", ") + "."
+}
+
+func envRows(e *Env) [][]string {
+	var rows [][]string
+	add := func(k, v string) {
+		if v != "" && v != "0" {
+			rows = append(rows, []string{k, v})
+		}
+	}
+	add("host kernel", e.Kernel)
+	add("UML kernel", e.UMLKernel)
+	add("OS/arch", strings.Trim(e.OS+"/"+e.Arch, "/"))
+	add("CPU", e.CPU)
+	add("cores", strconv.Itoa(e.Cores))
+	if e.MemoryBytes > 0 {
+		add("memory", formatBytes(float64(e.MemoryBytes)))
+	}
+	add("Go", e.GoVersion)
+	add("Kubernetes", e.Kubernetes)
+	add("proxymodes commit", e.Commit)
+	add("iptables backend", e.IPTablesBackend)
+	for _, k := range sortedKeys(e.Extra) {
+		add(k, e.Extra[k])
+	}
+	return rows
+}
+
+func sweepRows(sw *Sweep) [][]string {
+	var rows [][]string
+	add := func(k, v string) {
+		if v != "" && v != "0" {
+			rows = append(rows, []string{k, v})
+		}
+	}
+	ints := func(xs []int) string {
+		var ss []string
+		for _, x := range xs {
+			ss = append(ss, strconv.Itoa(x))
+		}
+		return strings.Join(ss, ", ")
+	}
+	add("Services", ints(sw.Services))
+	add("endpoints per Service", strconv.Itoa(sw.EndpointsPerService))
+	add("modes", strings.Join(sw.Modes, ", "))
+	add("implementations", strings.Join(sw.Impls, ", "))
+	add("kernels", strings.Join(sw.Kernels, ", "))
+	if sw.Direct {
+		add("direct baseline", "yes (load sent straight to a pod IP)")
+	}
+	add("repetitions", strconv.Itoa(sw.Repetitions))
+	add("requests per repetition", strconv.Itoa(sw.Requests))
+	add("concurrency", strconv.Itoa(sw.Concurrency))
+	add("nodes", strconv.Itoa(sw.Nodes))
+	for _, k := range sortedKeys(sw.Extra) {
+		add(k, sw.Extra[k])
+	}
+	return rows
+}
+
+// setColumns returns the known columns followed by one per metric the set
+// has that is not known.
+func setColumns(s *Set) []column {
+	cols := slices.Clone(columns)
+	var extra []Metric
+	for _, p := range s.Points {
+		for _, m := range p.Metrics {
+			known := slices.ContainsFunc(cols, func(c column) bool { return c.bench == m.Bench && c.unit == m.Unit })
+			dup := slices.ContainsFunc(extra, func(e Metric) bool { return e.Bench == m.Bench && e.Unit == m.Unit })
+			if !known && !dup {
+				extra = append(extra, Metric{Bench: m.Bench, Unit: m.Unit})
+			}
+		}
+	}
+	slices.SortFunc(extra, compareMetrics)
+	for _, m := range extra {
+		cols = append(cols, column{m.Bench, m.Unit, m.Bench + " " + m.Unit})
+	}
+	return cols
+}
+
+func kernelPoints(s *Set, kernel string) []*Point {
+	var pts []*Point
+	for i := range s.Points {
+		if s.Points[i].Kernel == kernel {
+			pts = append(pts, &s.Points[i])
+		}
+	}
+	return pts
+}
+
+// size is a point's Services and endpoints per Service.
+type size struct{ services, endpoints int }
+
+func (z size) String() string { return fmt.Sprintf("%d × %d", z.services, z.endpoints) }
+
+func sizes(pts []*Point) []size {
+	var zs []size
+	for _, p := range pts {
+		if z := (size{p.Services, p.EndpointsPerService}); !slices.Contains(zs, z) {
+			zs = append(zs, z)
+		}
+	}
+	return zs
+}
+
+// present keeps the columns that have a value in at least one point, so a
+// host run without IPVS has no empty IPVS columns.
+func present(cols []column, pts []*Point) []column {
+	var out []column
+	for _, c := range cols {
+		if slices.ContainsFunc(pts, func(p *Point) bool { _, ok := p.Median(c.bench, c.unit); return ok }) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func implCell(p *Point) string {
+	impl := p.Impl
+	if p.Mode == ModeDirect && impl == "" {
+		impl = "(no proxy)"
+	}
+	if p.Error != "" {
+		impl += " (failed)"
+	}
+	return impl
+}
+
+func writeMedians(b *bytes.Buffer, pts []*Point, all []column) {
+	cols := present(all, pts)
+	b.WriteString("### Medians\n\nMedian of the repetitions; " + missing + " means not measured.\n\n")
+	for _, z := range sizes(pts) {
+		fmt.Fprintf(b, "#### %d Services, %d endpoints each\n\n", z.services, z.endpoints)
+		head := []string{"mode", "impl"}
+		for _, c := range cols {
+			head = append(head, c.head)
+		}
+		var rows [][]string
+		for _, p := range pts {
+			if (size{p.Services, p.EndpointsPerService}) != z {
+				continue
+			}
+			row := []string{p.Mode, implCell(p)}
+			for _, c := range cols {
+				if v, ok := p.Median(c.bench, c.unit); ok {
+					row = append(row, formatValue(c.unit, v))
+				} else {
+					row = append(row, missing)
+				}
+			}
+			rows = append(rows, row)
+		}
+		writeTable(b, 2, head, rows)
+	}
+}
+
+// ratio is num's median over den's, and false when either is missing or
+// den's is zero.
+func ratio(num, den *Point, c column) (float64, bool) {
+	n, ok1 := num.Median(c.bench, c.unit)
+	d, ok2 := den.Median(c.bench, c.unit)
+	if !ok1 || !ok2 || d == 0 {
+		return 0, false
+	}
+	return n / d, true
+}
+
+func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
+	type pair struct{ ref, kp *Point }
+	var pairs []pair
+	for _, ref := range pts {
+		if ref.Impl != ImplReference || ref.Error != "" {
+			continue
+		}
+		for _, kp := range pts {
+			if kp.Impl == ImplKubeProxy && kp.Error == "" && kp.Mode == ref.Mode && kp.Services == ref.Services && kp.EndpointsPerService == ref.EndpointsPerService {
+				pairs = append(pairs, pair{ref, kp})
+			}
+		}
+	}
+	b.WriteString("### reference ÷ kube-proxy\n\n")
+	if len(pairs) == 0 {
+		b.WriteString("No mode has a reference and a kube-proxy point that both succeeded in this kernel.\n\n")
+		return
+	}
+	b.WriteString("The reference proxier's median divided by kube-proxy's, in the same kernel, mode and size. " +
+		"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more.\n\n")
+	var cols []column
+	for _, c := range all {
+		if slices.ContainsFunc(pairs, func(p pair) bool { _, ok := ratio(p.ref, p.kp, c); return ok }) {
+			cols = append(cols, c)
+		}
+	}
+	head := []string{"mode", "Services × endpoints"}
+	for _, c := range cols {
+		head = append(head, c.head)
+	}
+	var rows [][]string
+	for _, p := range pairs {
+		row := []string{p.ref.Mode, size{p.ref.Services, p.ref.EndpointsPerService}.String()}
+		for _, c := range cols {
+			if r, ok := ratio(p.ref, p.kp, c); ok {
+				row = append(row, formatRatio(r))
+			} else {
+				row = append(row, missing)
+			}
+		}
+		rows = append(rows, row)
+	}
+	writeTable(b, 2, head, rows)
+}
+
+func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
+	b.WriteString("### each mode ÷ direct\n\n")
+	head := []string{"mode", "impl", "Services × endpoints"}
+	for _, c := range directColumns {
+		head = append(head, c.head)
+	}
+	var rows [][]string
+	for _, p := range pts {
+		if p.Mode == ModeDirect || p.Error != "" {
+			continue
+		}
+		var direct *Point
+		for _, d := range pts {
+			if d.Mode == ModeDirect && d.Error == "" && d.Services == p.Services && d.EndpointsPerService == p.EndpointsPerService {
+				direct = d
+			}
+		}
+		if direct == nil {
+			continue
+		}
+		row := []string{p.Mode, implCell(p), size{p.Services, p.EndpointsPerService}.String()}
+		any := false
+		for _, c := range directColumns {
+			if r, ok := ratio(p, direct, c); ok {
+				row = append(row, formatRatio(r))
+				any = true
+			} else {
+				row = append(row, missing)
+			}
+		}
+		if any {
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) == 0 {
+		b.WriteString("No data-plane point has a direct baseline of the same size in this kernel (failed points left out).\n\n")
+		return
+	}
+	b.WriteString("Each mode's data-plane median divided by direct's (load sent straight to a pod IP, no proxy) " +
+		"at the same size: what the proxy adds. Latency above 1× is slower than direct; req/s below 1× serves less.\n\n")
+	writeTable(b, 3, head, rows)
+}
+
+// writeTable writes a Markdown table whose first left columns are text and
+// the rest right-aligned numbers.
+func writeTable(b *bytes.Buffer, left int, head []string, rows [][]string) {
+	cell := func(s string) string { return strings.ReplaceAll(oneLine(s), "|", `\|`) }
+	b.WriteString("|")
+	for _, h := range head {
+		b.WriteString(" " + cell(h) + " |")
+	}
+	b.WriteString("\n|")
+	for i := range head {
+		if i < left {
+			b.WriteString("---|")
+		} else {
+			b.WriteString("---:|")
+		}
+	}
+	b.WriteString("\n")
+	for _, row := range rows {
+		b.WriteString("|")
+		for _, c := range row {
+			b.WriteString(" " + cell(c) + " |")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,198 @@
+package sweep
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/proxymodes/proxymodes/harness/backend"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/load"
+	"github.com/proxymodes/proxymodes/harness/probe"
+)
+
+// labAPI is what the measurements need from a lab.
+type labAPI interface {
+	metricsSource
+	load.Execer
+	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
+	IPTables(ctx context.Context, ns string) (string, error)
+}
+
+// waitSynced polls a node's proxier until it has completed at least
+// minSyncs syncs and none for quiet, so that the next change starts from
+// an idle proxier. It returns the last reading.
+func waitSynced(ctx context.Context, lab labAPI, node string, minSyncs uint64, quiet, limit time.Duration) (scrape, error) {
+	deadline := time.Now().Add(limit)
+	var last scrape
+	var lastCount uint64
+	lastChange := time.Now()
+	for {
+		s, err := read(ctx, lab, node)
+		if err == nil {
+			if n := s.syncs(); n != lastCount {
+				lastCount, lastChange = n, time.Now()
+			}
+			last = s
+			if lastCount >= minSyncs && time.Since(lastChange) >= quiet {
+				return last, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("%d syncs, last one %s ago", lastCount, time.Since(lastChange).Round(time.Millisecond))
+			}
+			return last, fmt.Errorf("proxier on %s not settled after %s: %w", node, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// fullSync is the duration of the proxier's first sync after a start: a
+// full sync over every Service. The reference proxier and kube-proxy's
+// iptables mode split full and partial syncs; kube-proxy's ipvs mode only
+// does full ones, so its plain histogram is the same thing.
+func fullSync(s scrape) (float64, bool) {
+	for _, name := range []string{mSyncFull, mSync} {
+		if n, sum, ok := s.histogram(name); ok && n > 0 {
+			// Startup may run a second, cheap sync; the first is the
+			// expensive one, and the mean hides nothing at n=1.
+			if n == 1 {
+				return sum, true
+			}
+			return sum / float64(n), true
+		}
+	}
+	return 0, false
+}
+
+// change is what one endpoint change measured.
+type change struct {
+	rules   time.Duration // until the node's proxier finished applying it
+	conn    time.Duration // until a connection through the VIP reached the new endpoints
+	partial float64       // mean duration of the syncs in between (seconds)
+	hasPart bool
+}
+
+// measureChange swaps Service i's endpoints and times, concurrently, the
+// node's proxier and the data plane. "Rules applied" is the proxier's own
+// last-sync timestamp (both implementations set it once the kernel has the
+// rules, before conntrack cleanup), read from the first scrape that shows
+// a new sync: polling alone would add the scrape interval and lag behind
+// the first connection.
+func measureChange(ctx context.Context, lab labAPI, f *fleet, i int, node string, client cluster.Pod, limit time.Duration) (change, error) {
+	before, err := read(ctx, lab, node)
+	if err != nil {
+		return change{}, err
+	}
+	vip := f.vip(i)
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	t0 := time.Now()
+	pods, err := f.swap(ctx, i, t0)
+	if err != nil {
+		return change{}, err
+	}
+	want := map[string]bool{}
+	for _, p := range pods {
+		want[p.Name] = true
+	}
+	var c change
+	var after scrape
+	rulesDone := make(chan error, 1)
+	go func() {
+		for {
+			s, err := read(ctx, lab, node)
+			if err == nil && s.syncs() > before.syncs() {
+				seen := time.Since(t0)
+				c.rules = seen
+				if ts, ok := s.value(mLastSync); ok {
+					// The proxier's clock is this host's (a UML guest
+					// reads the host's too); trust it only when sane.
+					if d := time.Unix(0, int64(ts*1e9)).Sub(t0); d > 0 && d <= seen {
+						c.rules = d
+					}
+				}
+				after = s
+				rulesDone <- nil
+				return
+			}
+			select {
+			case <-ctx.Done():
+				rulesDone <- ctx.Err()
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	target := probe.Target{NS: client.NS, Addr: netip.AddrPortFrom(vip, servicePort), Proto: probe.HTTP}
+	for c.conn == 0 {
+		s := lab.Probe(ctx, target, 1, 250*time.Millisecond)
+		if len(s.Results) == 1 && s.Results[0].Err == nil && want[s.Results[0].Backend] {
+			c.conn = time.Since(t0)
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	rerr := <-rulesDone
+	if c.conn == 0 || rerr != nil {
+		return c, fmt.Errorf("%s (%s) not reprogrammed within %s: rules applied after %v, new endpoints served after %v", serviceName(i), vip, limit, c.rules, c.conn)
+	}
+	for _, name := range []string{mSyncPartial, mSync} {
+		if v, ok := meanSince(before, after, name); ok {
+			c.partial, c.hasPart = v, true
+			break
+		}
+	}
+	return c, nil
+}
+
+// ruleCounts counts a node's iptables rules, and IPVS virtual servers and
+// destinations when the kernel has IPVS state.
+func ruleCounts(ctx context.Context, lab labAPI, ns string, ipvs bool) (iptablesRules, services, dests int, err error) {
+	dump, err := lab.IPTables(ctx, ns)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, l := range strings.Split(dump, "\n") {
+		if strings.HasPrefix(l, "-A ") {
+			iptablesRules++
+		}
+	}
+	if !ipvs {
+		return iptablesRules, 0, 0, nil
+	}
+	out, err := lab.Exec(ctx, ns, "ipvsadm", "-Ln")
+	if err != nil {
+		return iptablesRules, 0, 0, err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) > 0 && (f[0] == "TCP" || f[0] == "UDP" || f[0] == "SCTP"):
+			services++
+		case len(f) > 1 && f[0] == "->" && f[1] != "RemoteAddress:Port":
+			dests++
+		}
+	}
+	return iptablesRules, services, dests, nil
+}
+
+// directURL is a backend pod's own address: the physical floor every
+// proxy mode is compared with.
+func directURL(p cluster.Pod) string {
+	return fmt.Sprintf("http://%s/", netip.AddrPortFrom(p.IP, backend.HTTPPort))
+}
+
+func vipURL(vip netip.Addr) string {
+	return fmt.Sprintf("http://%s/", netip.AddrPortFrom(vip, servicePort))
+}

@@ -1,0 +1,162 @@
+package sweep
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/proxymodes/proxymodes/bench/result"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/load"
+)
+
+// bench is one lab set up for the sweep: a client pod on node-1, the
+// backends on node-2 (so every request crosses the fabric, direct or not),
+// and the Services.
+type bench struct {
+	lab    *local.Lab
+	c      Config
+	node   string // the client's node, whose proxier is timed
+	client cluster.Pod
+	fleet  *fleet
+}
+
+func newBench(ctx context.Context, lab *local.Lab, c Config) (*bench, error) {
+	nodes := lab.Info().Nodes
+	rc := rest.CopyConfig(lab.RESTConfig())
+	// Bulk creation is the point; the default 5 QPS would take an hour.
+	rc.QPS, rc.Burst = 2000, 4000
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
+	if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	b := &bench{lab: lab, c: c, node: nodes[0].Name, fleet: &fleet{client: client}}
+	if b.client, err = lab.AddPod(ctx, cluster.PodSpec{Namespace: namespace, Name: "client", Node: nodes[0].Name}); err != nil {
+		return nil, err
+	}
+	for set := 0; set < 2; set++ {
+		for j := 0; j < c.Endpoints; j++ {
+			p, err := lab.AddPod(ctx, cluster.PodSpec{Namespace: namespace, Name: fmt.Sprintf("backend-%d-%d", set, j), Node: nodes[len(nodes)-1].Name})
+			if err != nil {
+				return nil, err
+			}
+			b.fleet.sets[set] = append(b.fleet.sets[set], p)
+		}
+	}
+	return b, nil
+}
+
+// measure fills one point. The direct baseline runs with no proxier at
+// all: iptables rules are traversed even by traffic to pod IPs, so leaving
+// one running would raise the floor.
+func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error {
+	if p.mode == result.ModeDirect {
+		if err := b.lab.SwitchProxiers(ctx, nil); err != nil {
+			return err
+		}
+		return b.dataPlane(ctx, pt, directURL(b.fleet.sets[0][0]))
+	}
+	po := &local.ProxierOptions{Mode: p.mode, Impl: p.impl}
+	if err := b.lab.SwitchProxiers(ctx, po); err != nil {
+		return err
+	}
+	if _, err := waitSynced(ctx, b.lab, b.node, 1, time.Second, b.c.Limit); err != nil {
+		return err
+	}
+	for r := 0; r < b.c.Repeats; r++ {
+		if err := b.lab.RestartProxiers(ctx); err != nil {
+			return err
+		}
+		s, err := waitSynced(ctx, b.lab, b.node, 1, time.Second, b.c.Limit)
+		if err != nil {
+			return err
+		}
+		if v, ok := fullSync(s); ok {
+			pt.Add(result.Sync, result.UnitFullSec, v)
+		}
+	}
+	if err := b.changes(ctx, pt); err != nil {
+		return err
+	}
+	n := b.fleet.size()
+	if err := b.dataPlane(ctx, pt, vipURL(b.fleet.vip(n/2))); err != nil {
+		return err
+	}
+	if s, err := read(ctx, b.lab, b.node); err == nil {
+		if v, ok := s.value(mCPU); ok {
+			pt.Add(result.Resources, result.UnitCPUSec, v)
+		}
+		if v, ok := s.value(mRSS); ok {
+			pt.Add(result.Resources, result.UnitRSSBytes, v)
+		}
+	}
+	nodeNS := b.lab.Info().Nodes[0].NS
+	ipt, svcs, dests, err := ruleCounts(ctx, b.lab, nodeNS, p.mode == result.ModeIPVS)
+	if err != nil {
+		return fmt.Errorf("counting rules: %w", err)
+	}
+	pt.Add(result.Rules, result.UnitIPTablesRules, float64(ipt))
+	if p.mode == result.ModeIPVS {
+		pt.Add(result.Rules, result.UnitIPVSServices, float64(svcs))
+		pt.Add(result.Rules, result.UnitIPVSDests, float64(dests))
+	}
+	return nil
+}
+
+// changes times endpoint changes on Services spread over the fleet, each
+// from an idle proxier (no sync for a second, which is also kube-proxy's
+// default minimum sync period, so none waits for that limit).
+func (b *bench) changes(ctx context.Context, pt *result.Point) error {
+	n := b.fleet.size()
+	var rules, conns []time.Duration
+	for j := 0; j < b.c.Changes; j++ {
+		if _, err := waitSynced(ctx, b.lab, b.node, 1, 1100*time.Millisecond, b.c.Limit); err != nil {
+			return err
+		}
+		i := (j*n/b.c.Changes + j) % n
+		ch, err := measureChange(ctx, b.lab, b.fleet, i, b.node, b.client, b.c.Limit)
+		if err != nil {
+			return err
+		}
+		rules, conns = append(rules, ch.rules), append(conns, ch.conn)
+		if ch.hasPart {
+			pt.Add(result.Sync, result.UnitPartialSec, ch.partial)
+		}
+	}
+	pt.Add(result.Programming, result.UnitRulesP50Sec, load.Quantile(rules, 0.50).Seconds())
+	pt.Add(result.Programming, result.UnitRulesP99Sec, load.Quantile(rules, 0.99).Seconds())
+	pt.Add(result.Programming, result.UnitConnP50Sec, load.Quantile(conns, 0.50).Seconds())
+	pt.Add(result.Programming, result.UnitConnP99Sec, load.Quantile(conns, 0.99).Seconds())
+	return nil
+}
+
+// dataPlane sends Repeats load runs from the client pod to url.
+func (b *bench) dataPlane(ctx context.Context, pt *result.Point, url string) error {
+	for r := 0; r < b.c.Repeats; r++ {
+		o := b.c.Load
+		o.URL = url
+		res, err := load.Run(ctx, b.lab, b.client.NS, o)
+		if err != nil {
+			return err
+		}
+		if res.Errors > 0 {
+			return fmt.Errorf("load to %s: %d of %d requests got no response", url, res.Errors, res.Requests)
+		}
+		pt.Add(result.DataPlane, result.UnitP50Sec, res.P50.Seconds())
+		pt.Add(result.DataPlane, result.UnitP90Sec, res.P90.Seconds())
+		pt.Add(result.DataPlane, result.UnitP99Sec, res.P99.Seconds())
+		pt.Add(result.DataPlane, result.UnitReqPerSec, res.RPS)
+	}
+	return nil
+}

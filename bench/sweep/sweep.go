@@ -1,0 +1,290 @@
+// Package sweep runs the load benchmarks: it brings up a local lab, grows
+// it to each Service count, and measures every proxy mode and
+// implementation over the same Services, in the host kernel and, for what
+// the host kernel cannot run (IPVS here), in a user-mode Linux lab. The
+// result is a bench/result.Set.
+package sweep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/proxymodes/proxymodes/bench/result"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/labtest"
+	"github.com/proxymodes/proxymodes/harness/load"
+)
+
+// Config is what to sweep. Zero fields take the defaults of Defaults.
+type Config struct {
+	Label     string
+	Counts    []int    // Service counts, ascending
+	Endpoints int      // endpoints per Service
+	Modes     []string // proxy modes
+	Impls     []string // proxier implementations
+	// Kernels to run in: "host" and/or "uml". Empty: the host kernel for
+	// what it can run, and a UML lab for every mode when the host has no
+	// ip_vs (so IPVS is compared with the others in one kernel).
+	Kernels []string
+	Direct  bool // measure the no-proxy baseline (pod IP) at each point
+	// Repeats is how many full syncs (proxier restarts) and load runs each
+	// point takes; Changes how many endpoint changes it times.
+	Repeats, Changes int
+	Load             load.Options
+	// Workers create Services in parallel.
+	Workers int
+	// Limit bounds every wait inside a point (a sync, a change).
+	Limit time.Duration
+	// Log receives progress lines; BuildOutput build progress.
+	Log         func(format string, args ...any)
+	BuildOutput io.Writer
+	// LabName is the lab's name (default "bench").
+	LabName string
+}
+
+// Defaults is the default sweep (`make bench`).
+func Defaults() Config {
+	return Config{
+		Label: "default", Counts: []int{100, 1000, 5000, 10000}, Endpoints: 2,
+		Modes:  []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS},
+		Impls:  []string{result.ImplReference, result.ImplKubeProxy},
+		Direct: true, Repeats: 3, Changes: 15,
+		Load:    load.Options{Requests: 2000, Concurrency: 8},
+		Workers: 32, Limit: 15 * time.Minute, LabName: "bench",
+	}
+}
+
+func (c *Config) complete() error {
+	d := Defaults()
+	if c.Label == "" {
+		c.Label = d.Label
+	}
+	if len(c.Counts) == 0 {
+		c.Counts = d.Counts
+	}
+	for i, n := range c.Counts {
+		if n < 1 || n > 60000 || (i > 0 && n <= c.Counts[i-1]) {
+			return fmt.Errorf("service counts %v: want ascending counts from 1 to 60000 (the Service CIDR 198.19.0.0/16 holds 65534)", c.Counts)
+		}
+	}
+	if c.Endpoints == 0 {
+		c.Endpoints = d.Endpoints
+	}
+	if c.Endpoints < 1 || c.Endpoints > 50 {
+		return fmt.Errorf("endpoints per Service = %d: use 1 to 50", c.Endpoints)
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = d.Modes
+	}
+	for _, m := range c.Modes {
+		if m != result.ModeUserspace && m != result.ModeIPTables && m != result.ModeIPVS {
+			return fmt.Errorf("mode %q is unknown: use userspace, iptables or ipvs", m)
+		}
+	}
+	if len(c.Impls) == 0 {
+		c.Impls = d.Impls
+	}
+	for _, i := range c.Impls {
+		if i != result.ImplReference && i != result.ImplKubeProxy {
+			return fmt.Errorf("implementation %q is unknown: use reference or kube-proxy", i)
+		}
+	}
+	for _, k := range c.Kernels {
+		if k != local.KernelHost && k != local.KernelUML {
+			return fmt.Errorf("kernel %q: use host or uml", k)
+		}
+	}
+	if c.Repeats == 0 {
+		c.Repeats = d.Repeats
+	}
+	if c.Changes == 0 {
+		c.Changes = d.Changes
+	}
+	if c.Repeats < 1 || c.Repeats > 100 || c.Changes < 1 || c.Changes > 1000 {
+		return fmt.Errorf("repeats %d, changes %d: use 1-100 and 1-1000", c.Repeats, c.Changes)
+	}
+	if c.Load.Requests == 0 {
+		c.Load = d.Load
+	}
+	if c.Workers == 0 {
+		c.Workers = d.Workers
+	}
+	if c.Limit == 0 {
+		c.Limit = d.Limit
+	}
+	if c.LabName == "" {
+		c.LabName = d.LabName
+	}
+	if c.Log == nil {
+		c.Log = func(string, ...any) {}
+	}
+	return nil
+}
+
+// proxier is one configuration measured at every count; nil Impl-less
+// entries are the direct baseline.
+type proxier struct{ mode, impl string }
+
+func (p proxier) String() string {
+	if p.mode == result.ModeDirect {
+		return "direct"
+	}
+	return p.mode + "/" + p.impl
+}
+
+// kernelPlan is what runs in one kernel.
+type kernelPlan struct {
+	kernel   string // local.KernelHost or local.KernelUML
+	proxiers []proxier
+}
+
+func plan(c Config, hostIPVS bool) []kernelPlan {
+	kernels := c.Kernels
+	if len(kernels) == 0 {
+		kernels = []string{local.KernelHost}
+		if !hostIPVS && contains(c.Modes, result.ModeIPVS) {
+			kernels = append(kernels, local.KernelUML)
+		}
+	}
+	var out []kernelPlan
+	for _, k := range kernels {
+		kp := kernelPlan{kernel: k}
+		if c.Direct {
+			kp.proxiers = append(kp.proxiers, proxier{mode: result.ModeDirect})
+		}
+		for _, m := range c.Modes {
+			if m == result.ModeIPVS && k == local.KernelHost && !hostIPVS {
+				continue // measured in the UML lab
+			}
+			for _, i := range c.Impls {
+				if i == result.ImplKubeProxy && m == result.ModeUserspace {
+					continue // upstream removed it in v1.26
+				}
+				kp.proxiers = append(kp.proxiers, proxier{mode: m, impl: i})
+			}
+		}
+		out = append(out, kp)
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs the sweep. A point that fails keeps its error and the sweep
+// goes on; an error is returned only when no lab could be built, or ctx
+// ended.
+func Run(ctx context.Context, c Config) (*result.Set, error) {
+	if err := c.complete(); err != nil {
+		return nil, err
+	}
+	set := &result.Set{Schema: result.SchemaVersion, Label: c.Label, Started: time.Now().UTC(), Env: environment()}
+	set.Sweep = result.Sweep{Services: c.Counts, EndpointsPerService: c.Endpoints, Modes: c.Modes, Impls: c.Impls,
+		Kernels: c.Kernels, Direct: c.Direct, Repetitions: c.Repeats, Requests: c.Load.Requests,
+		Concurrency: c.Load.Concurrency, Nodes: 2,
+		Extra: map[string]string{"changes": fmt.Sprint(c.Changes)}}
+	plans := plan(c, local.HostHasIPVS())
+	prog := newProgress(c, plans)
+	var errs []error
+	for _, kp := range plans {
+		if err := runKernel(ctx, c, kp, set, prog); err != nil {
+			errs = append(errs, fmt.Errorf("%s kernel: %w", kp.kernel, err))
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	set.Finished = time.Now().UTC()
+	return set, errors.Join(errs...)
+}
+
+func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, prog *progress) (err error) {
+	c.Log("%s kernel: starting a 2-node lab for %s", kp.kernel, strings.Join(names(kp.proxiers), ", "))
+	lab, err := local.Up(ctx, local.Options{Name: c.LabName, Nodes: 2, Kernel: kp.kernel,
+		Logger: logf(c.Log), BuildOutput: c.BuildOutput})
+	if err != nil {
+		return err
+	}
+	unregister := labtest.OnInterrupt(lab.Down)
+	defer func() {
+		unregister()
+		if derr := lab.Down(context.Background()); derr != nil {
+			err = errors.Join(err, fmt.Errorf("lab down: %w", derr))
+		}
+	}()
+	kernel := kernelLabel(kp.kernel, lab.Kernel())
+	if kp.kernel == local.KernelUML {
+		set.Env.UMLKernel = lab.Kernel()
+	}
+	env, err := newBench(ctx, lab, c)
+	if err != nil {
+		return err
+	}
+	for _, n := range c.Counts {
+		start := time.Now()
+		var report func(done, total int)
+		if n-env.fleet.size() >= 2000 {
+			report = func(done, total int) {
+				c.Log("  Services: %d/%d (%s)", done, total, time.Since(start).Round(time.Second))
+			}
+		}
+		if err := env.fleet.grow(ctx, n, c.Workers, report); err != nil {
+			return err
+		}
+		c.Log("%s kernel: %d Services with %d endpoints each, created in %s", kp.kernel, n, c.Endpoints, time.Since(start).Round(time.Millisecond))
+		for _, p := range kp.proxiers {
+			prog.begin(kernel, p, n)
+			pt := result.Point{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n, EndpointsPerService: c.Endpoints}
+			if err := env.measure(ctx, p, &pt); err != nil {
+				pt.Error = err.Error()
+				c.Log("  FAILED %s: %v", p, err)
+			}
+			set.Points = append(set.Points, pt)
+			prog.end()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
+}
+
+func names(ps []proxier) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+type logf func(string, ...any)
+
+func (l logf) Logf(format string, args ...any) { l(format, args...) }
+
+var _ cluster.Logger = logf(nil)
+
+// kernelLabel is a point's kernel: where it ran and the release, e.g.
+// "host 6.18.5" or "uml 6.1.176".
+func kernelLabel(kind, desc string) string {
+	rel := desc
+	if f := strings.Fields(desc); len(f) >= 2 && f[0] == "Linux" {
+		rel = f[1]
+	} else if kind == local.KernelHost {
+		if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+			rel = strings.TrimSpace(string(b))
+		}
+	}
+	return kind + " " + rel
+}

@@ -1,0 +1,143 @@
+package sweep
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/perf/benchfmt"
+
+	"github.com/proxymodes/proxymodes/bench/result"
+	"github.com/proxymodes/proxymodes/harness/labtest"
+	"github.com/proxymodes/proxymodes/harness/leak"
+	"github.com/proxymodes/proxymodes/harness/load"
+)
+
+func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
+
+func TestPlanPutsIPVSInUMLWhenTheHostLacksIt(t *testing.T) {
+	c := Defaults()
+	c.Counts = []int{100}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, kp := range plan(c, false) {
+		got[kp.kernel] = names(kp.proxiers)
+	}
+	want := map[string][]string{
+		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
+		"uml":  {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy", "ipvs/reference", "ipvs/kube-proxy"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("plan without host ip_vs:\n got %v\nwant %v", got, want)
+	}
+	got = map[string][]string{}
+	for _, kp := range plan(c, true) {
+		got[kp.kernel] = names(kp.proxiers)
+	}
+	if len(got) != 1 || len(got["host"]) != 6 {
+		t.Errorf("plan with host ip_vs: got %v, want every mode in the host kernel only", got)
+	}
+}
+
+func TestConfigErrorsNameTheFix(t *testing.T) {
+	for _, tc := range []struct {
+		c    Config
+		want string
+	}{
+		{Config{Counts: []int{1000, 100}}, "ascending"},
+		{Config{Counts: []int{70000}}, "65534"},
+		{Config{Modes: []string{"nftables"}}, "use userspace, iptables or ipvs"},
+		{Config{Impls: []string{"cilium"}}, "use reference or kube-proxy"},
+		{Config{Kernels: []string{"qemu"}}, "use host or uml"},
+	} {
+		err := tc.c.complete()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error %v, want one mentioning %q", tc.c, err, tc.want)
+		}
+	}
+}
+
+// TestSmoke runs a short sweep (100 and 1000 Services, every mode and
+// implementation this machine can run, one repetition) to prove the
+// pipeline works end to end: labs, proxier switching, measurements,
+// result files and cleanup. It asserts that every point produced its
+// metrics, never how fast anything was.
+func TestSmoke(t *testing.T) {
+	if os.Getenv("PM_BENCH_SMOKE") == "0" {
+		t.Skip("PM_BENCH_SMOKE=0")
+	}
+	c := Defaults()
+	c.Label, c.LabName = "smoke", "bsmoke"
+	c.Counts = []int{100, 1000}
+	c.Repeats, c.Changes = 1, 3
+	c.Load = load.Options{Requests: 300, Concurrency: 4}
+	c.Limit = 5 * time.Minute
+	c.Log = t.Logf
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	set, err := Run(ctx, c)
+	if left := leak.Check(c.LabName); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := result.Dir(filepath.Join(os.TempDir(), "proxymodes-runs"), set.Started, "bench-smoke-"+set.Started.Format("150405"))
+	if err := result.WriteAll(dir, set); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("result set: %s", dir)
+	plans := plan(c, false)
+	wantPoints := 0
+	for _, kp := range plans {
+		wantPoints += len(kp.proxiers) * len(c.Counts)
+	}
+	if len(set.Points) != wantPoints {
+		t.Errorf("%d points, want %d", len(set.Points), wantPoints)
+	}
+	for _, p := range set.Points {
+		if p.Error != "" {
+			t.Errorf("%s: %s", p.Name(), p.Error)
+			continue
+		}
+		want := [][2]string{{result.DataPlane, result.UnitP50Sec}, {result.DataPlane, result.UnitReqPerSec}}
+		if p.Mode != result.ModeDirect {
+			want = append(want, [][2]string{{result.Sync, result.UnitFullSec}, {result.Sync, result.UnitPartialSec},
+				{result.Programming, result.UnitRulesP99Sec}, {result.Programming, result.UnitConnP99Sec},
+				{result.Resources, result.UnitCPUSec}, {result.Resources, result.UnitRSSBytes},
+				{result.Rules, result.UnitIPTablesRules}}...)
+		}
+		if p.Mode == result.ModeIPVS {
+			want = append(want, [2]string{result.Rules, result.UnitIPVSServices})
+			if v, _ := p.Median(result.Rules, result.UnitIPVSServices); v < float64(p.Services) {
+				t.Errorf("%s: %v IPVS services for %d Services", p.Name(), v, p.Services)
+			}
+		}
+		for _, w := range want {
+			if len(p.Samples(w[0], w[1])) == 0 {
+				t.Errorf("%s: no %s %s", p.Name(), w[0], w[1])
+			}
+		}
+	}
+	f, err := os.Open(filepath.Join(dir, "bench.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := benchfmt.NewReader(f, "bench.txt")
+	lines := 0
+	for r.Scan() {
+		if _, ok := r.Result().(*benchfmt.Result); ok {
+			lines++
+		}
+	}
+	if lines == 0 {
+		t.Errorf("bench.txt has no benchmark lines")
+	}
+}

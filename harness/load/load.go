@@ -1,0 +1,212 @@
+// Package load sends HTTP load with hey's requester from inside a lab
+// namespace and returns its latency percentiles and rate. The requester has
+// no dialer hook, so it runs in a helper process started in the namespace
+// (the "load" agent role); that works the same for namespaces in the host
+// kernel and in a user-mode Linux guest, through the lab's Exec.
+package load
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakyll/hey/requester"
+
+	"github.com/proxymodes/proxymodes/harness/agent"
+)
+
+// Role is the agent role that runs the requester.
+const Role = "load"
+
+func init() { agent.Register(Role, main) }
+
+// Options bound one load run in count and in time.
+type Options struct {
+	URL         string
+	Requests    int           // total requests (default 2000)
+	Concurrency int           // parallel workers (default 8)
+	Timeout     time.Duration // per request (default 2s)
+	// MaxDuration stops the run early; requests not sent by then are not
+	// counted (default 60s).
+	MaxDuration time.Duration
+	// KeepAlive reuses connections. Off by default: a proxy's cost is
+	// mostly per connection (rule traversal, DNAT, a userspace accept), so
+	// every request opens one.
+	KeepAlive bool
+}
+
+func (o *Options) defaults() {
+	if o.Requests == 0 {
+		o.Requests = 2000
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 8
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.MaxDuration == 0 {
+		o.MaxDuration = time.Minute
+	}
+}
+
+// Result is one run's outcome. Latencies are over successful requests.
+type Result struct {
+	Requests int           `json:"requests"` // completed, with or without error
+	Errors   int           `json:"errors"`   // requests that got no response
+	Duration time.Duration `json:"duration"`
+	RPS      float64       `json:"rps"` // successful requests per second
+	P50      time.Duration `json:"p50"`
+	P90      time.Duration `json:"p90"`
+	P99      time.Duration `json:"p99"`
+}
+
+// Execer runs a command in a lab namespace (local.Lab has it).
+type Execer interface {
+	Exec(ctx context.Context, ns string, argv ...string) (string, error)
+}
+
+const marker = "proxymodes-load-result: "
+
+// Run sends the load from namespace ns. This binary must call agent.Init
+// first thing in main (or TestMain) and link this package.
+func Run(ctx context.Context, ex Execer, ns string, o Options) (Result, error) {
+	o.defaults()
+	self, err := os.Executable()
+	if err != nil {
+		return Result{}, err
+	}
+	argv := append([]string{"env"}, agent.Env("", Role)...)
+	argv = append(argv, self,
+		"-url", o.URL, "-n", strconv.Itoa(o.Requests), "-c", strconv.Itoa(o.Concurrency),
+		"-timeout", o.Timeout.String(), "-max", o.MaxDuration.String(), "-keepalive="+strconv.FormatBool(o.KeepAlive))
+	ctx, cancel := context.WithTimeout(ctx, o.MaxDuration+30*time.Second)
+	defer cancel()
+	out, err := ex.Exec(ctx, ns, argv...)
+	if err != nil {
+		return Result{}, fmt.Errorf("load from %s to %s: %w", ns, o.URL, err)
+	}
+	i := strings.LastIndex(out, marker)
+	if i < 0 {
+		return Result{}, fmt.Errorf("load from %s to %s: no result in its output:\n%s", ns, o.URL, out)
+	}
+	var r Result
+	line, _, _ := strings.Cut(out[i+len(marker):], "\n")
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		return Result{}, fmt.Errorf("load result %q: %w", line, err)
+	}
+	return r, nil
+}
+
+func main(args []string) int {
+	fs := flag.NewFlagSet(Role, flag.ContinueOnError)
+	var o Options
+	fs.StringVar(&o.URL, "url", "", "target URL")
+	fs.IntVar(&o.Requests, "n", 2000, "requests")
+	fs.IntVar(&o.Concurrency, "c", 8, "concurrency")
+	fs.DurationVar(&o.Timeout, "timeout", 2*time.Second, "per-request timeout")
+	fs.DurationVar(&o.MaxDuration, "max", time.Minute, "stop after this long")
+	fs.BoolVar(&o.KeepAlive, "keepalive", false, "reuse connections")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	r, err := generate(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		return 1
+	}
+	b, _ := json.Marshal(r)
+	fmt.Printf("%s%s\n", marker, b)
+	return 0
+}
+
+// generate runs the requester here and now. hey's own report rounds
+// latencies to 100µs, too coarse for a lab where a request takes 200µs, so
+// each request carries a trace that records its latency at full
+// resolution: from asking for a connection to the first response byte.
+func generate(o Options) (Result, error) {
+	if o.Requests < 1 || o.Concurrency < 1 || o.Concurrency > o.Requests {
+		return Result{}, fmt.Errorf("need 1 <= concurrency (%d) <= requests (%d)", o.Concurrency, o.Requests)
+	}
+	template, err := http.NewRequest(http.MethodGet, o.URL, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	var rec recorder
+	w := &requester.Work{
+		// The requester reads Request's host even when RequestFunc makes
+		// the requests.
+		Request:     template,
+		RequestFunc: func() *http.Request { return rec.request(o.URL) },
+		N:           o.Requests, C: o.Concurrency,
+		Timeout:           int((o.Timeout + time.Second - 1) / time.Second),
+		DisableKeepAlives: !o.KeepAlive, DisableCompression: true, DisableRedirects: true,
+		Writer: io.Discard,
+	}
+	w.Init()
+	stop := time.AfterFunc(o.MaxDuration, w.Stop)
+	start := time.Now()
+	w.Run()
+	elapsed := time.Since(start)
+	stop.Stop()
+	return rec.result(elapsed)
+}
+
+// recorder collects per-request latencies from the requester's workers.
+type recorder struct {
+	mu      sync.Mutex
+	started int
+	lats    []time.Duration
+}
+
+func (rec *recorder) request(url string) *http.Request {
+	var t0 time.Time
+	trace := &httptrace.ClientTrace{
+		GetConn: func(string) { t0 = time.Now() },
+		GotFirstResponseByte: func() {
+			d := time.Since(t0)
+			rec.mu.Lock()
+			rec.lats = append(rec.lats, d)
+			rec.mu.Unlock()
+		},
+	}
+	rec.mu.Lock()
+	rec.started++
+	rec.mu.Unlock()
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+	return req
+}
+
+func (rec *recorder) result(elapsed time.Duration) (Result, error) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	r := Result{Requests: rec.started, Errors: rec.started - len(rec.lats), Duration: elapsed}
+	if len(rec.lats) == 0 {
+		return r, fmt.Errorf("none of %d requests got a response", rec.started)
+	}
+	r.P50, r.P90, r.P99 = Quantile(rec.lats, 0.50), Quantile(rec.lats, 0.90), Quantile(rec.lats, 0.99)
+	r.RPS = float64(len(rec.lats)) / elapsed.Seconds()
+	return r, nil
+}
+
+// Quantile is the nearest-rank quantile of durations (any order; 0 for
+// none).
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(q*float64(len(s))+0.999999) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
