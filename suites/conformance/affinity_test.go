@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/e2e-framework/pkg/types"
 
+	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/suites/promise"
 	"github.com/proxymodes/proxymodes/suites/stats"
@@ -70,9 +72,7 @@ func clientIPAffinity() types.Feature {
 			needAffinity(a)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-spread", Affinity: longAffinity})
 			cs := clients(a, spreadClients)
-			a.Eventually("Service programmed", suite.Converge,
-				func() probe.Summary { return a.Probe(tcpTo(cs[0].NS, svc), 3, quick) },
-				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+			programmedFor(a, svc, cs)
 			perBackend := map[string]int{}
 			for _, c := range cs {
 				s := a.Probe(tcpTo(c.NS, svc), perClient, quick)
@@ -91,13 +91,7 @@ func clientIPAffinity() types.Feature {
 			needAffinity(a)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout", Affinity: affinityTimeout})
 			cs := clients(a, spreadClients)
-			// Every client's node must have the Service: nodes sync on their
-			// own schedule (seconds apart in a UML guest).
-			for _, c := range cs {
-				a.Eventually("Service programmed for "+c.Name, suite.Converge,
-					func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
-					func(s probe.Summary) bool { return len(s.Errors()) == 0 })
-			}
+			programmedFor(a, svc, cs)
 			before := make([]string, len(cs))
 			for i, c := range cs {
 				s := a.Probe(tcpTo(c.NS, svc), 3, quick)
@@ -154,4 +148,16 @@ func clientIPAffinity() types.Feature {
 			off := time.Since(start)
 			a.Evidence("on took effect within %s, off within %s (40 on one backend by chance: <= 3^-39)", on.Round(10*time.Millisecond), off.Round(10*time.Millisecond))
 		}).Feature()
+}
+
+// programmedFor waits until the Service answers every client. Each
+// client's node must have it: nodes sync on their own schedule (seconds
+// apart in a UML guest), and a probe from a node that has not synced yet
+// would count as a failure of the behaviour under test.
+func programmedFor(a *suite.A, svc *corev1.Service, cs []cluster.Pod) {
+	for _, c := range cs {
+		a.Eventually("Service programmed for "+c.Name, suite.Converge,
+			func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
+			func(s probe.Summary) bool { return len(s.Errors()) == 0 })
+	}
 }
