@@ -91,6 +91,15 @@ func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
 		b.WriteString("\n")
 	}
 
+	if len(s.Skipped) > 0 {
+		b.WriteString("## Not measured\n\nThe sweep skipped these points because the same proxier's smaller point predicted they would " +
+			"not fit the time budget of one point.\n\n")
+		for _, k := range s.Skipped {
+			fmt.Fprintf(&b, "- %s, %s/%s, %d Services: %s\n", k.Kernel, k.Mode, k.Impl, k.Services, oneLine(k.Reason))
+		}
+		b.WriteString("\n")
+	}
+
 	if len(s.Points) == 0 {
 		b.WriteString("This set has no points.\n")
 	} else {

@@ -88,6 +88,17 @@ type Set struct {
 	Env      Env       `json:"env"`
 	Sweep    Sweep     `json:"sweep"`
 	Points   []Point   `json:"points"`
+	// Skipped are points the sweep did not run, and why.
+	Skipped []Skip `json:"skipped,omitempty"`
+}
+
+// Skip is a point left out of a sweep on purpose.
+type Skip struct {
+	Kernel   string `json:"kernel"`
+	Mode     string `json:"mode"`
+	Impl     string `json:"impl"`
+	Services int    `json:"services"`
+	Reason   string `json:"reason"`
 }
 
 // Env is the machine and the versions a run used.

@@ -97,6 +97,12 @@ func (p *progress) begin(kernel string, px proxier, services int) {
 		time.Since(p.start).Round(time.Second), eta)
 }
 
+// skip drops a point that will not run from the ETA.
+func (p *progress) skip(services int) {
+	p.points--
+	p.total -= weight(services)
+}
+
 func (p *progress) end() {
 	p.done += p.current
 	p.log("  done in %s", time.Since(p.pointStarted).Round(100*time.Millisecond))

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -46,6 +47,12 @@ type Config struct {
 	BuildOutput io.Writer
 	// LabName is the lab's name (default "bench").
 	LabName string
+	// PointBudget bounds one point's predicted duration: a proxier whose
+	// next point is predicted (from its smaller ones) to take longer is not
+	// run at that count or above, and the set records why.
+	PointBudget time.Duration
+	// MaxServices caps the Service count per kernel ("uml": 1000, say).
+	MaxServices map[string]int
 }
 
 // Defaults is the default sweep (`make bench`).
@@ -56,7 +63,7 @@ func Defaults() Config {
 		Impls:  []string{result.ImplReference, result.ImplKubeProxy},
 		Direct: true, Repeats: 3, Changes: 15,
 		Load:    load.Options{Requests: 2000, Concurrency: 8},
-		Workers: 32, Limit: 15 * time.Minute, LabName: "bench",
+		Workers: 32, Limit: 15 * time.Minute, LabName: "bench", PointBudget: 20 * time.Minute,
 	}
 }
 
@@ -120,6 +127,9 @@ func (c *Config) complete() error {
 	}
 	if c.LabName == "" {
 		c.LabName = d.LabName
+	}
+	if c.PointBudget == 0 {
+		c.PointBudget = d.PointBudget
 	}
 	if c.Log == nil {
 		c.Log = func(string, ...any) {}
@@ -232,7 +242,16 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 	if err != nil {
 		return err
 	}
+	pred := predictor{}
 	for _, n := range c.Counts {
+		if limit, ok := c.MaxServices[kp.kernel]; ok && n > limit {
+			for _, p := range kp.proxiers {
+				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n,
+					Reason: fmt.Sprintf("above the %s kernel's cap of %d Services", kp.kernel, limit)})
+				prog.skip(n)
+			}
+			continue
+		}
 		start := time.Now()
 		var report func(done, total int)
 		if n-env.fleet.size() >= 2000 {
@@ -245,12 +264,20 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 		}
 		c.Log("%s kernel: %d Services with %d endpoints each, created in %s", kp.kernel, n, c.Endpoints, time.Since(start).Round(time.Millisecond))
 		for _, p := range kp.proxiers {
+			if why := pred.skip(p, n, c.PointBudget); why != "" {
+				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n, Reason: why})
+				c.Log("skipping %s at %d Services: %s", p, n, why)
+				prog.skip(n)
+				continue
+			}
 			prog.begin(kernel, p, n)
 			pt := result.Point{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n, EndpointsPerService: c.Endpoints}
+			began := time.Now()
 			if err := env.measure(ctx, p, &pt); err != nil {
 				pt.Error = err.Error()
 				c.Log("  FAILED %s: %v", p, err)
 			}
+			pred.record(p, n, time.Since(began), pt.Error != "")
 			set.Points = append(set.Points, pt)
 			prog.end()
 			if ctx.Err() != nil {
@@ -287,4 +314,49 @@ func kernelLabel(kind, desc string) string {
 		}
 	}
 	return kind + " " + rel
+}
+
+// predictor keeps each proxier's point durations, to skip points that
+// would blow the budget: kube-proxy's ipvs mode in the UML guest takes
+// about 20 s per sync at 1000 Services, so its 10k point would run for
+// hours.
+type predictor map[proxier][]observed
+
+type observed struct {
+	services int
+	took     time.Duration
+	failed   bool
+}
+
+func (pr predictor) record(p proxier, n int, took time.Duration, failed bool) {
+	pr[p] = append(pr[p], observed{n, took, failed})
+}
+
+// skip says why p should not run at n ("" to run it). The duration is
+// extrapolated from the last point with the exponent the last two points
+// show, clamped to [1, 2]: sync cost grows linearly with Services or, for
+// iptables-nft, about quadratically.
+func (pr predictor) skip(p proxier, n int, budget time.Duration) string {
+	obs := pr[p]
+	if len(obs) == 0 {
+		return ""
+	}
+	last := obs[len(obs)-1]
+	if last.failed {
+		return fmt.Sprintf("its %d-Service point failed", last.services)
+	}
+	k := 1.0
+	if len(obs) >= 2 {
+		prev := obs[len(obs)-2]
+		if prev.took > 0 && last.services > prev.services {
+			k = math.Log(float64(last.took)/float64(prev.took)) / math.Log(float64(last.services)/float64(prev.services))
+			k = math.Max(1, math.Min(2, k))
+		}
+	}
+	predicted := time.Duration(float64(last.took) * math.Pow(float64(n)/float64(last.services), k))
+	if predicted > budget {
+		return fmt.Sprintf("predicted %s (its %d-Service point took %s, scaling with exponent %.1f), over the %s point budget",
+			predicted.Round(time.Minute), last.services, last.took.Round(time.Second), k, budget)
+	}
+	return ""
 }

@@ -157,8 +157,8 @@ func (l *Lab) SwitchProxiers(ctx context.Context, po *ProxierOptions) error {
 	if old := l.opts.Proxier; old != nil {
 		for _, n := range l.Info().Nodes {
 			l.plane.StopProxier(ctx, n.Name) // a node whose proxier already stopped is fine
-			if out, err := l.plane.Exec(ctx, n.NS, []string{old.Binary, "--cleanup"}); err != nil {
-				return fmt.Errorf("cleaning up %s's rules on %s: %w\n%s", old.Impl, n.Name, err, out)
+			if err := l.cleanup(ctx, old, n); err != nil {
+				return err
 			}
 		}
 	}
@@ -167,6 +167,21 @@ func (l *Lab) SwitchProxiers(ctx context.Context, po *ProxierOptions) error {
 		return nil
 	}
 	return l.runProxiers(ctx, po.Args)
+}
+
+// cleanup runs a proxier's --cleanup in a node. kube-proxy's, after its
+// ipvs mode in the UML guest, fails its first iptables-restore ("line 7
+// failed" in nat) having removed part of its state, and succeeds when run
+// again; a third failure is real.
+func (l *Lab) cleanup(ctx context.Context, po *ProxierOptions, n cluster.Node) error {
+	var err error
+	var out string
+	for attempt := 0; attempt < 3; attempt++ {
+		if out, err = l.plane.Exec(ctx, n.NS, []string{po.Binary, "--cleanup"}); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("cleaning up %s's rules on %s failed 3 times: %w\n%s", po.Impl, n.Name, err, out)
 }
 
 // ProxierMetrics returns a node's proxier metrics (Prometheus text).

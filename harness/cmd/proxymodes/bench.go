@@ -31,6 +31,8 @@ func benchCmd(ctx context.Context, args []string, out io.Writer) error {
 	concurrency := fs.Int("concurrency", d.Load.Concurrency, "parallel requests")
 	direct := fs.Bool("direct", true, "measure the no-proxy baseline (load straight to a pod IP)")
 	limit := fs.Duration("limit", d.Limit, "bound on every wait inside a point")
+	budget := fs.Duration("point-budget", d.PointBudget, "skip a proxier's larger points once its smaller ones predict one would take longer")
+	maxServices := fs.String("max-services", "", "per-kernel cap on the Service count, e.g. uml=5000")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -42,6 +44,18 @@ func benchCmd(ctx context.Context, args []string, out io.Writer) error {
 	c.Label, c.Modes, c.Impls, c.Kernels = *label, split(*modes), split(*impls), split(*kernels)
 	c.Endpoints, c.Repeats, c.Changes, c.Direct, c.Limit = *endpoints, *repeats, *changes, *direct, *limit
 	c.Load.Requests, c.Load.Concurrency = *requests, *concurrency
+	c.PointBudget = *budget
+	if *maxServices != "" {
+		c.MaxServices = map[string]int{}
+		for _, kv := range split(*maxServices) {
+			k, v, ok := strings.Cut(kv, "=")
+			n, err := strconv.Atoi(v)
+			if !ok || err != nil {
+				return fmt.Errorf("--max-services %q: want kernel=count pairs, e.g. uml=5000", kv)
+			}
+			c.MaxServices[k] = n
+		}
+	}
 	c.Log = func(f string, a ...any) {
 		fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
 	}
