@@ -32,8 +32,10 @@ k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 test: deps k8s ## run every test, conformance for every mode and implementation, and a short bench sweep, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
-	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables, the bench smoke sweep; labs run one at a time)"
-	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
+	PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@echo "proxymodes: bench smoke sweep (100 and 1000 Services; checks the pipeline, not the speed)"
+	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep
 	@for run in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
 		echo "proxymodes: conformance suite, MODE=$${run%/*} IMPL=$${run#*/} (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
 		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \

@@ -71,6 +71,8 @@ func TestConfigErrorsNameTheFix(t *testing.T) {
 // metrics, never how fast anything was.
 func TestSmoke(t *testing.T) {
 	if os.Getenv("PM_BENCH_SMOKE") == "0" {
+		// make test runs it on its own: its five minutes of holding the
+		// host's lab lock would eat into other packages' lab deadlines.
 		t.Skip("PM_BENCH_SMOKE=0")
 	}
 	c := Defaults()
