@@ -2,39 +2,20 @@ package compare
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/proxymodes/proxymodes/harness/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs from the output (run go test -update if the change is intended)\n--- got:\n%s", path, got)
-	}
-}
 
 func TestCompare(t *testing.T) {
 	var b bytes.Buffer
 	if err := Compare(&b, "testdata/old.txt", "testdata/new.txt"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "compare.golden", b.Bytes())
+	golden.Check(t, "compare.golden", b.Bytes())
 	out := b.String()
 	for _, want := range []string{
 		"proxymodes: 1111111 → 2222222",
@@ -73,7 +54,7 @@ func TestCompareDifferentKernels(t *testing.T) {
 	if err := Compare(&b, "testdata/old.txt", "testdata/other-kernel.txt"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "other-kernel.golden", b.Bytes())
+	golden.Check(t, "other-kernel.golden", b.Bytes())
 	if !strings.Contains(b.String(), "No benchmark is in both sets") {
 		t.Errorf("output does not say that no row matched:\n%s", b.String())
 	}

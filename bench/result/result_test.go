@@ -2,7 +2,6 @@ package result
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,28 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/perf/benchfmt"
+
+	"github.com/proxymodes/proxymodes/harness/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/name, or rewrites it with -update.
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs from the output (run go test -update if the change is intended)\n--- got:\n%s", path, got)
-	}
-}
 
 const (
 	host = "host 6.18.5"
@@ -144,7 +124,7 @@ func TestJSON(t *testing.T) {
 	if err := WriteJSON(&b, set); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "set.json", b.Bytes())
+	golden.Check(t, "set.json", b.Bytes())
 	if set.Points[0].Mode != ModeIPTables || set.Points[0].Services != 10000 {
 		t.Error("WriteJSON reordered the caller's points")
 	}
@@ -206,7 +186,7 @@ func TestWriteBench(t *testing.T) {
 	if err := WriteBench(&b, set); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "set.bench.txt", b.Bytes())
+	golden.Check(t, "set.bench.txt", b.Bytes())
 
 	// Parse what was written and check it holds exactly the set's samples.
 	type key struct{ name, unit string }
@@ -283,7 +263,7 @@ func TestWriteMarkdown(t *testing.T) {
 	if err := WriteMarkdown(&b, testSet(), "sync-host.svg", "latency-uml.svg", "elsewhere.svg"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "set.md", b.Bytes())
+	golden.Check(t, "set.md", b.Bytes())
 	md := b.String()
 	for _, want := range []string{"not comparable", "| iptables | 1000 × 2 |", "![Sync time, host 6.18.5](sync-host.svg)", "kube-proxy did not sync"} {
 		if !strings.Contains(md, want) {

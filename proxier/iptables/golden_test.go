@@ -8,7 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
-	"github.com/proxymodes/proxymodes/proxier/internal/golden"
+	"github.com/proxymodes/proxymodes/harness/golden"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
@@ -38,7 +38,7 @@ func partialSync(names ...string) core.ChangeSet {
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	golden.Check(t, name, got)
+	golden.Check(t, name+".golden", got)
 }
 
 // goldenCases are the representative snapshots whose whole first-sync

@@ -7,14 +7,14 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"github.com/proxymodes/proxymodes/proxier/internal/golden"
+	"github.com/proxymodes/proxymodes/harness/golden"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	golden.Check(t, name, got)
+	golden.Check(t, name+".golden", got)
 }
 
 // goldenCases are snapshots whose whole first-sync iptables batch is kept

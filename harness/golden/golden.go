@@ -1,5 +1,6 @@
 // Package golden compares test output with files in testdata/, and
-// rewrites them when the test binary runs with -update.
+// rewrites them when the test binary runs with -update. The proxier's rule
+// texts and the benchmark result formats are checked this way.
 package golden
 
 import (
@@ -9,12 +10,12 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
 
-// Check compares got with testdata/<name>.golden.
-func Check(t *testing.T, name string, got []byte) {
+// Check compares got with testdata/<file>.
+func Check(t *testing.T, file string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
+	path := filepath.Join("testdata", file)
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
