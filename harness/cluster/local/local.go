@@ -105,6 +105,9 @@ type ProxierOptions struct {
 	Binary string
 	// Args are extra flags for every proxier.
 	Args []string
+	// StartTimeout bounds the wait for each proxier to become healthy
+	// (after its first full sync); default 90s.
+	StartTimeout time.Duration
 }
 
 // Lab is a running local cluster.

@@ -126,7 +126,7 @@ func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 		}
 	}
 	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig,
-		Args: append(po.implArgs(), args...)})
+		Args: append(po.implArgs(), args...), StartTimeout: po.StartTimeout})
 }
 
 // RestartProxiers stops every node's proxier and starts it again with

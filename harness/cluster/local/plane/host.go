@@ -342,15 +342,19 @@ func (h *Host) StartProxiers(ctx context.Context, s ProxierSpec) error {
 		h.proxiers[node] = p
 		h.mu.Unlock()
 	}
+	limit := s.StartTimeout
+	if limit <= 0 {
+		limit = 90 * time.Second
+	}
 	for k := 0; k < h.t.Nodes; k++ {
-		if err := h.waitProxierHealthy(ctx, k); err != nil {
+		if err := h.waitProxierHealthy(ctx, k, limit); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
+func (h *Host) waitProxierHealthy(ctx context.Context, k int, limit time.Duration) error {
 	node := NodeName(k)
 	h.mu.Lock()
 	p := h.proxiers[node]
@@ -358,7 +362,7 @@ func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
 	ns := NodeNS(h.t.Prefix, k)
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: netlab.Dialer(ns, nil)}
 	client := &http.Client{Transport: tr, Timeout: time.Second}
-	deadline := time.After(90 * time.Second)
+	deadline := time.After(limit)
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", ProxierHealthzPort)
 	for {
 		resp, err := client.Get(url)
@@ -375,7 +379,7 @@ func (h *Host) waitProxierHealthy(ctx context.Context, k int) error {
 		case <-p.exited:
 			return fmt.Errorf("proxier on %s exited (%v):\n%s", node, p.cmd.ProcessState, logs.Tail(p.log, 20))
 		case <-deadline:
-			return fmt.Errorf("proxier on %s not healthy after 90s:\n%s", node, logs.Tail(p.log, 20))
+			return fmt.Errorf("proxier on %s not healthy after %s:\n%s", node, limit, logs.Tail(p.log, 20))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -67,6 +67,10 @@ type ProxierSpec struct {
 	Mode       string   `json:"mode"`
 	Kubeconfig string   `json:"kubeconfig"`
 	Args       []string `json:"args"`
+	// StartTimeout bounds the wait for each proxier's first healthy
+	// answer, which comes after its first full sync (default 90s; an
+	// iptables-nft sync of 10k Services takes minutes).
+	StartTimeout time.Duration `json:"startTimeout,omitempty"`
 }
 
 // Ports the proxier serves inside each node's namespace.
