@@ -92,6 +92,7 @@ func measureChange(ctx context.Context, lab labAPI, f *fleet, i int, node string
 		return change{}, err
 	}
 	vip := f.vip(i)
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	t0 := time.Now()
@@ -144,6 +145,9 @@ func measureChange(ctx context.Context, lab labAPI, f *fleet, i int, node string
 		time.Sleep(2 * time.Millisecond)
 	}
 	rerr := <-rulesDone
+	if err := parent.Err(); err != nil {
+		return c, err
+	}
 	if c.conn == 0 || rerr != nil {
 		return c, fmt.Errorf("%s (%s) not reprogrammed within %s: rules applied after %v, new endpoints served after %v", serviceName(i), vip, limit, c.rules, c.conn)
 	}

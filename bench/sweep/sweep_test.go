@@ -159,6 +159,9 @@ func TestPredictorSkipsWhatWouldBlowTheBudget(t *testing.T) {
 		t.Errorf("skipped a first point: %s", why)
 	}
 	pr.record(p, 100, 10*time.Second, false)
+	if why := pr.skip(p, 100000, time.Minute); why != "" {
+		t.Errorf("skipped after one point, which cannot separate fixed from per-Service costs: %s", why)
+	}
 	pr.record(p, 1000, 100*time.Second, false) // linear
 	if why := pr.skip(p, 5000, 10*time.Minute); why != "" {
 		t.Errorf("500s predicted for 5000 is within 10m, but: %s", why)
