@@ -111,7 +111,11 @@ func DeleteLink(ns, name string) error {
 func ListLinks(ns, prefix string) ([]string, error) {
 	var out []string
 	err := WithHandle(ns, func(h *netlink.Handle) error {
-		links, err := h.LinkList()
+		var links []netlink.Link
+		err := redoInterrupted(func() (err error) {
+			links, err = h.LinkList()
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -216,9 +220,24 @@ func RouteGet(ns string, dst netip.Addr) ([]netlink.Route, error) {
 func Routes(ns string) ([]netlink.Route, error) {
 	var out []netlink.Route
 	err := WithHandle(ns, func(h *netlink.Handle) error {
-		var err error
-		out, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-		return err
+		return redoInterrupted(func() (err error) {
+			out, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+			return err
+		})
 	})
 	return out, err
+}
+
+// redoInterrupted repeats a netlink dump that the kernel marked
+// interrupted (NLM_F_DUMP_INTR: the table changed while it was read, as
+// when another test adds a veth to the host namespace meanwhile); the
+// kernel's contract is to dump again.
+func redoInterrupted(dump func() error) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return err
+		}
+	}
+	return fmt.Errorf("netlink dump interrupted 10 times in a row: %w", err)
 }
