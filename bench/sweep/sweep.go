@@ -12,6 +12,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -158,7 +159,7 @@ func plan(c Config, hostIPVS bool) []kernelPlan {
 	kernels := c.Kernels
 	if len(kernels) == 0 {
 		kernels = []string{local.KernelHost}
-		if !hostIPVS && contains(c.Modes, result.ModeIPVS) {
+		if !hostIPVS && slices.Contains(c.Modes, result.ModeIPVS) {
 			kernels = append(kernels, local.KernelUML)
 		}
 	}
@@ -182,15 +183,6 @@ func plan(c Config, hostIPVS bool) []kernelPlan {
 		out = append(out, kp)
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Run runs the sweep. A point that fails keeps its error and the sweep
