@@ -23,8 +23,12 @@ for bin in "$@"; do
   mv "$out/$bin.tmp" "$out/$bin"
   echo "proxymodes: built $bin in $(( $(date +%s) - start ))s" >&2
 done
-# Builds of older sources of this version are dead weight (135 MB each).
-for old in "$cache/k8s/$version"-*; do
+# Builds of older sources of this version are dead weight (135 MB and more
+# each), but keep the three newest: branches and clones that differ in
+# clusters/k8s would otherwise delete each other's builds and rebuild for
+# minutes every time they alternate.
+touch "$out"
+ls -1dt "$cache/k8s/$version"-* | tail -n +4 | while read -r old; do
   [ "$old" = "$out" ] || rm -rf "$old"
 done
 echo "$out"
