@@ -36,7 +36,7 @@ test: deps k8s ## run every test, conformance for every mode and implementation,
 	PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@echo "proxymodes: bench smoke sweep (100 and 1000 Services; checks the pipeline, not the speed)"
 	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep
-	@for run in userspace/reference ipvs/reference iptables/kube-proxy; do \
+	@for run in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
 		echo "proxymodes: conformance suite, MODE=$${run%/*} IMPL=$${run#*/} (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
 		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \

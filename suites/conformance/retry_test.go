@@ -34,11 +34,18 @@ const (
 	retryAlpha       = 1e-6
 )
 
-// retryTimeout is the per-connection timeout: small for no-retry modes,
-// whose clients must give up on a black-holed backend, and enough for a
-// retry mode to try the next backend (userspace: first dial timeout 250ms).
-func retryTimeout(retry bool) time.Duration {
-	if retry {
+// retryTimeout is the per-connection timeout. Against a black-holed
+// backend it is small for no-retry modes, whose clients must give up, and
+// enough for a retry mode to try the next backend (userspace: first dial
+// timeout 250ms). A refusing backend answers at once, so there the timeout
+// only has to outlast a busy node: in the one-vCPU UML guest kube-proxy's
+// ipvs syncs take 10-20 s of CPU, and a connection to a working backend
+// once took over a second, which a 1 s timeout counted as a failure.
+func retryTimeout(retry bool, f cluster.Fault) time.Duration {
+	switch {
+	case f == cluster.Refuse:
+		return 5 * time.Second
+	case retry:
 		return 3 * time.Second
 	}
 	return time.Second
@@ -65,7 +72,7 @@ func retryOnFailure() types.Feature {
 		if err := a.Cluster.Break(a.Ctx, broken, fault); err != nil {
 			a.Fatalf("breaking %s (%s): %v", broken.Name, fault, err)
 		}
-		timeout := retryTimeout(a.Promise.Retry)
+		timeout := retryTimeout(a.Promise.Retry, fault)
 		start := time.Now()
 		s := probeParallel(a, tg, n, workers, timeout)
 		took := time.Since(start)
