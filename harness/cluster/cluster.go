@@ -106,6 +106,20 @@ type Cluster interface {
 	Down(ctx context.Context) error
 }
 
+// UDPFlow is one UDP socket that keeps its source port, so that a
+// conntrack entry for it lives as long as the flow does.
+type UDPFlow interface {
+	// Exchange sends a datagram and returns the backend that answered.
+	Exchange(ctx context.Context, timeout time.Duration) (backendName string, err error)
+	Close() error
+}
+
+// UDPFlowOpener is what a provider implements to let the stale-conntrack
+// check run wherever its namespaces live.
+type UDPFlowOpener interface {
+	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (UDPFlow, error)
+}
+
 // NewClient is a helper for providers.
 func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 	c, err := kubernetes.NewForConfig(rc)

@@ -10,11 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
-	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
@@ -63,21 +60,11 @@ func ErrorKinds(s probe.Summary) (counts map[ErrorKind]int, examples map[ErrorKi
 	return counts, examples
 }
 
-// UDPFlow is one UDP socket that keeps its source port, so that a
-// conntrack entry for it lives as long as the flow does.
-type UDPFlow interface {
-	// Exchange sends a datagram and returns the backend that answered.
-	Exchange(ctx context.Context, timeout time.Duration) (backendName string, err error)
-	Close() error
-}
-
-// UDPFlowOpener is what a provider implements to let the conntrack check
-// run wherever its namespaces live. The local lab's namespaces are in the
-// host kernel, so the suite opens the socket itself there (see OpenUDPFlow).
-// TODO(harness): add this to cluster.Cluster, for the UML (ipvs) lab.
-type UDPFlowOpener interface {
-	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (UDPFlow, error)
-}
+// UDPFlow and UDPFlowOpener are the providers' (see cluster).
+type (
+	UDPFlow       = cluster.UDPFlow
+	UDPFlowOpener = cluster.UDPFlowOpener
+)
 
 // ErrUnsupported marks a check the provider cannot run yet.
 var ErrUnsupported = errors.New("not supported by this provider")
@@ -87,17 +74,7 @@ func OpenUDPFlow(ctx context.Context, c cluster.Cluster, ns string, dst netip.Ad
 	if o, ok := c.(UDPFlowOpener); ok {
 		return o.OpenUDPFlow(ctx, ns, dst)
 	}
-	// probe.Dial enters the namespace in this process, which is right only
-	// when the lab's namespaces are in this kernel (the local lab's host
-	// plane), not in a guest's (its UML plane for ipvs).
-	if _, ok := c.(*local.Lab); !ok || !InHostKernel(c) {
-		return nil, fmt.Errorf("a fixed-source-port UDP flow from %s: %w (implement suite.UDPFlowOpener)", ns, ErrUnsupported)
-	}
-	conn, err := probe.Dial(ctx, probe.Target{NS: ns, Addr: dst, Proto: probe.UDP}, "udp")
-	if err != nil {
-		return nil, err
-	}
-	return hostUDPFlow{conn}, nil
+	return nil, fmt.Errorf("a fixed-source-port UDP flow from %s: %w (implement cluster.UDPFlowOpener)", ns, ErrUnsupported)
 }
 
 // InHostKernel reports whether the cluster's data plane runs in the kernel
@@ -126,26 +103,6 @@ func hostKernel() string {
 type Execer interface {
 	Exec(ctx context.Context, ns string, argv ...string) (string, error)
 }
-
-type hostUDPFlow struct{ conn net.Conn }
-
-func (f hostUDPFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
-	f.conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := f.conn.Write([]byte("probe\n")); err != nil {
-		return "", err
-	}
-	buf := make([]byte, 512)
-	n, err := f.conn.Read(buf)
-	if err != nil {
-		return "", err
-	}
-	name, _, err := backend.ParseReply(string(buf[:n]))
-	return name, err
-}
-
-func (f hostUDPFlow) Close() error { return f.conn.Close() }
-
-func (f hostUDPFlow) String() string { return f.conn.LocalAddr().String() }
 
 // IPVSDumper is what a provider implements to let the cleanup check read a
 // node's IPVS virtual servers (ipvsadm -Ln style text).

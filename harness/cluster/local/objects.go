@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,6 +183,12 @@ func (l *Lab) cleanup(ctx context.Context, po *ProxierOptions, n cluster.Node) e
 		}
 	}
 	return fmt.Errorf("cleaning up %s's rules on %s failed 3 times: %w\n%s", po.Impl, n.Name, err, out)
+}
+
+// OpenUDPFlow opens a fixed-source-port UDP flow from a lab namespace,
+// wherever it lives.
+func (l *Lab) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
+	return l.plane.OpenUDPFlow(ctx, ns, dst)
 }
 
 // ProxierMetrics returns a node's proxier metrics (Prometheus text).

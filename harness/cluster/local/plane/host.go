@@ -437,6 +437,11 @@ func (h *Host) Probe(ctx context.Context, t probe.Target, n int, timeout time.Du
 	return probe.Run(ctx, t, n, timeout)
 }
 
+// OpenUDPFlow opens the flow in this kernel.
+func (h *Host) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
+	return probe.OpenUDPFlow(ctx, ns, dst)
+}
+
 // IPTables dumps the rules of one of the lab's namespaces.
 func (h *Host) IPTables(ctx context.Context, ns string) (string, error) {
 	return rules.IPTables(ns)

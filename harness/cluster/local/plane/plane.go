@@ -7,6 +7,7 @@ package plane
 
 import (
 	"context"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -31,6 +32,9 @@ type Plane interface {
 	ProxierMetrics(ctx context.Context, node string) (string, error)
 	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
 	IPTables(ctx context.Context, ns string) (string, error)
+	// OpenUDPFlow opens a UDP socket in a lab namespace that keeps its
+	// source port across exchanges.
+	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error)
 	// Exec runs a command inside a lab namespace and returns its combined
 	// output.
 	Exec(ctx context.Context, ns string, argv []string) (string, error)

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -135,6 +137,13 @@ type wireResult struct {
 	Latency time.Duration `json:"latency"`
 }
 
+type flowReq struct {
+	ID      string         `json:"id,omitempty"`
+	NS      string         `json:"ns,omitempty"`
+	Dst     netip.AddrPort `json:"dst,omitempty"`
+	Timeout time.Duration  `json:"timeout,omitempty"`
+}
+
 type faultReq struct {
 	Pod   cluster.Pod   `json:"pod"`
 	Fault cluster.Fault `json:"fault"`
@@ -221,6 +230,61 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		}
 		text, err := h.ProxierMetrics(ctx, node)
 		return reply{Text: text, Err: toWire(err)}
+	})
+	// UDP flows live in the agent between calls, so their source ports
+	// and conntrack entries do.
+	var flowsMu sync.Mutex
+	flows := map[string]cluster.UDPFlow{}
+	nextFlow := 0
+	handle("/udpflow/open", func(ctx context.Context, b []byte) reply {
+		var f flowReq
+		if e := decode(b, &f); e != nil {
+			return reply{Err: e}
+		}
+		flow, err := h.OpenUDPFlow(ctx, f.NS, f.Dst)
+		if err != nil {
+			return reply{Err: toWire(err)}
+		}
+		flowsMu.Lock()
+		defer flowsMu.Unlock()
+		nextFlow++
+		id := strconv.Itoa(nextFlow)
+		flows[id] = flow
+		return reply{Text: id}
+	})
+	flow := func(id string) (cluster.UDPFlow, *wireErr) {
+		flowsMu.Lock()
+		defer flowsMu.Unlock()
+		if f, ok := flows[id]; ok {
+			return f, nil
+		}
+		return nil, toWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", id))
+	}
+	handle("/udpflow/exchange", func(ctx context.Context, b []byte) reply {
+		var f flowReq
+		if e := decode(b, &f); e != nil {
+			return reply{Err: e}
+		}
+		fl, e := flow(f.ID)
+		if e != nil {
+			return reply{Err: e}
+		}
+		name, err := fl.Exchange(ctx, f.Timeout)
+		return reply{Text: name, Err: toWire(err)}
+	})
+	handle("/udpflow/close", func(ctx context.Context, b []byte) reply {
+		var f flowReq
+		if e := decode(b, &f); e != nil {
+			return reply{Err: e}
+		}
+		fl, e := flow(f.ID)
+		if e != nil {
+			return reply{Err: e}
+		}
+		flowsMu.Lock()
+		delete(flows, f.ID)
+		flowsMu.Unlock()
+		return reply{Err: toWire(fl.Close())}
 	})
 	handle("/probe", func(ctx context.Context, b []byte) reply {
 		var p probeReq
@@ -344,6 +408,31 @@ func (r *Remote) Probe(ctx context.Context, t probe.Target, n int, timeout time.
 	}
 	return s
 }
+
+// OpenUDPFlow opens the flow in the guest; the agent holds the socket.
+func (r *Remote) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
+	rep, err := r.call(ctx, "/udpflow/open", flowReq{NS: ns, Dst: dst})
+	if err != nil {
+		return nil, err
+	}
+	return &remoteFlow{r: r, id: rep.Text, desc: ns + " -> " + dst.String()}, nil
+}
+
+type remoteFlow struct {
+	r        *Remote
+	id, desc string
+}
+
+func (f *remoteFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
+	rep, err := f.r.call(ctx, "/udpflow/exchange", flowReq{ID: f.id, Timeout: timeout})
+	return rep.Text, err
+}
+
+func (f *remoteFlow) Close() error {
+	return f.r.do(context.Background(), "/udpflow/close", flowReq{ID: f.id})
+}
+
+func (f *remoteFlow) String() string { return "guest flow " + f.desc }
 
 func (r *Remote) IPTables(ctx context.Context, ns string) (string, error) {
 	rep, err := r.call(ctx, "/iptables", ns)
