@@ -252,38 +252,30 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		flows[id] = flow
 		return reply{Text: id}
 	})
-	flow := func(id string) (cluster.UDPFlow, *wireErr) {
-		flowsMu.Lock()
-		defer flowsMu.Unlock()
-		if f, ok := flows[id]; ok {
-			return f, nil
-		}
-		return nil, toWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", id))
+	// withFlow serves a call on an open flow; remove forgets it first.
+	withFlow := func(path string, remove bool, fn func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply) {
+		handle(path, func(ctx context.Context, b []byte) reply {
+			var f flowReq
+			if e := decode(b, &f); e != nil {
+				return reply{Err: e}
+			}
+			flowsMu.Lock()
+			fl, ok := flows[f.ID]
+			if remove {
+				delete(flows, f.ID)
+			}
+			flowsMu.Unlock()
+			if !ok {
+				return reply{Err: toWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", f.ID))}
+			}
+			return fn(ctx, f, fl)
+		})
 	}
-	handle("/udpflow/exchange", func(ctx context.Context, b []byte) reply {
-		var f flowReq
-		if e := decode(b, &f); e != nil {
-			return reply{Err: e}
-		}
-		fl, e := flow(f.ID)
-		if e != nil {
-			return reply{Err: e}
-		}
+	withFlow("/udpflow/exchange", false, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
 		name, err := fl.Exchange(ctx, f.Timeout)
 		return reply{Text: name, Err: toWire(err)}
 	})
-	handle("/udpflow/close", func(ctx context.Context, b []byte) reply {
-		var f flowReq
-		if e := decode(b, &f); e != nil {
-			return reply{Err: e}
-		}
-		fl, e := flow(f.ID)
-		if e != nil {
-			return reply{Err: e}
-		}
-		flowsMu.Lock()
-		delete(flows, f.ID)
-		flowsMu.Unlock()
+	withFlow("/udpflow/close", true, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
 		return reply{Err: toWire(fl.Close())}
 	})
 	handle("/probe", func(ctx context.Context, b []byte) reply {
