@@ -23,8 +23,12 @@ import (
 // every iptables table, match and target module and every ipset type: in the guest, loading on
 // demand from inside a program's modprobe call fails ("could not get
 // modinfo ... Invalid argument"), while loading them up front works.
+// nf_conntrack_netlink is easy to miss: without it every conntrack dump
+// or delete fails with a bare EINVAL (nfnetlink's answer for an unknown
+// subsystem), so stale UDP entries were never cleared in the guest.
 var Modules = []string{"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
-	"ip_vs_sed", "ip_vs_nq", "dummy", "veth", "bridge", "br_netfilter", "tun", "nf_conntrack", "nf_nat", "ip_tables", "x_tables"}
+	"ip_vs_sed", "ip_vs_nq", "dummy", "veth", "bridge", "br_netfilter", "tun", "nf_conntrack", "nf_nat", "ip_tables", "x_tables",
+	"nfnetlink", "nf_conntrack_netlink"}
 
 // RunOptions describe one guest run.
 type RunOptions struct {

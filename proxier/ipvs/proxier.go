@@ -10,7 +10,7 @@
 // and established connections survive. A real server whose endpoint stops
 // being usable is first set to weight 0 (no new connections) and deleted
 // on a later sync, once it has no active connections or its grace period
-// has passed.
+// has passed; UDP and SCTP real servers are deleted at once.
 //
 // Every dependency on the kernel is an injected interface (Interface for
 // IPVS, Links for the dummy device, Sysctl, iptables.Interface), each with
@@ -555,6 +555,17 @@ func (p *Proxier) syncDests(k VSKey, w *wantedVS, created bool, st *SyncStats) e
 		}
 		since, tracked := prev[ap]
 		switch {
+		case k.Protocol != ProtoTCP:
+			// UDP and SCTP are deleted at once, as kube-proxy does: a
+			// quiesced real server keeps its UDP flows (IPVS counts them
+			// as inactive, never active) pinned to a backend that is
+			// gone until the next sync, while a deleted one lets
+			// expire_nodest_conn move each flow on its next datagram.
+			if err := p.ipvs.DeleteDestination(k, ap); err != nil {
+				errs.add(fmt.Errorf("deleting real server %s of %s: %w", ap, k, err))
+				continue
+			}
+			st.DestsDeleted++
 		case h.Weight != 0:
 			if err := p.ipvs.UpdateDestination(k, RealServer{Address: h.Address, Port: h.Port, Weight: 0}); err != nil {
 				errs.add(fmt.Errorf("quiescing real server %s of %s: %w", ap, k, err))

@@ -436,6 +436,27 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 	})
 }
 
+func TestRemovedUDPEndpointIsDeletedAtOnce(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.GracePeriod = time.Minute })
+	b := testsnap.New()
+	dns := b.Add(testsnap.Port{Name: "dns", PortName: "dns", Protocol: v1.ProtocolUDP, ClusterIP: "198.19.0.53", Port: 53,
+		Endpoints: []string{"198.18.64.53:5353", "198.18.65.53:5353"}})
+	b.Snap.Node = &core.NodeInfo{Name: "node-1", Addresses: []netip.Addr{node1, node2}}
+	e.sync(t, b.Snap, fullSync())
+	vs := VSKey{Address: netip.MustParseAddr("198.19.0.53"), Protocol: ProtoUDP, Port: 53}
+	// A live UDP flow shows up as an inactive connection.
+	if err := e.ipvs.SetConnections(vs, netip.MustParseAddrPort("198.18.65.53:5353"), 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	b.Snap.Endpoints[dns] = b.Snap.Endpoints[dns][:1]
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("dns"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{"delete-dest UDP/198.19.0.53:53 198.18.65.53:5353"})
+	if st := e.p.LastStats(); st.Quiescing != 0 || st.DestsDeleted != 1 {
+		t.Errorf("stats: %+v", st)
+	}
+}
+
 func TestRestartConvergesWithoutFlushing(t *testing.T) {
 	e := newEnv(t)
 	b, web := webSnap()
