@@ -211,8 +211,15 @@ func (p *Proxier) SyncOnce() error {
 	p.pendingTriggers = nil
 	p.cfg.Health.Updated(end)
 	if p.cfg.Conntrack != nil {
-		if err := p.cfg.Conntrack.ClearStale(p.pendingStale); err != nil {
+		if err := p.cfg.Conntrack.ClearStale(snap, p.pendingStale); err != nil {
 			klog.ErrorS(err, "Clearing stale conntrack entries failed")
+		}
+		if len(p.pendingStale.StaleUDPEndpoints) > 0 {
+			// A datagram that arrived between the data plane change and
+			// the cleanup may have left a fresh stale entry (seen with
+			// IPVS); the next sync's reconcile removes it, so make that
+			// sync come after MinSyncPeriod, not SyncPeriod.
+			p.runner.Run()
 		}
 	}
 	p.pendingStale = core.ChangeSet{}

@@ -51,7 +51,10 @@ func (m *recordingMode) last() (core.ChangeSet, *core.Snapshot) {
 
 type stubCleaner struct{ got []core.ChangeSet }
 
-func (s *stubCleaner) ClearStale(c core.ChangeSet) error { s.got = append(s.got, c); return nil }
+func (s *stubCleaner) ClearStale(_ *core.Snapshot, c core.ChangeSet) error {
+	s.got = append(s.got, c)
+	return nil
+}
 
 func svcObj(name, ip string) *v1.Service {
 	return &v1.Service{

@@ -177,6 +177,11 @@ func ruleCleanup() types.Feature {
 				}
 			}
 			a.Evidence("UDP flow %v -> %s served by %s (6 datagrams, one source port)", flow, dst, first)
+			for _, p := range a.Run.Cluster().Pods() {
+				if all[p.Name] {
+					a.Logf("backend %s: %s on %s", p.Name, p.IP, p.Node)
+				}
+			}
 			victim := podByName(pods, first)
 			if victim == nil {
 				// The flow landed on a backend of an earlier assessment.
@@ -211,6 +216,7 @@ func ruleCleanup() types.Feature {
 					errs = append(errs, err.Error())
 				}
 				if time.Now().After(deadline) {
+					flowState(a, client.Node, dst)
 					a.Fatalf("%s after %s was deleted, the UDP flow from the same source port still reaches no other backend (%d datagrams lost; errors: %v): a stale conntrack entry keeps it on the removed endpoint", suite.Converge, first, lost, errs)
 				}
 				time.Sleep(100 * time.Millisecond)
@@ -325,4 +331,26 @@ func dedupe(s []string) []string {
 		}
 	}
 	return out
+}
+
+// flowState records what the client's node holds for a UDP flow that did
+// not move: its conntrack entries and, in IPVS mode, IPVS connections.
+func flowState(a *suite.A, node string, dst netip.AddrPort) {
+	e, ok := a.Cluster.(suite.Execer)
+	if !ok {
+		return
+	}
+	for _, n := range a.Cluster.Info().Nodes {
+		if n.Name != node {
+			continue
+		}
+		ct, err := e.Exec(a.Ctx, n.NS, "conntrack", "-L", "-p", "udp", "--orig-dst", dst.Addr().String())
+		a.Evidence("%s conntrack for %s: %s (err %v)", node, dst.Addr(), strings.TrimSpace(ct), err)
+		if a.Promise.Mode == "ipvs" {
+			conns, err := e.Exec(a.Ctx, n.NS, "ipvsadm", "-Lnc")
+			a.Evidence("%s IPVS connections: %s (err %v)", node, strings.TrimSpace(conns), err)
+			vs, err := e.Exec(a.Ctx, n.NS, "ipvsadm", "-Ln", "-u", dst.String())
+			a.Evidence("%s IPVS virtual server: %s (err %v)", node, strings.TrimSpace(vs), err)
+		}
+	}
 }

@@ -59,10 +59,12 @@ func (p *ProxierOptions) resolve(progress io.Writer) error {
 // implArgs are the flags an implementation needs in a lab node, on top of
 // the ones every proxier gets (mode, kubeconfig, node name, addresses).
 func (p *ProxierOptions) implArgs() []string {
+	// Level 2 logs every sync and conntrack cleanup: the logs a failed run
+	// keeps should explain it.
 	if p.Impl != ImplKubeProxy {
-		return nil
+		return []string{"--v=2"}
 	}
-	return []string{
+	return []string{"--v=2",
 		// nf_conntrack_max is global, and a node is only a namespace:
 		// kube-proxy must not resize the host's table (it fails trying).
 		"--conntrack-max-per-core=0",

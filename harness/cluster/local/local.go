@@ -266,9 +266,16 @@ func claim(opts Options, log cluster.Logger) error {
 	others, _ := os.ReadDir(leak.StateRoot)
 	names := []string{opts.Name}
 	for _, e := range others {
-		if e.IsDir() && e.Name() != opts.Name {
-			names = append(names, e.Name())
+		if !e.IsDir() || e.Name() == opts.Name {
+			continue
 		}
+		// Up writes state.json before it creates anything, so a directory
+		// without one belongs to something else (the private Docker
+		// daemon keeps its state here too) and is not ours to remove.
+		if _, err := os.Stat(statePath(e.Name())); err != nil {
+			continue
+		}
+		names = append(names, e.Name())
 	}
 	for _, name := range names {
 		st, err := readState(name)
