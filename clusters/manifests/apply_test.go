@@ -31,7 +31,12 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/server"
 )
 
-func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
+func TestMain(m *testing.M) {
+	if caps := os.Getenv(envCapsChild); caps != "" {
+		os.Exit(capsChild(caps))
+	}
+	os.Exit(labtest.Run(m))
+}
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
