@@ -39,7 +39,13 @@ type Config struct {
 	Dir string
 	// Address is where kube-apiserver binds and what it advertises. It must
 	// exist on a host interface and must not be loopback.
-	Address     netip.Addr
+	Address netip.Addr
+	// BindAddress, when valid, is where kube-apiserver listens and clients
+	// connect instead; Address is then only advertised (nothing dials it,
+	// so it need not exist). This runs a control plane with no lab network
+	// on loopback, clear of the lab's Address and port.
+	BindAddress netip.Addr
+	// Port 0 picks a free port on the bind address.
 	Port        int
 	ServiceCIDR netip.Prefix
 	// ExtraEnv is added to the process environment (the lab's tag).
@@ -58,7 +64,14 @@ type ControlPlane struct {
 
 // URL is the API server's address.
 func (c *ControlPlane) URL() string {
-	return "https://" + net.JoinHostPort(c.cfg.Address.String(), strconv.Itoa(c.cfg.Port))
+	return "https://" + net.JoinHostPort(c.cfg.bindAddress().String(), strconv.Itoa(c.cfg.Port))
+}
+
+func (cfg Config) bindAddress() netip.Addr {
+	if cfg.BindAddress.IsValid() {
+		return cfg.BindAddress
+	}
+	return cfg.Address
 }
 
 // RESTConfig is an admin client configuration.
@@ -75,6 +88,13 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
+	}
+	if cfg.Port == 0 {
+		p, err := freePort(cfg.bindAddress())
+		if err != nil {
+			return nil, err
+		}
+		cfg.Port = p
 	}
 	token, err := writeCredentials(cfg)
 	if err != nil {
@@ -118,7 +138,7 @@ func (c *ControlPlane) args(etcdPort int) []string {
 		"--data-dir", filepath.Join(d, "etcd"), "--etcd-port", strconv.Itoa(etcdPort),
 		"--kube-apiserver",
 		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdPort),
-		"--bind-address=" + addr, "--advertise-address=" + addr,
+		"--bind-address=" + c.cfg.bindAddress().String(), "--advertise-address=" + addr,
 		"--secure-port=" + strconv.Itoa(c.cfg.Port),
 		"--tls-cert-file=" + filepath.Join(d, "apiserver.crt"),
 		"--tls-private-key-file=" + filepath.Join(d, "apiserver.key"),
@@ -128,6 +148,9 @@ func (c *ControlPlane) args(etcdPort int) []string {
 		"--service-account-signing-key-file=" + filepath.Join(d, "sa.key"),
 		"--token-auth-file=" + filepath.Join(d, "tokens.csv"),
 		"--authorization-mode=RBAC",
+		// As in kubeadm's clusters: the proxier's ipvs DaemonSet has a
+		// privileged init container, which the API refuses otherwise.
+		"--allow-privileged=true",
 		// No ServiceAccount controller runs, so nothing would create the
 		// default ServiceAccount that this plugin demands.
 		"--disable-admission-plugins=ServiceAccount",
@@ -149,7 +172,7 @@ func (c *ControlPlane) args(etcdPort int) []string {
 func writeCredentials(cfg Config) (string, error) {
 	d := cfg.Dir
 	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("kubernetes",
-		[]net.IP{net.IP(cfg.Address.AsSlice()), net.ParseIP("127.0.0.1"), firstIP(cfg.ServiceCIDR)},
+		[]net.IP{net.IP(cfg.Address.AsSlice()), net.IP(cfg.bindAddress().AsSlice()), net.ParseIP("127.0.0.1"), firstIP(cfg.ServiceCIDR)},
 		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost"})
 	if err != nil {
 		return "", err
@@ -283,6 +306,18 @@ func freeLoopbackPorts(n int) (int, error) {
 		}
 	}
 	return 0, errors.New("no free loopback port pair for etcd")
+}
+
+// freePort asks the kernel for a free port on addr. Another process may
+// take it before kube-apiserver binds; Start then fails with the log's
+// "address already in use", which a retry fixes.
+func freePort(addr netip.Addr) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr.String(), "0"))
+	if err != nil {
+		return 0, fmt.Errorf("no free port on %s for kube-apiserver: %w", addr, err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func firstIP(p netip.Prefix) net.IP {

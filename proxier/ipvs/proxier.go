@@ -390,7 +390,7 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	if full {
 		// Full syncs re-check the node's sysctls too, in case something
 		// reset them.
-		if err := ensureSysctls(p.sysctl); err != nil {
+		if err := EnsureSysctls(p.sysctl); err != nil {
 			return fmt.Errorf("ipvs: %w", err)
 		}
 		if err := p.links.EnsureDummy(p.dummy); err != nil {

@@ -1,11 +1,14 @@
 package ipvs
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // Sysctl reads and writes kernel parameters by their /proc/sys path, e.g.
@@ -77,14 +80,23 @@ func (f *FakeSysctl) Set(name, value string) error {
 	return nil
 }
 
-// ensureSysctls sets every required sysctl that is not already right.
-func ensureSysctls(s Sysctl) error {
+// EnsureSysctls sets every sysctl IPVS mode needs that is not already
+// right. Settings that are right are only read: in an unprivileged
+// container /proc/sys is read-only, so `proxier --init-only` sets them from
+// a privileged init container and the long-running proxier just checks.
+func EnsureSysctls(s Sysctl) error {
 	for _, want := range requiredSysctls {
 		if cur, err := s.Get(want.name); err == nil && cur == want.value {
 			continue
 		}
 		if err := s.Set(want.name, want.value); err != nil {
-			return fmt.Errorf("setting %s=%s (needed to %s): %w", strings.ReplaceAll(want.name, "/", "."), want.value, want.why, err)
+			hint := ""
+			if strings.HasPrefix(want.name, "net/ipv4/vs/") && errors.Is(err, fs.ErrNotExist) {
+				hint = " (the kernel has no IPVS yet: load the ip_vs module on the host, modprobe ip_vs)"
+			} else if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+				hint = " (/proc/sys is read-only in an unprivileged container: run `proxier --init-only --proxy-mode=ipvs` privileged first)"
+			}
+			return fmt.Errorf("setting %s=%s (needed to %s): %w%s", strings.ReplaceAll(want.name, "/", "."), want.value, want.why, err, hint)
 		}
 	}
 	return nil

@@ -5,7 +5,10 @@
 //	proxier --proxy-mode=iptables --kubeconfig=/etc/kube/node.conf --hostname-override=node-1 --cluster-cidr=198.18.64.0/18
 //
 // --cleanup removes everything any mode may have created in the current
-// network namespace and exits.
+// network namespace and exits. --init-only does the set-up that needs full
+// privileges (the ipvs mode's sysctls) and exits, so that in a cluster the
+// proxier itself can run with only NET_ADMIN and NET_RAW (kube-proxy has
+// the same flag).
 package main
 
 import (
@@ -50,6 +53,7 @@ type options struct {
 	metricsBindAddress string
 	healthzBindAddress string
 	cleanup            bool
+	initOnly           bool
 	ipvsScheduler      string
 	masqueradeAll      bool
 	masqueradeBit      int
@@ -73,6 +77,7 @@ func newFlagSet(o *options, errOut io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics (empty disables)")
 	fs.StringVar(&o.healthzBindAddress, "healthz-bind-address", "127.0.0.1:10256", "address for /healthz (empty disables)")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove every rule this proxier can have created in the current network namespace, then exit")
+	fs.BoolVar(&o.initOnly, "init-only", false, "do the set-up of --proxy-mode that needs full privileges (ipvs: sysctls), then exit; run this from a privileged init container")
 	fs.StringVar(&o.ipvsScheduler, "ipvs-scheduler", "rr", "IPVS scheduler (ipvs mode)")
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "masquerade all traffic sent to cluster IPs")
 	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "fwmark bit (0-31) flagging packets for SNAT")
@@ -85,6 +90,9 @@ func newFlagSet(o *options, errOut io.Writer) *flag.FlagSet {
 
 // newExec is the command runner; tests replace it.
 var newExec = func() iptables.Exec { return iptables.OSExec{} }
+
+// newSysctl reaches the kernel's parameters; tests replace it.
+var newSysctl = func() ipvs.Sysctl { return ipvs.ProcSysctl{} }
 
 func main() {
 	klog.InitFlags(nil)
@@ -115,6 +123,15 @@ func run(args []string, errOut io.Writer) int {
 			return 1
 		}
 		klog.InfoS("Cleanup done")
+		return 0
+	}
+
+	if o.initOnly {
+		if err := initOnly(o.mode, newSysctl()); err != nil {
+			fmt.Fprintf(errOut, "proxier: --init-only: %v\n", err)
+			return 1
+		}
+		klog.InfoS("Initialisation done", "mode", o.mode)
 		return 0
 	}
 
@@ -172,6 +189,19 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 		})
 	}
 	panic("unreachable: mode validated above")
+}
+
+// initOnly does what mode needs done with privileges the proxier should
+// not keep: only IPVS writes sysctls, which an unprivileged container
+// cannot (its /proc/sys is read-only).
+func initOnly(mode string, s ipvs.Sysctl) error {
+	if !slices.Contains(Modes, mode) {
+		return fmt.Errorf("--proxy-mode=%q is not a proxy mode: valid modes are %s", mode, strings.Join(Modes, ", "))
+	}
+	if mode == "ipvs" {
+		return ipvs.EnsureSysctls(s)
+	}
+	return nil
 }
 
 func nodeName(o options) (string, error) {

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/proxier/internal/netnstest"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
+	"github.com/proxymodes/proxymodes/proxier/ipvs"
 )
 
 func TestUnknownModeListsValidModes(t *testing.T) {
@@ -80,4 +83,51 @@ func TestCleanupFlag(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestInitOnly(t *testing.T) {
+	saved := newSysctl
+	defer func() { newSysctl = saved }()
+	for _, tc := range []struct {
+		mode     string
+		code     int
+		wantSets bool
+	}{
+		{"ipvs", 0, true},
+		{"iptables", 0, false},
+		{"userspace", 0, false},
+		{"kernelspace", 1, false},
+	} {
+		fake := ipvs.NewFakeSysctl()
+		newSysctl = func() ipvs.Sysctl { return fake }
+		var out bytes.Buffer
+		if code := run([]string{"--init-only", "--proxy-mode=" + tc.mode}, &out); code != tc.code {
+			t.Errorf("%s: exit code %d, want %d: %s", tc.mode, code, tc.code, out.String())
+		}
+		// The running ipvs proxier only reads these when they are right;
+		// --init-only must leave exactly that state behind.
+		if tc.wantSets {
+			if err := ipvs.EnsureSysctls(readOnlySysctl{fake}); err != nil {
+				t.Errorf("%s: after --init-only the proxier would still need to write: %v", tc.mode, err)
+			}
+			if fake.Values["net/ipv4/vs/conntrack"] != "1" {
+				t.Errorf("%s: net.ipv4.vs.conntrack not set: %v", tc.mode, fake.Values)
+			}
+		} else if len(fake.Values) != 0 {
+			t.Errorf("%s: --init-only wrote sysctls it does not need: %v", tc.mode, fake.Values)
+		}
+	}
+}
+
+// readOnlySysctl fails every write, as /proc/sys does in an unprivileged
+// container.
+type readOnlySysctl struct{ ipvs.Sysctl }
+
+func (readOnlySysctl) Set(name, _ string) error { return fmt.Errorf("%s: %w", name, syscall.EROFS) }
+
+func TestEnsureSysctlsReadOnlyNamesTheFix(t *testing.T) {
+	err := ipvs.EnsureSysctls(readOnlySysctl{ipvs.NewFakeSysctl()})
+	if err == nil || !strings.Contains(err.Error(), "--init-only") {
+		t.Errorf("error %v does not point to --init-only", err)
+	}
 }

@@ -1,0 +1,4 @@
+// Package ci checks the repository's CI definitions. `go test ./...` skips
+// directories whose names start with a dot, so the checks of
+// .github/workflows live here and run in `make test`.
+package ci
