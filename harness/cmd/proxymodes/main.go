@@ -4,7 +4,7 @@
 //	proxymodes lab up [--name lab] [--nodes 2] [--pods 0] [--mode iptables] [--impl reference]
 //	proxymodes lab status [--name lab]
 //	proxymodes lab down [--name lab]
-//	proxymodes preflight [--install]
+//	proxymodes preflight [--install] [--kind]
 //	proxymodes bench [flags]
 package main
 
@@ -31,7 +31,7 @@ const usage = `usage:
                                                             start a local lab and leave it running
   proxymodes lab status [--name NAME]                       print nodes, pods, API address, kubeconfig
   proxymodes lab down [--name NAME]                         remove a lab, including leftovers of killed runs
-  proxymodes preflight [--install]                          check root, tools and kernel features
+  proxymodes preflight [--install] [--kind]                 check root, tools and kernel features (--kind: and kind's)
   proxymodes bench [--services 100,1000,5000,10000] [--label L] [--out results] ...
                                                             run the load benchmark sweep into results/<date>-<label>
   proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
@@ -69,10 +69,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case "preflight":
 		fs := flag.NewFlagSet("preflight", flag.ContinueOnError)
 		install := fs.Bool("install", false, "install missing Debian packages with apt-get")
+		kind := fs.Bool("kind", false, "also check (and install) what kind clusters need: Debian's docker.io, debootstrap, jq, gcc")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		if err := preflight.Check(ctx, preflight.Options{Install: *install, Logger: stderrLogger{}}); err != nil {
+		if err := preflight.Check(ctx, preflight.Options{Install: *install, Kind: *kind, Logger: stderrLogger{}}); err != nil {
 			return err
 		}
 		fmt.Fprintln(out, "preflight: ok")
