@@ -23,7 +23,7 @@ import (
 )
 
 // lockPath sits outside StateDir, which cleanup removes.
-const lockPath = "/run/proxymodes/docker.lock"
+const lockPath = "/run/proxymodes-docker.lock"
 
 func acquire(ctx context.Context, log Logger) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
@@ -127,6 +127,7 @@ func cleanupLocked(ctx context.Context, log Logger) error {
 		errs = append(errs, netlab.DeleteLink(netlab.HostNS, b))
 	}
 	removeCgroupDirs()
+	keepLogs()
 	errs = append(errs, os.RemoveAll(StateDir))
 	if left := Leftovers(); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("the private docker daemon left behind: %s", strings.Join(left, "; ")))
@@ -358,4 +359,17 @@ func ourBridges() ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// LogDir keeps the last run's dockerd and containerd logs, for a look
+// after a failure; the state directory they were written to is removed.
+func LogDir() string { return filepath.Join(filepath.Dir(dataRootOf()), "docker-logs") }
+
+func keepLogs() {
+	os.MkdirAll(LogDir(), 0o755)
+	for _, n := range []string{"dockerd.log", "containerd.log"} {
+		if b, err := os.ReadFile(filepath.Join(StateDir, n)); err == nil {
+			os.WriteFile(filepath.Join(LogDir(), n), b, 0o644)
+		}
+	}
 }

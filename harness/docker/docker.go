@@ -38,8 +38,11 @@ func (discard) Logf(string, ...any) {}
 
 const (
 	// StateDir holds the socket, pidfiles, exec roots, logs and the runc
-	// wrapper. It lives on /run so a reboot clears it.
-	StateDir = "/run/proxymodes/docker"
+	// wrapper. It lives on /run so a reboot clears it, but not under
+	// /run/proxymodes: the local lab takes every directory there for a
+	// lab's and removes stale ones, which would pull the socket out from
+	// under a running daemon.
+	StateDir = "/run/proxymodes-docker"
 	// Tag is the value of agent.LabEnv on dockerd, containerd and
 	// everything they spawn (shims, docker-proxy), so leak checks and
 	// Cleanup find them after the run that started them died.
