@@ -6,6 +6,7 @@
 //	proxymodes lab down [--name lab]
 //	proxymodes preflight [--install] [--kind]
 //	proxymodes bench [flags]
+//	proxymodes kind image [--all] | cleanup
 package main
 
 import (
@@ -34,6 +35,9 @@ const usage = `usage:
   proxymodes preflight [--install] [--kind]                 check root, tools and kernel features (--kind: and kind's)
   proxymodes bench [--services 100,1000,5000,10000] [--label L] [--out results] ...
                                                             run the load benchmark sweep into results/<date>-<label>
+  proxymodes kind image [--all]                             build (once) the offline kind node image in the private
+                                                            docker daemon and print its tag (--all: also base, proxier, echo)
+  proxymodes kind cleanup                                   remove what a killed run's private docker daemon left
   proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
 `
 
@@ -80,6 +84,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return nil
 	case "bench":
 		return benchCmd(ctx, args[1:], out)
+	case "kind":
+		return kindCmd(ctx, args[1:], out)
 	case "report":
 		return runReport(args[1:], out)
 	case "help", "-h", "--help":
