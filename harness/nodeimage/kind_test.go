@@ -3,6 +3,8 @@ package nodeimage_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -296,4 +298,54 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+func TestProxierAndEchoImagesRun(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unreg := labtest.OnInterrupt(d.Stop)
+	defer func() { unreg(); d.Stop(context.Background()) }()
+
+	proxier, err := nodeimage.Proxier(ctx, d, tlog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The proxier's image must carry every mode's tools next to the binary.
+	for _, tool := range []string{"iptables", "iptables-legacy", "ip6tables", "nft", "ipset", "ipvsadm", "conntrack", "proxier"} {
+		if out, err := d.Output(ctx, "run", "--rm", "--network", "none", "--entrypoint", "sh", proxier, "-c", "command -v "+tool); err != nil {
+			t.Errorf("%s lacks %s: %v %s", proxier, tool, err, out)
+		}
+	}
+
+	echo, err := nodeimage.Echo(ctx, d, tlog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.Output(ctx, "run", "-d", "--network", docker.NetworkName, echo, "--name", "echo-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = strings.TrimSpace(id)
+	ip, err := d.Output(ctx, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + strings.TrimSpace(ip) + ":8080/"
+	var body []byte
+	for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(200 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			break
+		}
+	}
+	if !strings.HasPrefix(string(body), "echo-1 ") {
+		logs, _ := d.Output(ctx, "logs", id)
+		t.Fatalf("GET %s: %q, want the backend's name first; container log:\n%s", url, body, logs)
+	}
 }

@@ -67,6 +67,7 @@ type inputs struct {
 	coredns string // clusters/coredns source hash
 	pauseC  string // path of kubernetes' pause.c
 	files   string // hash of the embedded node files
+	recipe  string // hash of this package's and harness/docker's sources
 }
 
 func resolve(progress io.Writer) (*inputs, error) {
@@ -93,13 +94,30 @@ func resolve(progress io.Writer) (*inputs, error) {
 		return nil
 	})
 	in.files = hex.EncodeToString(h.Sum(nil))
+	// The recipe is code (image names, setup script, tar writing): any
+	// change to it must make a new tag rather than reuse a stale image.
+	rh := sha256.New()
+	for _, pkg := range []string{"harness/nodeimage", "harness/docker"} {
+		srcs, _ := filepath.Glob(filepath.Join(root, pkg, "*.go"))
+		sort.Strings(srcs)
+		for _, f := range srcs {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			fmt.Fprintln(rh, filepath.Base(f))
+			if err := hashFile(rh, f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	in.recipe = hex.EncodeToString(rh.Sum(nil))
 	return in, nil
 }
 
 func (in *inputs) tag() string {
 	pc, _ := os.ReadFile(in.pauseC)
 	h := sha256.Sum256([]byte(strings.Join([]string{recipeVersion, filepath.Base(in.k8sDir), in.coredns,
-		fmt.Sprintf("%x", sha256.Sum256(pc)), in.files, rootfsKey("node", nodePackages), rootfsKey("base", basePackages)}, "\n")))
+		fmt.Sprintf("%x", sha256.Sum256(pc)), in.files, in.recipe, rootfsKey("node", nodePackages), rootfsKey("base", basePackages)}, "\n")))
 	return Repository + ":" + KubernetesVersion + "-" + hex.EncodeToString(h[:])[:12]
 }
 
@@ -342,7 +360,7 @@ func (b *builder) preload(ctx context.Context, name string, ims []image, tars []
 		if err != nil {
 			return err
 		}
-		err = b.exec(ctx, name, f, `ctr --namespace=k8s.io images import --all-platforms --no-unpack --digests - && `+
+		err = b.exec(ctx, name, f, `ctr --namespace=k8s.io images import --all-platforms --no-unpack --digests - >/dev/null && `+
 			`ctr --namespace=k8s.io images label `+ims[i].ref+` io.cri-containerd.pinned=pinned >/dev/null`)
 		f.Close()
 		if err != nil {
