@@ -13,7 +13,7 @@ BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help deps k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
+.PHONY: help deps kind-deps kind-image k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local] [IMPL=reference]"
@@ -25,6 +25,12 @@ cli: ## build the proxymodes CLI into $(BIN)
 
 deps: cli ## check root, tools and kernel; apt-get install missing packages
 	@$(PROXYMODES) preflight --install
+
+kind-deps: cli ## like deps, plus what kind clusters need (Debian's docker.io, debootstrap, jq, gcc)
+	@$(PROXYMODES) preflight --install --kind
+
+kind-image: kind-deps ## build (once per machine; cold ~25 min) the offline kind node image and the base, proxier and echo images; print their tags
+	@$(PROXYMODES) kind image --all
 
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null

@@ -91,3 +91,11 @@ func GuestUplinkHost() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNode
 
 // GuestUplinkGuest is the guest's own address on that link.
 func GuestUplinkGuest() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNodes+2), 30) }
+
+// The private Docker daemon's ranges (kind clusters): its address pools,
+// the `kind` network inside them, and docker0.
+var (
+	DockerPools = netip.MustParsePrefix("198.18.224.0/20")
+	KindNet     = netip.MustParsePrefix("198.18.232.0/24")
+	Docker0     = netip.MustParsePrefix("198.18.240.1/24")
+)

@@ -34,7 +34,7 @@ func Kubernetes(name string, progress io.Writer) (string, error) {
 		}
 		return p, nil
 	}
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -49,11 +49,31 @@ func Kubernetes(name string, progress io.Writer) (string, error) {
 	return filepath.Join(strings.TrimSpace(out.String()), name), nil
 }
 
+// KubernetesDir builds the named binaries with clusters/k8s/build.sh (each
+// once per version and source hash) and returns the directory that holds
+// them; the directory's name carries that hash, so it keys caches built
+// from the binaries.
+func KubernetesDir(progress io.Writer, names ...string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	script := filepath.Join(root, "clusters", "k8s", "build.sh")
+	var out bytes.Buffer
+	cmd := exec.Command(script, names...)
+	cmd.Stdout = &out
+	cmd.Stderr = orDiscard(progress)
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("building %s with %s failed: %w (rerun it by hand to see the whole output)", strings.Join(names, " "), script, err)
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
 // Project builds one of this module's commands (for example
 // "proxier/cmd/proxier") into the cache and returns its path. go build is
 // incremental, so this costs about a second when nothing changed.
 func Project(pkg string, progress io.Writer) (string, error) {
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -68,6 +88,10 @@ func Project(pkg string, progress io.Writer) (string, error) {
 	return out, nil
 }
 
+// CacheDir is the cache directory: $PROXYMODES_CACHE or
+// /var/cache/proxymodes.
+func CacheDir() string { return cacheDir() }
+
 func cacheDir() string {
 	if d := os.Getenv(CacheEnv); d != "" {
 		return d
@@ -75,9 +99,9 @@ func cacheDir() string {
 	return "/var/cache/proxymodes"
 }
 
-// moduleRoot walks up from the working directory, which is inside the
+// ModuleRoot walks up from the working directory, which is inside the
 // checkout both for `go test` and for the CLI run from the repository.
-func moduleRoot() (string, error) {
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

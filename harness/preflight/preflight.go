@@ -30,6 +30,10 @@ type Options struct {
 	Logger  Logger
 	// Tools overrides the required tools (for tests); nil means Required.
 	Tools map[string]string
+	// Kind adds what kind clusters need (KindRequired): the private
+	// Docker daemon and the offline node image build. The local lab does
+	// not need Docker, so it is not asked for unless this is set.
+	Kind bool
 }
 
 // Required maps each command the lab runs to the Debian package that has it.
@@ -44,6 +48,21 @@ var Required = map[string]string{
 	"ipset":            "ipset", // upstream kube-proxy's ipvs mode refuses to start without it
 }
 
+// KindRequired maps what kind clusters and the offline node image need to
+// Debian packages. Paths name Debian's own binaries where PATH may find
+// another (/usr/local/bin/docker is a Docker 28 CLI on some machines).
+var KindRequired = map[string]string{
+	"/usr/sbin/dockerd":                "docker.io",
+	"/usr/bin/docker":                  "docker.io",
+	"/usr/bin/containerd":              "containerd",
+	"/usr/sbin/runc":                   "runc",
+	"/usr/bin/jq":                      "jq",          // the runc wrapper edits OCI specs with it
+	"/usr/sbin/debootstrap":            "debootstrap", // the node image's root file system
+	"gcc":                              "gcc",         // kubernetes' pause.c, linked statically
+	"/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
+	"unshare":                          "util-linux",
+}
+
 // Check runs every check and returns the first problem with its fix.
 func Check(ctx context.Context, o Options) error {
 	if os.Geteuid() != 0 {
@@ -51,7 +70,15 @@ func Check(ctx context.Context, o Options) error {
 	}
 	tools := o.Tools
 	if tools == nil {
-		tools = Required
+		tools = map[string]string{}
+		for t, p := range Required {
+			tools[t] = p
+		}
+		if o.Kind {
+			for t, p := range KindRequired {
+				tools[t] = p
+			}
+		}
 	}
 	if missing := Missing(tools); len(missing) > 0 {
 		pkgs := packagesFor(tools, missing)
@@ -73,6 +100,12 @@ func Check(ctx context.Context, o Options) error {
 func Missing(tools map[string]string) []string {
 	var out []string
 	for t := range tools {
+		if strings.HasPrefix(t, "/") {
+			if _, err := os.Stat(t); err != nil {
+				out = append(out, t)
+			}
+			continue
+		}
 		if _, err := exec.LookPath(t); err != nil {
 			out = append(out, t)
 		}
@@ -107,6 +140,15 @@ func aptInstall(ctx context.Context, pkgs []string, log Logger) error {
 		}
 	}
 	logf("proxymodes: installing missing Debian packages: %s", strings.Join(pkgs, " "))
+	// docker.io's and containerd's maintainer scripts start the system
+	// daemons where no init system answers, and a system dockerd rewrites
+	// the host's iptables. policy-rc.d exit 101 forbids starting services.
+	const policy = "/usr/sbin/policy-rc.d"
+	if _, err := os.Stat(policy); os.IsNotExist(err) {
+		if err := os.WriteFile(policy, []byte("#!/bin/sh\n# proxymodes: no service starts during apt-get install\nexit 101\n"), 0o755); err == nil {
+			defer os.Remove(policy)
+		}
+	}
 	install := func() ([]byte, error) {
 		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")

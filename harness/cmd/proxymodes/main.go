@@ -4,8 +4,9 @@
 //	proxymodes lab up [--name lab] [--nodes 2] [--pods 0] [--mode iptables] [--impl reference]
 //	proxymodes lab status [--name lab]
 //	proxymodes lab down [--name lab]
-//	proxymodes preflight [--install]
+//	proxymodes preflight [--install] [--kind]
 //	proxymodes bench [flags]
+//	proxymodes kind image [--all] | cleanup
 package main
 
 import (
@@ -31,9 +32,12 @@ const usage = `usage:
                                                             start a local lab and leave it running
   proxymodes lab status [--name NAME]                       print nodes, pods, API address, kubeconfig
   proxymodes lab down [--name NAME]                         remove a lab, including leftovers of killed runs
-  proxymodes preflight [--install]                          check root, tools and kernel features
+  proxymodes preflight [--install] [--kind]                 check root, tools and kernel features (--kind: and kind's)
   proxymodes bench [--services 100,1000,5000,10000] [--label L] [--out results] ...
                                                             run the load benchmark sweep into results/<date>-<label>
+  proxymodes kind image [--all]                             build (once) the offline kind node image in the private
+                                                            docker daemon and print its tag (--all: also base, proxier, echo)
+  proxymodes kind cleanup                                   remove what a killed run's private docker daemon left
   proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
 `
 
@@ -69,16 +73,19 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case "preflight":
 		fs := flag.NewFlagSet("preflight", flag.ContinueOnError)
 		install := fs.Bool("install", false, "install missing Debian packages with apt-get")
+		kind := fs.Bool("kind", false, "also check (and install) what kind clusters need: Debian's docker.io, debootstrap, jq, gcc")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		if err := preflight.Check(ctx, preflight.Options{Install: *install, Logger: stderrLogger{}}); err != nil {
+		if err := preflight.Check(ctx, preflight.Options{Install: *install, Kind: *kind, Logger: stderrLogger{}}); err != nil {
 			return err
 		}
 		fmt.Fprintln(out, "preflight: ok")
 		return nil
 	case "bench":
 		return benchCmd(ctx, args[1:], out)
+	case "kind":
+		return kindCmd(ctx, args[1:], out)
 	case "report":
 		return runReport(args[1:], out)
 	case "help", "-h", "--help":

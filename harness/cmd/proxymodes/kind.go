@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/proxymodes/proxymodes/harness/docker"
+	"github.com/proxymodes/proxymodes/harness/nodeimage"
+)
+
+// kindCmd runs `proxymodes kind image|cleanup`.
+func kindCmd(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("missing kind command: image or cleanup")
+	}
+	switch args[0] {
+	case "image":
+		fs := flag.NewFlagSet("kind image", flag.ContinueOnError)
+		all := fs.Bool("all", false, "also build the base, proxier and echo images and print their tags")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		d, err := docker.Start(ctx, docker.Options{Logger: stderrLogger{}})
+		if err != nil {
+			return err
+		}
+		// Stop runs even after Ctrl-C cancelled ctx: nothing of the
+		// daemon may outlive the command.
+		defer d.Stop(context.WithoutCancel(ctx))
+		tag, err := nodeimage.Ensure(ctx, d, os.Stderr)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, tag)
+		if !*all {
+			return nil
+		}
+		for _, f := range []func(context.Context, *docker.Daemon, io.Writer) (string, error){nodeimage.Base, nodeimage.Proxier, nodeimage.Echo} {
+			t, err := f(ctx, d, os.Stderr)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(out, t)
+		}
+		return nil
+	case "cleanup":
+		return docker.Cleanup(ctx, stderrLogger{})
+	}
+	return fmt.Errorf("unknown kind command %q: use image or cleanup", args[0])
+}
