@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -96,47 +94,7 @@ func serveAgent() error {
 	return nil
 }
 
-// wire types: errors cross the link as text plus the two kinds callers
-// test with errors.Is.
-type wireErr struct {
-	Msg     string `json:"msg"`
-	Refused bool   `json:"refused,omitempty"`
-	Timeout bool   `json:"timeout,omitempty"`
-}
-
-func toWire(err error) *wireErr {
-	if err == nil {
-		return nil
-	}
-	return &wireErr{Msg: err.Error(), Refused: errors.Is(err, syscall.ECONNREFUSED),
-		Timeout: errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)}
-}
-
-func (w *wireErr) err() error {
-	switch {
-	case w == nil:
-		return nil
-	case w.Refused:
-		return fmt.Errorf("%s (%w)", w.Msg, syscall.ECONNREFUSED)
-	case w.Timeout:
-		return fmt.Errorf("%s (%w)", w.Msg, context.DeadlineExceeded)
-	}
-	return errors.New(w.Msg)
-}
-
-type probeReq struct {
-	Target  probe.Target  `json:"target"`
-	N       int           `json:"n"`
-	Timeout time.Duration `json:"timeout"`
-}
-
-type wireResult struct {
-	Backend string        `json:"backend"`
-	Client  string        `json:"client"`
-	Err     *wireErr      `json:"err,omitempty"`
-	Latency time.Duration `json:"latency"`
-}
-
+// wire types (errors cross the link as probe.WireErr).
 type flowReq struct {
 	ID      string         `json:"id,omitempty"`
 	NS      string         `json:"ns,omitempty"`
@@ -155,9 +113,9 @@ type execReq struct {
 }
 
 type reply struct {
-	Err     *wireErr     `json:"err,omitempty"`
-	Text    string       `json:"text,omitempty"`
-	Results []wireResult `json:"results,omitempty"`
+	Err     *probe.WireErr     `json:"err,omitempty"`
+	Text    string             `json:"text,omitempty"`
+	Results []probe.WireResult `json:"results,omitempty"`
 }
 
 func agentHandler(h *Host, done chan struct{}) http.Handler {
@@ -168,9 +126,9 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			json.NewEncoder(w).Encode(fn(r.Context(), body))
 		})
 	}
-	decode := func(body []byte, v any) *wireErr {
+	decode := func(body []byte, v any) *probe.WireErr {
 		if err := json.Unmarshal(body, v); err != nil {
-			return toWire(fmt.Errorf("bad request: %w", err))
+			return probe.ToWire(fmt.Errorf("bad request: %w", err))
 		}
 		return nil
 	}
@@ -179,49 +137,49 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		if e := decode(b, &t); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.Build(ctx, t))}
+		return reply{Err: probe.ToWire(h.Build(ctx, t))}
 	})
 	handle("/pods/add", func(ctx context.Context, b []byte) reply {
 		var s PodSlot
 		if e := decode(b, &s); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.AddPod(ctx, s))}
+		return reply{Err: probe.ToWire(h.AddPod(ctx, s))}
 	})
 	handle("/pods/remove", func(ctx context.Context, b []byte) reply {
 		var p cluster.Pod
 		if e := decode(b, &p); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.RemovePod(ctx, p))}
+		return reply{Err: probe.ToWire(h.RemovePod(ctx, p))}
 	})
 	handle("/pods/break", func(ctx context.Context, b []byte) reply {
 		var f faultReq
 		if e := decode(b, &f); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.Break(ctx, f.Pod, f.Fault))}
+		return reply{Err: probe.ToWire(h.Break(ctx, f.Pod, f.Fault))}
 	})
 	handle("/pods/restore", func(ctx context.Context, b []byte) reply {
 		var f faultReq
 		if e := decode(b, &f); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.Restore(ctx, f.Pod, f.Fault))}
+		return reply{Err: probe.ToWire(h.Restore(ctx, f.Pod, f.Fault))}
 	})
 	handle("/proxiers/start", func(ctx context.Context, b []byte) reply {
 		var s ProxierSpec
 		if e := decode(b, &s); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.StartProxiers(ctx, s))}
+		return reply{Err: probe.ToWire(h.StartProxiers(ctx, s))}
 	})
 	handle("/proxiers/stop", func(ctx context.Context, b []byte) reply {
 		var node string
 		if e := decode(b, &node); e != nil {
 			return reply{Err: e}
 		}
-		return reply{Err: toWire(h.StopProxier(ctx, node))}
+		return reply{Err: probe.ToWire(h.StopProxier(ctx, node))}
 	})
 	handle("/proxiers/metrics", func(ctx context.Context, b []byte) reply {
 		var node string
@@ -229,7 +187,7 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			return reply{Err: e}
 		}
 		text, err := h.ProxierMetrics(ctx, node)
-		return reply{Text: text, Err: toWire(err)}
+		return reply{Text: text, Err: probe.ToWire(err)}
 	})
 	// UDP flows live in the agent between calls, so their source ports
 	// and conntrack entries do.
@@ -243,7 +201,7 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		}
 		flow, err := h.OpenUDPFlow(ctx, f.NS, f.Dst)
 		if err != nil {
-			return reply{Err: toWire(err)}
+			return reply{Err: probe.ToWire(err)}
 		}
 		flowsMu.Lock()
 		defer flowsMu.Unlock()
@@ -266,29 +224,25 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			}
 			flowsMu.Unlock()
 			if !ok {
-				return reply{Err: toWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", f.ID))}
+				return reply{Err: probe.ToWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", f.ID))}
 			}
 			return fn(ctx, f, fl)
 		})
 	}
 	withFlow("/udpflow/exchange", false, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
 		name, err := fl.Exchange(ctx, f.Timeout)
-		return reply{Text: name, Err: toWire(err)}
+		return reply{Text: name, Err: probe.ToWire(err)}
 	})
 	withFlow("/udpflow/close", true, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
-		return reply{Err: toWire(fl.Close())}
+		return reply{Err: probe.ToWire(fl.Close())}
 	})
 	handle("/probe", func(ctx context.Context, b []byte) reply {
-		var p probeReq
+		var p probe.Request
 		if e := decode(b, &p); e != nil {
 			return reply{Err: e}
 		}
 		s := h.Probe(ctx, p.Target, p.N, p.Timeout)
-		var out []wireResult
-		for _, r := range s.Results {
-			out = append(out, wireResult{Backend: r.Backend, Client: r.Client, Err: toWire(r.Err), Latency: r.Latency})
-		}
-		return reply{Results: out}
+		return reply{Results: probe.EncodeResults(s.Results)}
 	})
 	handle("/iptables", func(ctx context.Context, b []byte) reply {
 		var ns string
@@ -296,7 +250,7 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			return reply{Err: e}
 		}
 		text, err := h.IPTables(ctx, ns)
-		return reply{Text: text, Err: toWire(err)}
+		return reply{Text: text, Err: probe.ToWire(err)}
 	})
 	handle("/exec", func(ctx context.Context, b []byte) reply {
 		var x execReq
@@ -304,7 +258,7 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			return reply{Err: e}
 		}
 		text, err := h.Exec(ctx, x.NS, x.Argv)
-		return reply{Text: text, Err: toWire(err)}
+		return reply{Text: text, Err: probe.ToWire(err)}
 	})
 	handle("/kernel", func(ctx context.Context, b []byte) reply { return reply{Text: h.Kernel()} })
 	handle("/shutdown", func(ctx context.Context, b []byte) reply {
@@ -350,7 +304,7 @@ func (r *Remote) call(ctx context.Context, path string, in any) (reply, error) {
 	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
 		return reply{}, fmt.Errorf("lab agent %s: %s: %w", path, resp.Status, err)
 	}
-	return rep, rep.Err.err()
+	return rep, rep.Err.Err()
 }
 
 func (r *Remote) do(ctx context.Context, path string, in any) error {
@@ -388,16 +342,14 @@ func (r *Remote) ProxierMetrics(ctx context.Context, node string) (string, error
 // every connection.
 func (r *Remote) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
 	s := probe.Summary{Target: t}
-	rep, err := r.call(ctx, "/probe", probeReq{Target: t, N: n, Timeout: timeout})
+	rep, err := r.call(ctx, "/probe", probe.Request{Target: t, N: n, Timeout: timeout})
 	if err != nil {
 		for i := 0; i < n; i++ {
 			s.Results = append(s.Results, probe.Result{Err: err})
 		}
 		return s
 	}
-	for _, w := range rep.Results {
-		s.Results = append(s.Results, probe.Result{Backend: w.Backend, Client: w.Client, Err: w.Err.err(), Latency: w.Latency})
-	}
+	s.Results = probe.DecodeResults(rep.Results)
 	return s
 }
 
