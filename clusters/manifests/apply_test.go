@@ -13,15 +13,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/yaml"
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/binaries"
@@ -83,61 +78,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// applier server-side-applies YAML streams.
-type applier struct {
-	dyn    dynamic.Interface
-	mapper *restmapper.DeferredDiscoveryRESTMapper
-}
-
 func newApplier(t *testing.T, cfg *rest.Config) *applier {
 	t.Helper()
-	dyn, err := dynamic.NewForConfig(cfg)
+	a, err := NewApplier(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))}
+	return &applier{a}
 }
 
-// apply sends each object of stream as a server-side apply. With dryRun
-// the API server runs validation, defaulting and admission but stores
-// nothing. Strict field validation turns unknown and duplicate fields into
-// errors instead of warnings.
+type applier struct{ *Applier }
+
 func (a *applier) apply(ctx context.Context, t *testing.T, stream []byte, dryRun bool) error {
 	t.Helper()
-	opts := metav1.PatchOptions{FieldManager: "proxymodes-manifests-test", Force: ptr.To(true), FieldValidation: "Strict"}
-	if dryRun {
-		opts.DryRun = []string{metav1.DryRunAll}
-	}
-	for _, doc := range documents(t, stream) {
-		obj := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
-			return err
-		}
-		gvk := obj.GroupVersionKind()
-		m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			return fmt.Errorf("%s: %w", gvk, err)
-		}
-		res := a.dyn.Resource(m.Resource)
-		var ri dynamic.ResourceInterface = res
-		if ns := obj.GetNamespace(); ns != "" {
-			ri = res.Namespace(ns)
-		}
-		// The dynamic client's Apply has no field-validation option; this
-		// is the same request with it.
-		body, err := obj.MarshalJSON()
-		if err != nil {
-			return err
-		}
-		if _, err := ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, body, opts); err != nil {
-			return fmt.Errorf("%s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
-		}
-	}
-	return nil
+	return a.Apply(ctx, stream, dryRun)
 }
 
 // TestAPIServer checks the manifests against a real kube-apiserver (the

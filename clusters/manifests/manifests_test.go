@@ -1,10 +1,6 @@
 package manifests
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
-	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -14,7 +10,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/proxymodes/proxymodes/harness/golden"
@@ -46,20 +41,11 @@ func TestRenderGolden(t *testing.T) {
 // documents splits a YAML stream.
 func documents(t *testing.T, stream []byte) [][]byte {
 	t.Helper()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
-	var docs [][]byte
-	for {
-		d, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return docs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(d)) > 0 {
-			docs = append(docs, d)
-		}
+	docs, err := Documents(stream)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return docs
 }
 
 // decode reads the objects strictly (unknown or duplicate fields fail),
