@@ -73,19 +73,7 @@ func KubernetesDir(progress io.Writer, names ...string) (string, error) {
 // "proxier/cmd/proxier") into the cache and returns its path. go build is
 // incremental, so this costs about a second when nothing changed.
 func Project(pkg string, progress io.Writer) (string, error) {
-	root, err := ModuleRoot()
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(cacheDir(), "bin", filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
-	cmd.Dir = root
-	var stderr bytes.Buffer
-	cmd.Stderr = io.MultiWriter(&stderr, orDiscard(progress))
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build ./%s failed: %w\n%s", pkg, err, stderr.String())
-	}
-	return out, nil
+	return build(pkg, filepath.Base(pkg), false, progress)
 }
 
 // CacheDir is the cache directory: $PROXYMODES_CACHE or
@@ -124,4 +112,31 @@ func orDiscard(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
+}
+
+// Static builds one of this module's commands without cgo into the cache
+// (as <name>-static) and returns its path: for containers whose libc may
+// differ from the host's.
+func Static(pkg string, progress io.Writer) (string, error) {
+	return build(pkg, filepath.Base(pkg)+"-static", true, progress)
+}
+
+func build(pkg, name string, static bool, progress io.Writer) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(cacheDir(), "bin", name)
+	args := []string{"build", "-o", out, "./" + pkg}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	if static {
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = io.MultiWriter(&stderr, orDiscard(progress))
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./%s (static %v) failed: %w\n%s", pkg, static, err, stderr.String())
+	}
+	return out, nil
 }

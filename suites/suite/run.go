@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/kind"
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/leak"
@@ -27,6 +28,10 @@ type Run struct {
 	Report   *report.Run
 	// Log receives progress lines (stderr by default).
 	Log io.Writer
+
+	// SkipReason, when set by Setup, skips every feature: the run cannot
+	// happen on this machine and says why (IPVS on kind without ip_vs).
+	SkipReason string
 
 	settingsErr error
 	cluster     cluster.Cluster
@@ -110,6 +115,20 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 		if err == nil {
 			c = lab
 		}
+	case "kind":
+		if r.Settings.Mode == "ipvs" && !kind.HostHasIPVS() {
+			r.SkipReason = "IPVS on kind needs the ip_vs kernel module on the host (kind nodes share the host's kernel) and this kernel has none: every feature is skipped; MODE=ipvs PROVIDER=local runs IPVS in a user-mode Linux guest instead"
+			r.Logf("SKIP: %s", r.SkipReason)
+			return ctx, nil
+		}
+		upCtx, cancel := context.WithTimeout(ctx, 45*time.Minute) // a cold node image build takes ~25 min
+		var kc *kind.Cluster
+		kc, err = kind.Up(upCtx, kind.Options{Name: r.Name, Nodes: 2, Mode: r.Settings.Mode, Impl: r.Settings.Impl,
+			Logger: logger{r}, BuildOutput: r.Log})
+		cancel()
+		if err == nil {
+			c = kc
+		}
 	default:
 		err = fmt.Errorf("provider %q is not yet supported", r.Settings.Provider)
 	}
@@ -164,18 +183,25 @@ func (r *Run) DestroyCluster(ctx context.Context, _ *envconf.Config) (context.Co
 
 // CheckLeaks is the last Finish step: nothing of the lab may remain.
 func (r *Run) CheckLeaks(ctx context.Context, _ *envconf.Config) (context.Context, error) {
-	if r.labName == "" {
+	var left []string
+	what, fix := "lab "+r.labName, "proxymodes lab down --name "+r.labName
+	switch {
+	case r.Settings.Provider == "kind" && r.cluster != nil:
+		left = kind.Leftovers()
+		what, fix = "kind cluster "+kind.ClusterName(r.Name), "proxymodes kind down"
+	case r.labName != "":
+		left = leak.Check(r.labName)
+	default:
 		return ctx, nil
 	}
-	left := leak.Check(r.labName)
 	if len(left) == 0 {
-		r.Logf("leak check: nothing of lab %s remains", r.labName)
+		r.Logf("leak check: nothing of %s remains", what)
 		return ctx, nil
 	}
 	for _, l := range left {
 		r.Report.Errorf("left behind after down: %s", l)
 	}
-	err := fmt.Errorf("lab %s left %d objects behind: %v (remove them with `proxymodes lab down --name %s`)", r.labName, len(left), left, r.labName)
+	err := fmt.Errorf("%s left %d objects behind: %v (remove them with `%s`)", what, len(left), left, fix)
 	r.Logf("ERROR: %v", err)
 	return ctx, err
 }

@@ -68,6 +68,9 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 		if s.Impl != "reference" {
 			name += "-" + s.Impl
 		}
+		if s.Provider != "" && s.Provider != "local" {
+			name += "-" + s.Provider
+		}
 		s.ResultsDir = filepath.Join(os.TempDir(), "proxymodes-runs", name)
 	}
 	p, err := promise.For(s.Mode)
@@ -78,11 +81,11 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 		return s, fmt.Errorf("%s: %w", EnvClaim, err)
 	}
 	switch s.Provider {
-	case "local":
-	case "kind", "kubeconfig":
-		return s, fmt.Errorf("%s=%s is not yet supported (a later issue adds it); use %s=local, the default", EnvProvider, s.Provider, EnvProvider)
+	case "local", "kind":
+	case "kubeconfig":
+		return s, fmt.Errorf("%s=%s is not yet supported; use %s=local (the default) or kind", EnvProvider, s.Provider, EnvProvider)
 	default:
-		return s, fmt.Errorf("%s=%q is unknown: use one of %s (only local works today)", EnvProvider, s.Provider, strings.Join(Providers, ", "))
+		return s, fmt.Errorf("%s=%q is unknown: use one of %s", EnvProvider, s.Provider, strings.Join(Providers, ", "))
 	}
 	switch s.Impl {
 	case "reference":

@@ -1,0 +1,664 @@
+// Package kind is the cluster provider on kind: real nodes (containers of
+// a private Docker daemon, harness/docker) built from the offline node
+// image (harness/nodeimage), the proxier deployed the way production runs
+// it (our DaemonSet from clusters/manifests, or kubeadm's kube-proxy), and
+// backend pods that are real Pods of the echo image.
+//
+// Probes run inside the node containers: the static proxymodes binary is
+// copied into each node and started with `ip netns exec <pod netns>`, so
+// traffic only flows between namespaces of the cluster's own containers.
+package kind
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	kindcluster "sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodes"
+	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
+	kindlog "sigs.k8s.io/kind/pkg/log"
+
+	kindcfg "github.com/proxymodes/proxymodes/clusters/kind"
+	"github.com/proxymodes/proxymodes/clusters/manifests"
+	"github.com/proxymodes/proxymodes/harness/addrplan"
+	"github.com/proxymodes/proxymodes/harness/backend"
+	"github.com/proxymodes/proxymodes/harness/binaries"
+	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/docker"
+	"github.com/proxymodes/proxymodes/harness/nodeimage"
+	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/harness/rules"
+)
+
+// Implementations.
+const (
+	ImplReference = kindcfg.ImplReference
+	ImplKubeProxy = kindcfg.ImplKubeProxy
+)
+
+// StateRoot holds each cluster's kubeconfig and CNI configs while it runs.
+const StateRoot = "/run/proxymodes-kind"
+
+// nodeBinary is where the static proxymodes binary goes in each node.
+const nodeBinary = "/usr/local/bin/proxymodes"
+
+// Options describe a kind cluster.
+type Options struct {
+	// Name is the suite's short name; the kind cluster is "pm-<Name>".
+	Name       string
+	Nodes      int // every node, control plane included (default 2)
+	Mode, Impl string
+	Logger     cluster.Logger
+	// BuildOutput receives build progress (node image, images, binaries).
+	BuildOutput io.Writer
+}
+
+// ClusterName is the kind cluster name for a suite name.
+func ClusterName(name string) string { return "pm-" + name }
+
+// Cluster is a running kind cluster; it implements cluster.Cluster.
+type Cluster struct {
+	opts     Options
+	name     string
+	dir      string
+	d        *docker.Daemon
+	restore  func()
+	provider *kindcluster.Provider
+	rest     *rest.Config
+	client   kubernetes.Interface
+	info     cluster.Info
+	// images
+	nodeImage, echo, proxier string
+
+	mu   sync.Mutex
+	pods map[string]cluster.Pod
+	next int
+}
+
+// HostHasIPVS reports whether kind nodes can run IPVS: they share the
+// host's kernel, so ip_vs must be available there.
+func HostHasIPVS() bool {
+	b, err := os.ReadFile("/proc/modules")
+	if err == nil && bytes.Contains(b, []byte("ip_vs ")) {
+		return true
+	}
+	_, err = os.Stat("/proc/net/ip_vs")
+	return err == nil
+}
+
+// Up creates the cluster and deploys the proxier; on failure it removes
+// whatever it created.
+func Up(ctx context.Context, o Options) (c *Cluster, err error) {
+	if o.Logger == nil {
+		o.Logger = cluster.Discard
+	}
+	if o.BuildOutput == nil {
+		o.BuildOutput = io.Discard
+	}
+	if o.Impl == "" {
+		o.Impl = ImplReference
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Mode == "ipvs" && !HostHasIPVS() {
+		return nil, errors.New("IPVS on kind needs the ip_vs kernel module on the host (kind nodes share the host's kernel), and this kernel has none: run MODE=ipvs with PROVIDER=local, which uses a user-mode Linux guest, or `modprobe ip_vs` on a host whose kernel has it")
+	}
+	c = &Cluster{opts: o, name: ClusterName(o.Name), pods: map[string]cluster.Pod{}}
+	c.dir = filepath.Join(StateRoot, c.name)
+	log := o.Logger
+	defer func() {
+		if err != nil {
+			log.Logf("kind %s: setup failed, removing what was created", c.name)
+			err = errors.Join(err, c.Down(context.WithoutCancel(ctx)))
+			c = nil
+		}
+	}()
+	start := time.Now()
+	if c.d, err = docker.Start(ctx, docker.Options{Logger: log}); err != nil {
+		return c, err
+	}
+	c.restore = c.d.Setenv()
+	log.Logf("kind %s: docker daemon up in %s", c.name, time.Since(start).Round(time.Millisecond))
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"images", c.images},
+		{"create", c.create},
+		{"network", c.network},
+		{"tools", c.tools},
+		{"proxier", c.deployProxier},
+	}
+	for _, s := range steps {
+		t := time.Now()
+		if err := s.fn(ctx); err != nil {
+			return c, fmt.Errorf("kind %s: %s: %w", c.name, s.name, err)
+		}
+		log.Logf("kind %s: %s done in %s", c.name, s.name, time.Since(t).Round(time.Millisecond))
+	}
+	return c, nil
+}
+
+// images makes sure the node, echo and proxier images exist (the node
+// image is built once per machine: ~25 min cold).
+func (c *Cluster) images(ctx context.Context) (err error) {
+	if c.nodeImage, err = nodeimage.Ensure(ctx, c.d, c.opts.BuildOutput); err != nil {
+		return err
+	}
+	if c.echo, err = nodeimage.Echo(ctx, c.d, c.opts.BuildOutput); err != nil {
+		return err
+	}
+	if c.opts.Impl == ImplReference {
+		if c.proxier, err = nodeimage.Proxier(ctx, c.d, c.opts.BuildOutput); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) kindOptions() kindcfg.Options {
+	return kindcfg.Options{Mode: c.opts.Mode, Impl: c.opts.Impl, Name: c.name, Nodes: c.opts.Nodes,
+		Image: c.nodeImage, CNIDir: filepath.Join(c.dir, "cni")}
+}
+
+// create writes each node's bridge conflist and runs kind.
+func (c *Cluster) create(ctx context.Context) error {
+	ko := c.kindOptions()
+	nodes, err := kindcfg.Nodes(ko)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		conf, err := kindcfg.Conflist(kindcfg.ConflistOptions{PodCIDR: netip.MustParsePrefix(n.PodCIDR)})
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(n.CNIDir, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(n.CNIDir, kindcfg.ConflistName), conf, 0o644); err != nil {
+			return err
+		}
+		c.info.Nodes = append(c.info.Nodes, cluster.Node{Name: n.Name, PodCIDR: netip.MustParsePrefix(n.PodCIDR), NS: n.Name})
+	}
+	raw, err := kindcfg.Render(ko)
+	if err != nil {
+		return err
+	}
+	c.provider = kindcluster.NewProvider(kindcluster.ProviderWithDocker(), kindcluster.ProviderWithLogger(kindLogger{c.opts.Logger}))
+	kubeconfig := filepath.Join(c.dir, "kubeconfig")
+	// A killed run's cluster died with its daemon; this only clears kind's
+	// view of it.
+	_ = c.provider.Delete(c.name, kubeconfig)
+	if err := c.provider.Create(c.name, kindcluster.CreateWithRawConfig(raw), kindcluster.CreateWithNodeImage(c.nodeImage),
+		kindcluster.CreateWithKubeconfigPath(kubeconfig), kindcluster.CreateWithWaitForReady(3*time.Minute),
+		kindcluster.CreateWithDisplayUsage(false), kindcluster.CreateWithDisplaySalutation(false)); err != nil {
+		return err
+	}
+	if c.rest, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+		return err
+	}
+	c.rest.QPS, c.rest.Burst = 100, 200
+	if c.client, err = cluster.NewClient(c.rest); err != nil {
+		return err
+	}
+	c.info.Name, c.info.Provider, c.info.Kubeconfig, c.info.APIServer = c.name, "kind", kubeconfig, c.rest.Host
+	c.info.Kernel = hostKernel()
+	for i, n := range c.info.Nodes {
+		node, err := c.client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, a := range node.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				c.info.Nodes[i].IP, _ = netip.ParseAddr(a.Address)
+			}
+		}
+		if !addrplan.KindNet.Contains(c.info.Nodes[i].IP) {
+			return fmt.Errorf("node %s has address %s, outside the kind network %s", n.Name, c.info.Nodes[i].IP, addrplan.KindNet)
+		}
+	}
+	return nil
+}
+
+// network routes each node's pod /24 to it from every other node (there
+// is no kindnet to do it).
+func (c *Cluster) network(ctx context.Context) error {
+	for _, n := range c.info.Nodes {
+		for _, m := range c.info.Nodes {
+			if m.Name == n.Name {
+				continue
+			}
+			if _, err := c.exec(ctx, n.Name, "ip", "route", "replace", m.PodCIDR.String(), "via", m.IP.String()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// tools copies the static proxymodes binary (the probe) into each node and
+// loads the images the run needs.
+func (c *Cluster) tools(ctx context.Context) error {
+	bin, err := binaries.Static("harness/cmd/proxymodes", c.opts.BuildOutput)
+	if err != nil {
+		return err
+	}
+	images := []string{c.echo}
+	if c.proxier != "" {
+		images = append(images, c.proxier)
+	}
+	nodes, err := c.provider.ListNodes(c.name)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := c.d.CopyTo(ctx, n.String(), []docker.File{{Path: nodeBinary, Src: bin, Mode: 0o755}}); err != nil {
+			return err
+		}
+		if err := c.load(ctx, n, images); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// load streams `docker save` into the node's containerd through kind.
+func (c *Cluster) load(ctx context.Context, n kindNode, images []string) error {
+	save := c.d.Command(ctx, append([]string{"save"}, images...)...)
+	out, err := save.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	save.Stderr = &stderr
+	if err := save.Start(); err != nil {
+		return err
+	}
+	lerr := nodeutils.LoadImageArchive(n, out)
+	io.Copy(io.Discard, out)
+	if err := save.Wait(); err != nil {
+		return fmt.Errorf("docker save %s: %v: %s", strings.Join(images, " "), err, stderr.String())
+	}
+	if lerr != nil {
+		return fmt.Errorf("loading %s into %s: %w", strings.Join(images, " "), n, lerr)
+	}
+	return nil
+}
+
+// deployProxier applies our DaemonSet (reference) or waits for kubeadm's
+// kube-proxy, until it runs on every node.
+func (c *Cluster) deployProxier(ctx context.Context) error {
+	ds := "kube-proxy"
+	if c.opts.Impl == ImplReference {
+		stream, err := manifests.Render(manifests.Options{Mode: c.opts.Mode, Image: c.proxier,
+			APIServer: netip.AddrPortFrom(c.info.Nodes[0].IP, 6443).String(), ImagePullPolicy: "Never"})
+		if err != nil {
+			return err
+		}
+		a, err := manifests.NewApplier(c.rest)
+		if err != nil {
+			return err
+		}
+		if err := a.Apply(ctx, stream, false); err != nil {
+			return err
+		}
+		ds = manifests.Name
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		d, err := c.client.AppsV1().DaemonSets("kube-system").Get(ctx, ds, metav1.GetOptions{})
+		if err == nil && d.Status.DesiredNumberScheduled == int32(len(c.info.Nodes)) && d.Status.NumberReady == d.Status.DesiredNumberScheduled {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("DaemonSet kube-system/%s not ready on %d nodes after 3 minutes (%v); see its pods' logs in the saved logs", ds, len(c.info.Nodes), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Info implements cluster.Cluster.
+func (c *Cluster) Info() cluster.Info { return c.info }
+
+// RESTConfig implements cluster.Cluster.
+func (c *Cluster) RESTConfig() *rest.Config { return rest.CopyConfig(c.rest) }
+
+// Client implements cluster.Cluster.
+func (c *Cluster) Client() kubernetes.Interface { return c.client }
+
+// AddPod creates a Pod of the echo image pinned to a node and waits until
+// it runs. It has no readiness probe: a broken backend (Break) must stay
+// Ready, as in the local lab.
+func (c *Cluster) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod, error) {
+	node := spec.Node
+	if node == "" {
+		c.mu.Lock()
+		node = c.info.Nodes[c.next%len(c.info.Nodes)].Name
+		c.next++
+		c.mu.Unlock()
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: spec.Namespace, Name: spec.Name, Labels: spec.Labels},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			TerminationGracePeriodSeconds: ptrTo(int64(0)),
+			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{
+				Name: "echo", Image: c.echo, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"--name", spec.Name},
+				Ports: []corev1.ContainerPort{
+					{Name: "tcp", ContainerPort: backend.TCPPort, Protocol: corev1.ProtocolTCP},
+					{Name: "udp", ContainerPort: backend.UDPPort, Protocol: corev1.ProtocolUDP},
+				},
+			}},
+		},
+	}
+	if _, err := c.client.CoreV1().Pods(spec.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		return cluster.Pod{}, err
+	}
+	pod := cluster.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		got, err := c.client.CoreV1().Pods(spec.Namespace).Get(ctx, spec.Name, metav1.GetOptions{})
+		if err == nil && podReady(got) && got.Status.PodIP != "" {
+			pod.IP, _ = netip.ParseAddr(got.Status.PodIP)
+			break
+		}
+		if time.Now().After(deadline) {
+			return pod, fmt.Errorf("pod %s not running after 2 minutes (%v)", pod, podProblem(got, err))
+		}
+		select {
+		case <-ctx.Done():
+			return pod, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	ns, err := c.podNetns(ctx, node, pod.IP)
+	if err != nil {
+		return pod, err
+	}
+	pod.NS = node + "/" + ns
+	c.mu.Lock()
+	c.pods[pod.String()] = pod
+	c.mu.Unlock()
+	return pod, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+func podProblem(p *corev1.Pod, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "phase %s", p.Status.Phase)
+	for _, s := range p.Status.ContainerStatuses {
+		if w := s.State.Waiting; w != nil {
+			fmt.Fprintf(&b, "; %s waiting: %s %s", s.Name, w.Reason, w.Message)
+		}
+	}
+	return b.String()
+}
+
+// podNetns finds the network namespace (under /var/run/netns of the node)
+// that holds the pod's address.
+func (c *Cluster) podNetns(ctx context.Context, node string, ip netip.Addr) (string, error) {
+	script := `for n in $(ls /var/run/netns); do ip -n "$n" -4 -o addr show | grep -q " $1/" && echo "$n"; done; true`
+	out, err := c.exec(ctx, node, "sh", "-c", script, "sh", ip.String())
+	if err != nil {
+		return "", err
+	}
+	if f := strings.Fields(out); len(f) == 1 {
+		return f[0], nil
+	}
+	return "", fmt.Errorf("no single network namespace on %s holds %s (found %q)", node, ip, out)
+}
+
+// DeletePod implements cluster.Cluster.
+func (c *Cluster) DeletePod(ctx context.Context, namespace, name string) error {
+	err := c.client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(0))})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.pods, namespace+"/"+name)
+	c.mu.Unlock()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := c.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod %s/%s still exists a minute after its deletion", namespace, name)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Pods implements cluster.Cluster.
+func (c *Cluster) Pods() []cluster.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]cluster.Pod, 0, len(c.pods))
+	for _, p := range c.pods {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b cluster.Pod) int { return strings.Compare(a.String(), b.String()) })
+	return out
+}
+
+// Faults are rules in the pod's own namespace: the backend keeps running
+// and the Pod stays Ready, exactly as the local lab's faults look on the
+// wire (Refuse: TCP RST and ICMP port unreachable; Blackhole: silence).
+var faultRules = map[cluster.Fault][][]string{
+	cluster.Refuse: {
+		{"-p", "tcp", "--dport", fmt.Sprint(backend.TCPPort), "-j", "REJECT", "--reject-with", "tcp-reset"},
+		{"-p", "udp", "--dport", fmt.Sprint(backend.UDPPort), "-j", "REJECT", "--reject-with", "icmp-port-unreachable"},
+	},
+	cluster.Blackhole: {{"-j", "DROP"}},
+}
+
+// Break implements cluster.Cluster.
+func (c *Cluster) Break(ctx context.Context, pod cluster.Pod, f cluster.Fault) error {
+	rs, ok := faultRules[f]
+	if !ok {
+		return fmt.Errorf("unknown fault %q (use %q or %q)", f, cluster.Refuse, cluster.Blackhole)
+	}
+	for _, r := range rs {
+		if _, err := c.Exec(ctx, pod.NS, append([]string{"iptables", "-I", "INPUT"}, r...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Restore implements cluster.Cluster.
+func (c *Cluster) Restore(ctx context.Context, pod cluster.Pod) error {
+	_, err := c.Exec(ctx, pod.NS, "iptables", "-F", "INPUT")
+	return err
+}
+
+// Probe implements cluster.Cluster: the probe role runs in the node, in
+// the namespace t.NS names.
+func (c *Cluster) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
+	s := probe.Summary{Target: t}
+	fail := func(err error) probe.Summary {
+		for i := 0; i < n; i++ {
+			s.Results = append(s.Results, probe.Result{Err: err})
+		}
+		return s
+	}
+	req, err := json.Marshal(probe.Request{Target: t, N: n, Timeout: timeout})
+	if err != nil {
+		return fail(err)
+	}
+	out, err := c.execEnv(ctx, t.NS, []string{"PROXYMODES_ROLE=" + probe.Role}, nodeBinary, string(req))
+	if err != nil {
+		return fail(err)
+	}
+	var ws []probe.WireResult
+	if err := json.Unmarshal([]byte(out), &ws); err != nil {
+		return fail(fmt.Errorf("probe output: %w: %q", err, out))
+	}
+	s.Results = probe.DecodeResults(ws)
+	return s
+}
+
+// IPTables implements cluster.Cluster.
+func (c *Cluster) IPTables(ctx context.Context, ns string) (string, error) {
+	var b strings.Builder
+	for _, save := range rules.Savers() {
+		out, err := c.Exec(ctx, ns, save)
+		if err != nil {
+			continue // that flavour is not in the image
+		}
+		b.WriteString(rules.Normalize(out))
+	}
+	return b.String(), nil
+}
+
+// Exec runs argv in a node ("<node>") or pod ("<node>/<netns>") namespace
+// (suite.Execer).
+func (c *Cluster) Exec(ctx context.Context, ns string, argv ...string) (string, error) {
+	return c.execEnv(ctx, ns, nil, argv...)
+}
+
+func (c *Cluster) execEnv(ctx context.Context, ns string, env []string, argv ...string) (string, error) {
+	node, netns, _ := strings.Cut(ns, "/")
+	args := []string{"exec"}
+	for _, e := range env {
+		args = append(args, "-e", e)
+	}
+	args = append(args, node)
+	if netns != "" {
+		args = append(args, "ip", "netns", "exec", netns)
+	}
+	return c.d.Output(ctx, append(args, argv...)...)
+}
+
+func (c *Cluster) exec(ctx context.Context, node string, argv ...string) (string, error) {
+	return c.execEnv(ctx, node, nil, argv...)
+}
+
+// SaveLogs implements cluster.Cluster with kind's log export (every
+// node's journal, containers and pods).
+func (c *Cluster) SaveLogs(dst string) error {
+	if c.provider == nil {
+		return nil
+	}
+	return c.provider.CollectLogs(c.name, dst)
+}
+
+// Kernel names the kernel the nodes share (the host's).
+func (c *Cluster) Kernel() string { return c.info.Kernel }
+
+// Down deletes the cluster and stops the daemon; safe to call twice.
+func (c *Cluster) Down(ctx context.Context) error {
+	var errs []error
+	if c.provider != nil {
+		errs = append(errs, c.provider.Delete(c.name, filepath.Join(c.dir, "kubeconfig")))
+		c.provider = nil
+	}
+	if c.restore != nil {
+		c.restore()
+		c.restore = nil
+	}
+	if c.d != nil {
+		errs = append(errs, c.d.Stop(ctx))
+		c.d = nil
+	}
+	errs = append(errs, os.RemoveAll(c.dir))
+	return errors.Join(errs...)
+}
+
+// Leftovers lists what a run left (the daemon's leftovers and state).
+func Leftovers() []string {
+	left := docker.Leftovers()
+	if es, _ := os.ReadDir(StateRoot); len(es) > 0 {
+		for _, e := range es {
+			left = append(left, "kind state "+filepath.Join(StateRoot, e.Name()))
+		}
+	}
+	return left
+}
+
+// Cleanup removes a killed run's daemon, its containers and kind state.
+func Cleanup(ctx context.Context, log cluster.Logger) error {
+	return errors.Join(docker.Cleanup(ctx, log), os.RemoveAll(StateRoot))
+}
+
+func hostKernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "host kernel"
+	}
+	return "Linux " + strings.TrimSpace(string(b)) + " (host kernel, shared by the kind nodes)"
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// kindLogger adapts our Logger to kind's.
+type kindLogger struct{ l cluster.Logger }
+
+func (k kindLogger) Warn(msg string)           { k.l.Logf("kind: %s", msg) }
+func (k kindLogger) Warnf(f string, a ...any)  { k.l.Logf("kind: "+f, a...) }
+func (k kindLogger) Error(msg string)          { k.l.Logf("kind: ERROR %s", msg) }
+func (k kindLogger) Errorf(f string, a ...any) { k.l.Logf("kind: ERROR "+f, a...) }
+func (k kindLogger) V(level kindlog.Level) kindlog.InfoLogger {
+	// Level 0 is kind's step list ("Preparing nodes", ...); more is noise.
+	return infoLogger{l: k.l, on: level == 0}
+}
+
+type infoLogger struct {
+	l  cluster.Logger
+	on bool
+}
+
+func (i infoLogger) Info(msg string) {
+	if i.on {
+		i.l.Logf("kind: %s", strings.TrimSpace(msg))
+	}
+}
+func (i infoLogger) Infof(f string, a ...any) {
+	if i.on {
+		i.l.Logf("kind: "+strings.TrimSpace(f), a...)
+	}
+}
+func (i infoLogger) Enabled() bool { return i.on }
+
+type kindNode = nodes.Node
