@@ -51,7 +51,7 @@ test: deps k8s ## run every test, conformance for every mode and implementation,
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
 
-conformance: check-mode deps k8s ## run the conformance suite for MODE [PROVIDER=local] [IMPL=reference|kube-proxy]
+conformance: check-mode deps k8s $(if $(filter kind,$(PROVIDER)),kind-deps) ## run the conformance suite for MODE [PROVIDER=local|kind] [IMPL=reference|kube-proxy]
 	PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
 		PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...

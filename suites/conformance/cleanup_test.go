@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"sigs.k8s.io/e2e-framework/pkg/types"
 
+	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/suites/promise"
 	"github.com/proxymodes/proxymodes/suites/suite"
@@ -153,6 +155,13 @@ func ruleCleanup() types.Feature {
 			}
 			client := clients(a, 1)[0]
 			dst := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), suite.UDPPort)
+			// The flow starts once the Service is programmed (checked over
+			// TCP, which leaves no UDP entry): a datagram sent before is
+			// delivered to the node itself, and in the UML guest's kernel
+			// an IPVS flow that once had such an un-NATed entry stayed
+			// unanswered even after it was deleted, for kube-proxy as for
+			// us. That is a flow that never worked, not a stale one.
+			programmedFor(a, svc, []cluster.Pod{client})
 			flow, err := suite.OpenUDPFlow(a.Ctx, a.Cluster, client.NS, dst)
 			if errors.Is(err, suite.ErrUnsupported) {
 				a.Skipf("TODO: %v", err)
@@ -196,9 +205,20 @@ func ruleCleanup() types.Feature {
 			}
 			start := time.Now()
 			a.Fixture.DeletePod(a, *victim)
+			// The flow pauses until the client's node stops choosing the
+			// deleted backend, so no datagram arrives while the proxier
+			// rewrites the data plane: such a datagram can leave an
+			// un-NATed entry (see above) that blackholes the flow in the
+			// UML guest's IPVS, whatever the proxier then clears. What is
+			// checked is the entry the flow had before: if it survives,
+			// the flow stays on the deleted backend and fails below.
+			tg := tcpTo(client.NS, svc)
+			a.Eventually(fmt.Sprintf("the client's node stops choosing %s (%d new TCP connections avoid it)", first, avoidN), suite.Converge,
+				func() probe.Summary { return a.Probe(tg, avoidN, quick) },
+				func(s probe.Summary) bool { return len(s.Errors()) == 0 && s.Counts()[first] == 0 })
 			lost := 0
 			var errs []string
-			deadline = start.Add(suite.Converge)
+			deadline = time.Now().Add(suite.Converge)
 			for {
 				b, err := flow.Exchange(a.Ctx, 300*time.Millisecond)
 				if err == nil && b != first {
@@ -332,6 +352,11 @@ func dedupe(s []string) []string {
 	}
 	return out
 }
+
+// avoidN new connections that all avoid a backend still in a random
+// choice among 3 happen with probability (2/3)^60 = 2.7e-11, so the pause
+// ends early (and the flow can meet a data plane change) essentially never.
+const avoidN = 60
 
 // flowState records what the client's node holds for a UDP flow that did
 // not move: its conntrack entries and, in IPVS mode, IPVS connections.

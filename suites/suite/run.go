@@ -188,7 +188,7 @@ func (r *Run) CheckLeaks(ctx context.Context, _ *envconf.Config) (context.Contex
 	switch {
 	case r.Settings.Provider == "kind" && r.cluster != nil:
 		left = kind.Leftovers()
-		what, fix = "kind cluster "+kind.ClusterName(r.Name), "proxymodes kind down"
+		what, fix = "kind cluster "+kind.ClusterName(r.Name), "proxymodes kind cleanup"
 	case r.labName != "":
 		left = leak.Check(r.labName)
 	default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	kindprov "github.com/proxymodes/proxymodes/harness/cluster/kind"
 	"io"
 	"os"
 
@@ -48,7 +49,9 @@ func kindCmd(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return nil
 	case "cleanup":
-		return docker.Cleanup(ctx, stderrLogger{})
+		// The daemon's containers are the clusters' nodes: removing the
+		// daemon's leftovers removes any cluster a killed run left.
+		return kindprov.Cleanup(ctx, stderrLogger{})
 	}
 	return fmt.Errorf("unknown kind command %q: use image or cleanup", args[0])
 }
