@@ -10,6 +10,7 @@
 package kind
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -662,3 +664,71 @@ func (i infoLogger) Infof(f string, a ...any) {
 func (i infoLogger) Enabled() bool { return i.on }
 
 type kindNode = nodes.Node
+
+// OpenUDPFlow implements cluster.UDPFlowOpener: the flow's socket lives in
+// a udpflow process inside the node, driven over its stdin and stdout.
+func (c *Cluster) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
+	node, netns, _ := strings.Cut(ns, "/")
+	args := []string{"exec", "-i", "-e", "PROXYMODES_ROLE=" + probe.FlowRole, node}
+	if netns != "" {
+		args = append(args, "ip", "netns", "exec", netns)
+	}
+	// Not ctx: the flow outlives this call; Close ends it.
+	cmd := c.d.Command(context.Background(), append(args, nodeBinary, dst.String())...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	f := &execFlow{cmd: cmd, in: in, out: bufio.NewReader(out), desc: ns + " -> " + dst.String()}
+	line, err := f.out.ReadString('\n')
+	if !strings.HasPrefix(line, "ok ") {
+		f.Close()
+		return nil, fmt.Errorf("UDP flow from %s to %s: %q %v: %s", ns, dst, line, err, stderr.String())
+	}
+	f.desc = strings.TrimSpace(strings.TrimPrefix(line, "ok ")) + " -> " + dst.String()
+	return f, nil
+}
+
+type execFlow struct {
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Reader
+	desc string
+}
+
+func (f *execFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := fmt.Fprintln(f.in, timeout); err != nil {
+		return "", err
+	}
+	line, err := f.out.ReadBytes('\n')
+	if err != nil {
+		return "", fmt.Errorf("UDP flow %s ended: %w", f.desc, err)
+	}
+	var r probe.FlowReply
+	if err := json.Unmarshal(line, &r); err != nil {
+		return "", err
+	}
+	return r.Backend, r.Err.Err()
+}
+
+func (f *execFlow) Close() error {
+	f.in.Close()
+	return f.cmd.Wait()
+}
+
+func (f *execFlow) String() string { return "flow " + f.desc }
