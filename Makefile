@@ -35,7 +35,7 @@ kind-image: kind-deps ## build (once per machine; cold ~25 min) the offline kind
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps k8s ## run every test, conformance for every mode and implementation, and a short bench sweep, as CI does
+test: deps kind-deps k8s ## run every test, conformance for every mode and implementation (and iptables on kind), and a short bench sweep, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
 	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
@@ -47,6 +47,9 @@ test: deps k8s ## run every test, conformance for every mode and implementation,
 		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \
 	done
+	@echo "proxymodes: conformance suite on kind, MODE=iptables IMPL=reference (the first run on a machine builds the offline node image: ~25 min)"
+	PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
