@@ -89,8 +89,9 @@ type Cluster struct {
 	// images
 	nodeImage, echo, proxier string
 
-	mu   sync.Mutex
-	pods map[string]cluster.Pod
+	downMu sync.Mutex
+	mu     sync.Mutex
+	pods   map[string]cluster.Pod
 	next int
 }
 
@@ -589,8 +590,11 @@ func (c *Cluster) SaveLogs(dst string) error {
 // Kernel names the kernel the nodes share (the host's).
 func (c *Cluster) Kernel() string { return c.info.Kernel }
 
-// Down deletes the cluster and stops the daemon; safe to call twice.
+// Down deletes the cluster and stops the daemon; safe to call twice, and
+// at once (Ctrl-C's handler and the suite's teardown both call it).
 func (c *Cluster) Down(ctx context.Context) error {
+	c.downMu.Lock()
+	defer c.downMu.Unlock()
 	var errs []error
 	if c.provider != nil {
 		errs = append(errs, c.provider.Delete(c.name, filepath.Join(c.dir, "kubeconfig")))
