@@ -92,7 +92,7 @@ type Cluster struct {
 	downMu sync.Mutex
 	mu     sync.Mutex
 	pods   map[string]cluster.Pod
-	next int
+	next   int
 }
 
 // HostHasIPVS reports whether kind nodes can run IPVS: they share the
