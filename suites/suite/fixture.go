@@ -252,20 +252,32 @@ func (a *A) Probe(t probe.Target, n int, timeout time.Duration) probe.Summary {
 // has programmed a change; measurements are taken after it returns.
 func (a *A) Eventually(what string, limit time.Duration, run func() probe.Summary, ok func(probe.Summary) bool) probe.Summary {
 	a.Helper()
+	var s probe.Summary
+	a.EventuallyTrue(what, limit, func() (bool, string) {
+		s = run()
+		return ok(s), "last probe: " + s.String()
+	})
+	return s
+}
+
+// EventuallyTrue repeats check until it reports true, and fails with its
+// last description after limit.
+func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bool, last string)) {
+	a.Helper()
 	start := time.Now()
 	deadline := start.Add(limit)
 	lastLog := start
 	for {
-		s := run()
-		if ok(s) {
+		ok, last := check()
+		if ok {
 			a.Logf("%s: after %s", what, time.Since(start).Round(10*time.Millisecond))
-			return s
+			return
 		}
 		if time.Now().After(deadline) || a.Ctx.Err() != nil {
-			a.Fatalf("%s: still not so after %s; last probe: %s", what, limit, s)
+			a.Fatalf("%s: still not so after %s; %s", what, limit, last)
 		}
 		if time.Since(lastLog) > 5*time.Second {
-			a.Logf("%s: not yet after %s; last probe: %s", what, time.Since(start).Round(time.Second), s)
+			a.Logf("%s: not yet after %s; %s", what, time.Since(start).Round(time.Second), last)
 			lastLog = time.Now()
 		}
 		time.Sleep(250 * time.Millisecond)
