@@ -43,6 +43,9 @@ func start(t *testing.T, ctx context.Context, log docker.Logger) *docker.Daemon 
 	}
 	unreg := labtest.OnInterrupt(d.Stop)
 	t.Cleanup(func() { unreg(); d.Stop(context.Background()) })
+	if d.HasImage(ctx, testImage) {
+		return d
+	}
 	if err := d.Import(ctx, testImage, []docker.File{
 		{Path: "/bin/busybox", Src: "/bin/busybox", Mode: 0o755},
 		{Path: "/bin/sh", Link: "busybox"},
@@ -142,11 +145,11 @@ func holderMain([]string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := d.Import(ctx, testImage, []docker.File{{Path: "/bin/busybox", Src: "/bin/busybox", Mode: 0o755}}, `ENV PATH=/bin`); err != nil {
+	if err := d.Import(ctx, testImage+"-holder", []docker.File{{Path: "/bin/busybox", Src: "/bin/busybox", Mode: 0o755}}, `ENV PATH=/bin`); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := d.Output(ctx, "run", "-d", "--privileged", "--network", docker.NetworkName, testImage, "busybox", "sleep", "600"); err != nil {
+	if _, err := d.Output(ctx, "run", "-d", "--privileged", "--network", docker.NetworkName, testImage+"-holder", "busybox", "sleep", "600"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

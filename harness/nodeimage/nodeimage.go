@@ -142,13 +142,65 @@ func Ensure(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, 
 		return "", fmt.Errorf("building kind node image %s: %w", tag, err)
 	}
 	fmt.Fprintf(progress, "proxymodes: built kind node image %s in %s\n", tag, time.Since(start).Round(time.Second))
+	b.prune(ctx, tag)
 	return tag, nil
+}
+
+// keepNodeImages is how many node images stay in the daemon: a node image
+// is over 1 GB, but branches that differ in the recipe would otherwise
+// rebuild (about 30 s each) every time they alternate.
+const keepNodeImages = 3
+
+// prune drops what the build just replaced: older node images beyond
+// keepNodeImages, intermediate images, and cache files this build did not
+// use. It runs only after a build, never on the warm path.
+func (b *builder) prune(ctx context.Context, tag string) {
+	out, err := b.d.Output(ctx, "images", Repository, "--format", "{{.Repository}}:{{.Tag}}")
+	if err == nil {
+		// docker lists the newest first.
+		kept := 0
+		for _, ref := range strings.Fields(out) {
+			if ref == tag || kept < keepNodeImages-1 {
+				if ref != tag {
+					kept++
+				}
+				continue
+			}
+			b.d.Output(ctx, "rmi", ref)
+		}
+	}
+	out, err = b.d.Output(ctx, "images", "proxymodes/kind-node-rootfs", "--format", "{{.Repository}}:{{.Tag}}")
+	if err == nil {
+		for _, ref := range strings.Fields(out) {
+			if !b.used[ref] {
+				b.d.Output(ctx, "rmi", ref)
+			}
+		}
+	}
+	b.d.Output(ctx, "image", "prune", "-f")
+	for _, dir := range []string{"images", "bin"} {
+		files, _ := filepath.Glob(filepath.Join(CacheDir(), dir, "*"))
+		for _, f := range files {
+			if !b.used[f] {
+				os.Remove(f)
+			}
+		}
+	}
 }
 
 type builder struct {
 	d        *docker.Daemon
 	in       *inputs
 	progress io.Writer
+	used     map[string]bool // cache files and images this build used
+}
+
+func (b *builder) use(s string) string {
+	if b.used == nil {
+		b.used = map[string]bool{}
+	}
+	b.used[s] = true
+	return s
 }
 
 func (b *builder) step(what string, fn func() error) error {
@@ -228,6 +280,7 @@ func (b *builder) save(ctx context.Context, im image) (string, error) {
 	}
 	name := strings.NewReplacer("/", "_", ":", "_").Replace(strings.TrimPrefix(im.ref, registry+"/"))
 	out := filepath.Join(CacheDir(), "images", name+"-"+hex.EncodeToString(h.Sum(nil))[:12]+".tar")
+	b.use(out)
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -238,6 +291,8 @@ func (b *builder) save(ctx context.Context, im image) (string, error) {
 		if err := b.d.ImportOnto(ctx, im.ref, im.base, im.files, im.changes...); err != nil {
 			return err
 		}
+		// The saved tar is the cache; the daemon's copy is not needed.
+		defer b.d.Output(context.WithoutCancel(ctx), "rmi", im.ref)
 		tmp := out + ".tmp"
 		if err := b.d.Run(ctx, nil, "save", "-o", tmp, im.ref); err != nil {
 			os.Remove(tmp)
@@ -268,7 +323,7 @@ func (b *builder) node(ctx context.Context, tag string) error {
 	if err != nil {
 		return err
 	}
-	rootImage := "proxymodes/kind-node-rootfs:" + strings.TrimSuffix(filepath.Base(rootfs), ".tar")
+	rootImage := b.use("proxymodes/kind-node-rootfs:" + strings.TrimSuffix(filepath.Base(rootfs), ".tar"))
 	if !b.d.HasImage(ctx, rootImage) {
 		if err := b.step("import "+rootImage, func() error { return b.d.ImportOnto(ctx, rootImage, rootfs, nil) }); err != nil {
 			return err
@@ -407,7 +462,7 @@ func (b *builder) nodeFiles() ([]docker.File, error) {
 
 // coredns builds clusters/coredns statically (no libc in its image).
 func (b *builder) coredns(ctx context.Context) (string, error) {
-	out := filepath.Join(CacheDir(), "bin", "coredns-"+b.in.coredns[:12])
+	out := b.use(filepath.Join(CacheDir(), "bin", "coredns-"+b.in.coredns[:12]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -430,7 +485,7 @@ func (b *builder) pause(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(CacheDir(), "bin", fmt.Sprintf("pause-%x", sha256.Sum256(src))[:18])
+	out := b.use(filepath.Join(CacheDir(), "bin", fmt.Sprintf("pause-%x", sha256.Sum256(src))[:18]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
