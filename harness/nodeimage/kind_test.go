@@ -243,6 +243,17 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	if during := hostState(t); during != before {
 		t.Fatalf("the host namespace changed while the cluster ran:\nbefore:\n%s\nduring:\n%s", before, during)
 	}
+	// kind's log export (what a provider does on failure) runs crictl and
+	// journalctl in the nodes; it must work completely.
+	logs := filepath.Join(dir, "logs")
+	start = time.Now()
+	if err := provider.CollectLogs(name, logs); err != nil {
+		t.Errorf("kind export logs: %v", err)
+	}
+	t.Logf("TIMING kind export logs: %s", time.Since(start).Round(time.Millisecond))
+	if b, err := os.ReadFile(filepath.Join(logs, name+"-control-plane", "images.log")); err != nil || !strings.Contains(string(b), "registry.k8s.io/pause") {
+		t.Errorf("exported images.log lacks the pause image (%v):\n%s", err, b)
+	}
 
 	start = time.Now()
 	if err := provider.Delete(name, kubeconfig); err != nil {

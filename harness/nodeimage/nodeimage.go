@@ -45,11 +45,13 @@ const recipeVersion = "1"
 // CoreDNSVersion, PauseVersion). The build checks them against
 // `kubeadm config images list` in the node.
 const (
-	registry    = "registry.k8s.io"
-	etcdTag     = "3.7.0-0"
-	corednsTag  = "v1.14.6"
-	pauseTag    = "3.10.2"
-	k8sBinaries = "kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd"
+	registry   = "registry.k8s.io"
+	etcdTag    = "3.7.0-0"
+	corednsTag = "v1.14.6"
+	pauseTag   = "3.10.2"
+	// crictlVersion is clusters/crictl's cri-tools, for `crictl --version`.
+	crictlVersion = "v1.37.0"
+	k8sBinaries   = "kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd"
 )
 
 //go:embed all:files
@@ -65,6 +67,7 @@ type inputs struct {
 	k8sDir  string // clusters/k8s/build.sh's output: its name carries the source hash
 	root    string // module root
 	coredns string // clusters/coredns source hash
+	crictl  string // clusters/crictl source hash
 	pauseC  string // path of kubernetes' pause.c
 	files   string // hash of the embedded node files
 	recipe  string // hash of this package's and harness/docker's sources
@@ -81,6 +84,9 @@ func resolve(progress io.Writer) (*inputs, error) {
 	}
 	if in.coredns, err = hashFiles(filepath.Join(root, "clusters", "coredns"), "go.mod", "go.sum", "main.go"); err != nil {
 		return nil, fmt.Errorf("clusters/coredns: %w", err)
+	}
+	if in.crictl, err = hashFiles(filepath.Join(root, "clusters", "crictl"), "go.mod", "go.sum"); err != nil {
+		return nil, fmt.Errorf("clusters/crictl: %w", err)
 	}
 	if in.pauseC, err = pauseSource(root); err != nil {
 		return nil, err
@@ -116,7 +122,7 @@ func resolve(progress io.Writer) (*inputs, error) {
 
 func (in *inputs) tag() string {
 	pc, _ := os.ReadFile(in.pauseC)
-	h := sha256.Sum256([]byte(strings.Join([]string{recipeVersion, filepath.Base(in.k8sDir), in.coredns,
+	h := sha256.Sum256([]byte(strings.Join([]string{recipeVersion, filepath.Base(in.k8sDir), in.coredns, in.crictl,
 		fmt.Sprintf("%x", sha256.Sum256(pc)), in.files, in.recipe, rootfsKey("node", nodePackages), rootfsKey("base", basePackages)}, "\n")))
 	return Repository + ":" + KubernetesVersion + "-" + hex.EncodeToString(h[:])[:12]
 }
@@ -339,7 +345,11 @@ func (b *builder) node(ctx context.Context, tag string) error {
 	}
 	defer b.d.Output(context.WithoutCancel(ctx), "rm", "-f", "-v", name)
 
-	files, err := b.nodeFiles()
+	crictl, err := b.crictl(ctx)
+	if err != nil {
+		return err
+	}
+	files, err := b.nodeFiles(crictl)
 	if err != nil {
 		return err
 	}
@@ -391,6 +401,7 @@ ctr oci spec \
   | jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' \
   | jq 'del(.process.rlimits)' > /etc/containerd/cri-base.json
 test "$(kubeadm version -o short)" = "$KUBERNETES_VERSION"
+crictl --version >/dev/null
 `
 
 func (b *builder) exec(ctx context.Context, name string, stdin io.Reader, script string) error {
@@ -433,7 +444,7 @@ pkill -x containerd; for i in $(seq 100); do pgrep -x containerd >/dev/null || e
 
 // nodeFiles are kind's files, kind's version file and the node's
 // Kubernetes binaries, where kind's units expect them.
-func (b *builder) nodeFiles() ([]docker.File, error) {
+func (b *builder) nodeFiles(crictl string) ([]docker.File, error) {
 	var out []docker.File
 	err := fs.WalkDir(nodeFiles, "files", func(p string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() || p == "files/README.txt" {
@@ -453,7 +464,8 @@ func (b *builder) nodeFiles() ([]docker.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = append(out, docker.File{Path: "/kind/version", Data: []byte(KubernetesVersion), Mode: 0o644})
+	out = append(out, docker.File{Path: "/kind/version", Data: []byte(KubernetesVersion), Mode: 0o644},
+		docker.File{Path: "/usr/local/bin/crictl", Src: crictl, Mode: 0o755})
 	for _, bin := range []string{"kubeadm", "kubelet", "kubectl"} {
 		out = append(out, docker.File{Path: "/usr/bin/" + bin, Src: filepath.Join(b.in.k8sDir, bin), Mode: 0o755})
 	}
@@ -462,17 +474,30 @@ func (b *builder) nodeFiles() ([]docker.File, error) {
 
 // coredns builds clusters/coredns statically (no libc in its image).
 func (b *builder) coredns(ctx context.Context) (string, error) {
-	out := b.use(filepath.Join(CacheDir(), "bin", "coredns-"+b.in.coredns[:12]))
+	return b.goTool(ctx, "coredns", b.in.coredns, ".", "")
+}
+
+// crictl builds cri-tools' crictl, which kind runs in nodes (export logs,
+// image checks) and Debian does not package.
+func (b *builder) crictl(ctx context.Context) (string, error) {
+	return b.goTool(ctx, "crictl", b.in.crictl, "sigs.k8s.io/cri-tools/cmd/crictl",
+		"-X sigs.k8s.io/cri-tools/pkg/version.Version="+crictlVersion)
+}
+
+// goTool builds pkg in the nested module clusters/<name> statically, once
+// per source hash.
+func (b *builder) goTool(ctx context.Context, name, hash, pkg, ldflags string) (string, error) {
+	out := b.use(filepath.Join(CacheDir(), "bin", name+"-"+hash[:12]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	fmt.Fprintf(b.progress, "proxymodes: building CoreDNS %s (cold: a few minutes)\n", corednsTag)
-	err := b.step("CoreDNS build", func() error {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out+".tmp", ".")
-		cmd.Dir = filepath.Join(b.in.root, "clusters", "coredns")
+	fmt.Fprintf(b.progress, "proxymodes: building %s from clusters/%s (cold: a few minutes)\n", name, name)
+	err := b.step(name+" build", func() error {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", strings.TrimSpace("-s -w "+ldflags), "-o", out+".tmp", pkg)
+		cmd.Dir = filepath.Join(b.in.root, "clusters", name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if o, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build clusters/coredns: %v: %s", err, o)
+			return fmt.Errorf("go build in clusters/%s: %v: %s", name, err, o)
 		}
 		return os.Rename(out+".tmp", out)
 	})
