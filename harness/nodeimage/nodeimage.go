@@ -127,6 +127,32 @@ func (in *inputs) tag() string {
 	return Repository + ":" + KubernetesVersion + "-" + hex.EncodeToString(h[:])[:12]
 }
 
+// Prepare builds every part of the node image that needs no Docker
+// daemon: the Kubernetes binaries, CoreDNS, crictl, pause and both root
+// file systems (cached; about a second when warm). Ensure does the same
+// itself; calling Prepare before docker.Start keeps the daemon, of which a
+// machine runs one at a time, free during the long part of a cold build.
+func Prepare(ctx context.Context, progress io.Writer) error {
+	if progress == nil {
+		progress = io.Discard
+	}
+	in, err := resolve(progress)
+	if err != nil {
+		return err
+	}
+	b := &builder{in: in, progress: progress}
+	for _, build := range []func(context.Context) (string, error){b.coredns, b.crictl, b.pause} {
+		if _, err := build(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := ensureRootfs(ctx, "base", basePackages, progress); err != nil {
+		return err
+	}
+	_, err = ensureRootfs(ctx, "node", nodePackages, progress)
+	return err
+}
+
 // Ensure returns the node image's tag, building the image in d when it is
 // missing. progress gets a line per step.
 func Ensure(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, error) {
