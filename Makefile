@@ -13,7 +13,7 @@ BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help deps kind-deps kind-image k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
+.PHONY: help deps kind-deps kind-image kind-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local] [IMPL=reference]"
@@ -31,6 +31,9 @@ kind-deps: cli ## like deps, plus what kind clusters need (Debian's docker.io, d
 
 kind-image: kind-deps ## build (once per machine; cold ~25 min) the offline kind node image and the base, proxier and echo images; print their tags
 	@$(PROXYMODES) kind image --all
+
+kind-e2e: kind-deps ## prove the offline node image end to end: one- and two-node kind clusters on the private docker daemon (PROXYMODES_KIND_E2E=1; ~3 min warm, plus the cold image build once)
+	PROXYMODES_KIND_E2E=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestKind|TestProxierAndEchoImagesRun' ./harness/nodeimage
 
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null

@@ -22,14 +22,15 @@ import (
 	"github.com/proxymodes/proxymodes/harness/proc"
 )
 
-// lockPath sits outside StateDir, which cleanup removes.
-const lockPath = "/run/proxymodes-docker.lock"
+// LockPath is held (flock) by the run whose daemon is up; it sits outside
+// StateDir, which cleanup removes.
+const LockPath = "/run/proxymodes-docker.lock"
 
 func acquire(ctx context.Context, log Logger) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(LockPath), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -46,14 +47,14 @@ func acquire(ctx context.Context, log Logger) (*os.File, error) {
 			return nil, err
 		}
 		if !waited {
-			b, _ := os.ReadFile(lockPath)
+			b, _ := os.ReadFile(LockPath)
 			log.Logf("proxymodes: waiting for another run's private docker daemon (pid %s) to stop", strings.TrimSpace(string(b)))
 			waited = true
 		}
 		select {
 		case <-ctx.Done():
 			f.Close()
-			return nil, fmt.Errorf("another proxymodes run (pid in %s) holds the private docker daemon: %w", lockPath, ctx.Err())
+			return nil, fmt.Errorf("another proxymodes run (pid in %s) holds the private docker daemon: %w", LockPath, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -71,7 +72,7 @@ func Cleanup(ctx context.Context, log Logger) error {
 	if log == nil {
 		log = discard{}
 	}
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil

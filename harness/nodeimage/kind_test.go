@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 	kindlog "sigs.k8s.io/kind/pkg/log"
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
@@ -191,6 +192,16 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// kind only warns when its wait for Ready times out.
+	if nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil || len(nodes.Items) == 0 || !nodeReady(nodes.Items[0]) {
+		var conds []string
+		if err == nil && len(nodes.Items) > 0 {
+			for _, c := range nodes.Items[0].Status.Conditions {
+				conds = append(conds, fmt.Sprintf("%s=%s (%s)", c.Type, c.Status, c.Message))
+			}
+		}
+		t.Fatalf("the node is not Ready after kind create (%v): %s", err, strings.Join(conds, "; "))
+	}
 	// Every kubeadm image must run: etcd, the control plane, kube-proxy,
 	// CoreDNS (which also needs the pod network) and pause under them all.
 	start = time.Now()
@@ -213,6 +224,9 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	if err != nil || len(nodes.Items) != 1 {
 		t.Fatalf("nodes: %v %v", nodes, err)
 	}
+	if !nodeReady(nodes.Items[0]) {
+		t.Fatalf("node %s is not Ready: %+v", nodes.Items[0].Name, nodes.Items[0].Status.Conditions)
+	}
 	if got := nodes.Items[0].Spec.PodCIDR; got != podCIDR {
 		t.Errorf("node pod CIDR %s, but the conflist serves %s", got, podCIDR)
 	}
@@ -228,6 +242,17 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	}
 	if during := hostState(t); during != before {
 		t.Fatalf("the host namespace changed while the cluster ran:\nbefore:\n%s\nduring:\n%s", before, during)
+	}
+	// kind's log export (what a provider does on failure) runs crictl and
+	// journalctl in the nodes; it must work completely.
+	logs := filepath.Join(dir, "logs")
+	start = time.Now()
+	if err := provider.CollectLogs(name, logs); err != nil {
+		t.Errorf("kind export logs: %v", err)
+	}
+	t.Logf("TIMING kind export logs: %s", time.Since(start).Round(time.Millisecond))
+	if b, err := os.ReadFile(filepath.Join(logs, name+"-control-plane", "images.log")); err != nil || !strings.Contains(string(b), "registry.k8s.io/pause") {
+		t.Errorf("exported images.log lacks the pause image (%v):\n%s", err, b)
 	}
 
 	start = time.Now()
@@ -347,5 +372,187 @@ func TestProxierAndEchoImagesRun(t *testing.T) {
 	if !strings.HasPrefix(string(body), "echo-1 ") {
 		logs, _ := d.Output(ctx, "logs", id)
 		t.Fatalf("GET %s: %q, want the backend's name first; container log:\n%s", url, body, logs)
+	}
+}
+
+func nodeReady(n corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// TestKindTwoNodesPodNetwork is the multi-node recipe the kind provider
+// needs: no mounted CNI config (the node image's containerd writes a bridge
+// config for each node's own pod /24 from its template), a route on every
+// node to every other node's pod /24, and images loaded into the nodes
+// with kind's own loader.
+func TestKindTwoNodesPodNetwork(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unreg := labtest.OnInterrupt(d.Stop)
+	defer func() { unreg(); d.Stop(context.Background()) }()
+	image, err := nodeimage.Ensure(ctx, d, tlog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo, err := nodeimage.Echo(ctx, d, tlog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := d.Setenv()
+	defer restore()
+
+	cfg := &v1alpha4.Cluster{
+		Networking: v1alpha4.Networking{
+			DisableDefaultCNI: true,
+			KubeProxyMode:     v1alpha4.IPTablesProxyMode,
+			PodSubnet:         addrplan.Pods.String(),
+			ServiceSubnet:     addrplan.Services.String(),
+		},
+		Nodes:                []v1alpha4.Node{{Role: v1alpha4.ControlPlaneRole}, {Role: v1alpha4.WorkerRole}},
+		KubeadmConfigPatches: []string{"kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\nfailCgroupV1: false\n"},
+	}
+	provider := cluster.NewProvider(cluster.ProviderWithDocker(), cluster.ProviderWithLogger(kindLogger{t}))
+	name := "pm-e2e2"
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	start := time.Now()
+	if err := provider.Create(name, cluster.CreateWithV1Alpha4Config(cfg), cluster.CreateWithNodeImage(image),
+		cluster.CreateWithKubeconfigPath(kubeconfig), cluster.CreateWithWaitForReady(3*time.Minute),
+		cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false)); err != nil {
+		t.Fatalf("kind create: %v", err)
+	}
+	t.Logf("TIMING kind create, 2 nodes: %s", time.Since(start).Round(time.Millisecond))
+	defer provider.Delete(name, kubeconfig)
+
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 2 {
+		t.Fatalf("nodes: %v", err)
+	}
+	ips := map[string]string{}
+	for _, n := range nodes.Items {
+		if !nodeReady(n) {
+			t.Fatalf("node %s not Ready: %+v", n.Name, n.Status.Conditions)
+		}
+		if !addrplan.Pods.Contains(netip.MustParsePrefix(n.Spec.PodCIDR).Addr()) {
+			t.Fatalf("node %s pod CIDR %s is outside %s", n.Name, n.Spec.PodCIDR, addrplan.Pods)
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				ips[n.Name] = a.Address
+			}
+		}
+	}
+	// No kindnet: each node routes the other nodes' pod /24s to them.
+	for _, n := range nodes.Items {
+		for _, o := range nodes.Items {
+			if o.Name != n.Name {
+				if _, err := d.Output(ctx, "exec", n.Name, "ip", "route", "replace", o.Spec.PodCIDR, "via", ips[o.Name]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+
+	// kind's loader (`kind load docker-image`) imports a docker save
+	// archive into each node's containerd.
+	archive := filepath.Join(t.TempDir(), "echo.tar")
+	if err := d.Run(ctx, nil, "save", "-o", archive, echo); err != nil {
+		t.Fatal(err)
+	}
+	internal, err := provider.ListInternalNodes(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for _, n := range internal {
+		f, err := os.Open(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = nodeutils.LoadImageArchive(n, f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("loading %s into %s: %v", echo, n, err)
+		}
+	}
+	t.Logf("TIMING load echo image into 2 nodes: %s", time.Since(start).Round(time.Millisecond))
+
+	for _, n := range nodes.Items {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "echo-" + n.Name, Namespace: "default"},
+			Spec: corev1.PodSpec{
+				NodeName: n.Name,
+				// The control plane is tainted; this pod is there on purpose.
+				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+				Containers: []corev1.Container{{
+					Name: "echo", Image: echo, ImagePullPolicy: corev1.PullNever,
+					Args: []string{"--name", "echo-" + n.Name},
+				}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	podIPs := map[string]string{}
+	for start := time.Now(); len(podIPs) < 2; time.Sleep(500 * time.Millisecond) {
+		list, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		if err == nil {
+			for _, p := range list.Items {
+				if ready(p) || (p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "") {
+					podIPs[p.Spec.NodeName] = p.Status.PodIP
+				}
+			}
+			if time.Since(start) > 2*time.Minute {
+				t.Fatalf("echo pods not running after 2 minutes:\n%s", describe(list.Items))
+			}
+		}
+	}
+	// From each node to the pod on the other node, by pod IP: the route
+	// and the other node's bridge carry it, and the pod sees the node's
+	// address (nothing masquerades).
+	for _, n := range nodes.Items {
+		for _, o := range nodes.Items {
+			if o.Name == n.Name {
+				continue
+			}
+			var out string
+			for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(500 * time.Millisecond) {
+				out, err = d.Output(ctx, "exec", n.Name, "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+podIPs[o.Name]+"/9000; head -1 <&3")
+				if err == nil {
+					break
+				}
+			}
+			if !strings.HasPrefix(out, "echo-"+o.Name+" "+ips[n.Name]+":") {
+				t.Errorf("from %s to the pod on %s (%s): %q, %v; want echo-%s and %s as the client", n.Name, o.Name, podIPs[o.Name], out, err, o.Name, ips[n.Name])
+			}
+		}
+	}
+	start = time.Now()
+	if err := provider.Delete(name, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("TIMING kind delete, 2 nodes: %s", time.Since(start).Round(time.Millisecond))
+	if err := d.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := docker.Leftovers(); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
 	}
 }

@@ -45,11 +45,13 @@ const recipeVersion = "1"
 // CoreDNSVersion, PauseVersion). The build checks them against
 // `kubeadm config images list` in the node.
 const (
-	registry    = "registry.k8s.io"
-	etcdTag     = "3.7.0-0"
-	corednsTag  = "v1.14.6"
-	pauseTag    = "3.10.2"
-	k8sBinaries = "kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd"
+	registry   = "registry.k8s.io"
+	etcdTag    = "3.7.0-0"
+	corednsTag = "v1.14.6"
+	pauseTag   = "3.10.2"
+	// crictlVersion is clusters/crictl's cri-tools, for `crictl --version`.
+	crictlVersion = "v1.37.0"
+	k8sBinaries   = "kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd"
 )
 
 //go:embed all:files
@@ -65,6 +67,7 @@ type inputs struct {
 	k8sDir  string // clusters/k8s/build.sh's output: its name carries the source hash
 	root    string // module root
 	coredns string // clusters/coredns source hash
+	crictl  string // clusters/crictl source hash
 	pauseC  string // path of kubernetes' pause.c
 	files   string // hash of the embedded node files
 	recipe  string // hash of this package's and harness/docker's sources
@@ -81,6 +84,9 @@ func resolve(progress io.Writer) (*inputs, error) {
 	}
 	if in.coredns, err = hashFiles(filepath.Join(root, "clusters", "coredns"), "go.mod", "go.sum", "main.go"); err != nil {
 		return nil, fmt.Errorf("clusters/coredns: %w", err)
+	}
+	if in.crictl, err = hashFiles(filepath.Join(root, "clusters", "crictl"), "go.mod", "go.sum"); err != nil {
+		return nil, fmt.Errorf("clusters/crictl: %w", err)
 	}
 	if in.pauseC, err = pauseSource(root); err != nil {
 		return nil, err
@@ -116,9 +122,35 @@ func resolve(progress io.Writer) (*inputs, error) {
 
 func (in *inputs) tag() string {
 	pc, _ := os.ReadFile(in.pauseC)
-	h := sha256.Sum256([]byte(strings.Join([]string{recipeVersion, filepath.Base(in.k8sDir), in.coredns,
+	h := sha256.Sum256([]byte(strings.Join([]string{recipeVersion, filepath.Base(in.k8sDir), in.coredns, in.crictl,
 		fmt.Sprintf("%x", sha256.Sum256(pc)), in.files, in.recipe, rootfsKey("node", nodePackages), rootfsKey("base", basePackages)}, "\n")))
 	return Repository + ":" + KubernetesVersion + "-" + hex.EncodeToString(h[:])[:12]
+}
+
+// Prepare builds every part of the node image that needs no Docker
+// daemon: the Kubernetes binaries, CoreDNS, crictl, pause and both root
+// file systems (cached; about a second when warm). Ensure does the same
+// itself; calling Prepare before docker.Start keeps the daemon, of which a
+// machine runs one at a time, free during the long part of a cold build.
+func Prepare(ctx context.Context, progress io.Writer) error {
+	if progress == nil {
+		progress = io.Discard
+	}
+	in, err := resolve(progress)
+	if err != nil {
+		return err
+	}
+	b := &builder{in: in, progress: progress}
+	for _, build := range []func(context.Context) (string, error){b.coredns, b.crictl, b.pause} {
+		if _, err := build(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := ensureRootfs(ctx, "base", basePackages, progress); err != nil {
+		return err
+	}
+	_, err = ensureRootfs(ctx, "node", nodePackages, progress)
+	return err
 }
 
 // Ensure returns the node image's tag, building the image in d when it is
@@ -142,13 +174,65 @@ func Ensure(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, 
 		return "", fmt.Errorf("building kind node image %s: %w", tag, err)
 	}
 	fmt.Fprintf(progress, "proxymodes: built kind node image %s in %s\n", tag, time.Since(start).Round(time.Second))
+	b.prune(ctx, tag)
 	return tag, nil
+}
+
+// keepNodeImages is how many node images stay in the daemon: a node image
+// is over 1 GB, but branches that differ in the recipe would otherwise
+// rebuild (about 30 s each) every time they alternate.
+const keepNodeImages = 3
+
+// prune drops what the build just replaced: older node images beyond
+// keepNodeImages, intermediate images, and cache files this build did not
+// use. It runs only after a build, never on the warm path.
+func (b *builder) prune(ctx context.Context, tag string) {
+	out, err := b.d.Output(ctx, "images", Repository, "--format", "{{.Repository}}:{{.Tag}}")
+	if err == nil {
+		// docker lists the newest first.
+		kept := 0
+		for _, ref := range strings.Fields(out) {
+			if ref == tag || kept < keepNodeImages-1 {
+				if ref != tag {
+					kept++
+				}
+				continue
+			}
+			b.d.Output(ctx, "rmi", ref)
+		}
+	}
+	out, err = b.d.Output(ctx, "images", "proxymodes/kind-node-rootfs", "--format", "{{.Repository}}:{{.Tag}}")
+	if err == nil {
+		for _, ref := range strings.Fields(out) {
+			if !b.used[ref] {
+				b.d.Output(ctx, "rmi", ref)
+			}
+		}
+	}
+	b.d.Output(ctx, "image", "prune", "-f")
+	for _, dir := range []string{"images", "bin"} {
+		files, _ := filepath.Glob(filepath.Join(CacheDir(), dir, "*"))
+		for _, f := range files {
+			if !b.used[f] {
+				os.Remove(f)
+			}
+		}
+	}
 }
 
 type builder struct {
 	d        *docker.Daemon
 	in       *inputs
 	progress io.Writer
+	used     map[string]bool // cache files and images this build used
+}
+
+func (b *builder) use(s string) string {
+	if b.used == nil {
+		b.used = map[string]bool{}
+	}
+	b.used[s] = true
+	return s
 }
 
 func (b *builder) step(what string, fn func() error) error {
@@ -228,6 +312,7 @@ func (b *builder) save(ctx context.Context, im image) (string, error) {
 	}
 	name := strings.NewReplacer("/", "_", ":", "_").Replace(strings.TrimPrefix(im.ref, registry+"/"))
 	out := filepath.Join(CacheDir(), "images", name+"-"+hex.EncodeToString(h.Sum(nil))[:12]+".tar")
+	b.use(out)
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -238,6 +323,8 @@ func (b *builder) save(ctx context.Context, im image) (string, error) {
 		if err := b.d.ImportOnto(ctx, im.ref, im.base, im.files, im.changes...); err != nil {
 			return err
 		}
+		// The saved tar is the cache; the daemon's copy is not needed.
+		defer b.d.Output(context.WithoutCancel(ctx), "rmi", im.ref)
 		tmp := out + ".tmp"
 		if err := b.d.Run(ctx, nil, "save", "-o", tmp, im.ref); err != nil {
 			os.Remove(tmp)
@@ -268,7 +355,7 @@ func (b *builder) node(ctx context.Context, tag string) error {
 	if err != nil {
 		return err
 	}
-	rootImage := "proxymodes/kind-node-rootfs:" + strings.TrimSuffix(filepath.Base(rootfs), ".tar")
+	rootImage := b.use("proxymodes/kind-node-rootfs:" + strings.TrimSuffix(filepath.Base(rootfs), ".tar"))
 	if !b.d.HasImage(ctx, rootImage) {
 		if err := b.step("import "+rootImage, func() error { return b.d.ImportOnto(ctx, rootImage, rootfs, nil) }); err != nil {
 			return err
@@ -284,7 +371,11 @@ func (b *builder) node(ctx context.Context, tag string) error {
 	}
 	defer b.d.Output(context.WithoutCancel(ctx), "rm", "-f", "-v", name)
 
-	files, err := b.nodeFiles()
+	crictl, err := b.crictl(ctx)
+	if err != nil {
+		return err
+	}
+	files, err := b.nodeFiles(crictl)
 	if err != nil {
 		return err
 	}
@@ -336,6 +427,7 @@ ctr oci spec \
   | jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' \
   | jq 'del(.process.rlimits)' > /etc/containerd/cri-base.json
 test "$(kubeadm version -o short)" = "$KUBERNETES_VERSION"
+crictl --version >/dev/null
 `
 
 func (b *builder) exec(ctx context.Context, name string, stdin io.Reader, script string) error {
@@ -378,7 +470,7 @@ pkill -x containerd; for i in $(seq 100); do pgrep -x containerd >/dev/null || e
 
 // nodeFiles are kind's files, kind's version file and the node's
 // Kubernetes binaries, where kind's units expect them.
-func (b *builder) nodeFiles() ([]docker.File, error) {
+func (b *builder) nodeFiles(crictl string) ([]docker.File, error) {
 	var out []docker.File
 	err := fs.WalkDir(nodeFiles, "files", func(p string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() || p == "files/README.txt" {
@@ -398,7 +490,8 @@ func (b *builder) nodeFiles() ([]docker.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = append(out, docker.File{Path: "/kind/version", Data: []byte(KubernetesVersion), Mode: 0o644})
+	out = append(out, docker.File{Path: "/kind/version", Data: []byte(KubernetesVersion), Mode: 0o644},
+		docker.File{Path: "/usr/local/bin/crictl", Src: crictl, Mode: 0o755})
 	for _, bin := range []string{"kubeadm", "kubelet", "kubectl"} {
 		out = append(out, docker.File{Path: "/usr/bin/" + bin, Src: filepath.Join(b.in.k8sDir, bin), Mode: 0o755})
 	}
@@ -407,17 +500,30 @@ func (b *builder) nodeFiles() ([]docker.File, error) {
 
 // coredns builds clusters/coredns statically (no libc in its image).
 func (b *builder) coredns(ctx context.Context) (string, error) {
-	out := filepath.Join(CacheDir(), "bin", "coredns-"+b.in.coredns[:12])
+	return b.goTool(ctx, "coredns", b.in.coredns, ".", "")
+}
+
+// crictl builds cri-tools' crictl, which kind runs in nodes (export logs,
+// image checks) and Debian does not package.
+func (b *builder) crictl(ctx context.Context) (string, error) {
+	return b.goTool(ctx, "crictl", b.in.crictl, "sigs.k8s.io/cri-tools/cmd/crictl",
+		"-X sigs.k8s.io/cri-tools/pkg/version.Version="+crictlVersion)
+}
+
+// goTool builds pkg in the nested module clusters/<name> statically, once
+// per source hash.
+func (b *builder) goTool(ctx context.Context, name, hash, pkg, ldflags string) (string, error) {
+	out := b.use(filepath.Join(CacheDir(), "bin", name+"-"+hash[:12]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	fmt.Fprintf(b.progress, "proxymodes: building CoreDNS %s (cold: a few minutes)\n", corednsTag)
-	err := b.step("CoreDNS build", func() error {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out+".tmp", ".")
-		cmd.Dir = filepath.Join(b.in.root, "clusters", "coredns")
+	fmt.Fprintf(b.progress, "proxymodes: building %s from clusters/%s (cold: a few minutes)\n", name, name)
+	err := b.step(name+" build", func() error {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", strings.TrimSpace("-s -w "+ldflags), "-o", out+".tmp", pkg)
+		cmd.Dir = filepath.Join(b.in.root, "clusters", name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if o, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build clusters/coredns: %v: %s", err, o)
+			return fmt.Errorf("go build in clusters/%s: %v: %s", name, err, o)
 		}
 		return os.Rename(out+".tmp", out)
 	})
@@ -430,7 +536,7 @@ func (b *builder) pause(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(CacheDir(), "bin", fmt.Sprintf("pause-%x", sha256.Sum256(src))[:18])
+	out := b.use(filepath.Join(CacheDir(), "bin", fmt.Sprintf("pause-%x", sha256.Sum256(src))[:18]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}

@@ -25,6 +25,9 @@ func kindCmd(ctx context.Context, args []string, out io.Writer) error {
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		if err := nodeimage.Prepare(ctx, os.Stderr); err != nil {
+			return err
+		}
 		d, err := docker.Start(ctx, docker.Options{Logger: stderrLogger{}})
 		if err != nil {
 			return err
