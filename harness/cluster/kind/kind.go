@@ -135,6 +135,13 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}()
 	start := time.Now()
+	// The daemon-free part of a cold node image build (about 20 min)
+	// runs before the machine's one daemon is taken.
+	if err := nodeimage.Prepare(ctx, o.BuildOutput); err != nil {
+		return c, err
+	}
+	log.Logf("kind %s: node image parts ready in %s", c.name, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
 	if c.d, err = docker.Start(ctx, docker.Options{Logger: log}); err != nil {
 		return c, err
 	}
