@@ -51,10 +51,14 @@ func ruleCleanup() types.Feature {
 			pods := a.Fixture.Backends(a, 2)
 			names = suite.Names(pods)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "gone", NodePort: true})
-			tg := tcpTo(nodes[0].NS, svc)
-			a.Eventually("Service programmed", suite.Converge,
-				func() probe.Summary { return a.Probe(tg, 40, quick) },
-				func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
+			// Every node, not just one: in the UML guest kube-proxy's
+			// nodes sync 10-20 s apart, and the dump below reads each.
+			for _, n := range nodes {
+				tg := tcpTo(n.NS, svc)
+				a.Eventually("Service programmed on "+n.Name, suite.Converge,
+					func() probe.Summary { return a.Probe(tg, 40, quick) },
+					func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
+			}
 			d := &deleted{vip: svc.Spec.ClusterIP, ipvsBefore: map[string][]string{}, vipsBefore: map[string]bool{}}
 			for _, p := range svc.Spec.Ports {
 				d.nodePorts = append(d.nodePorts, strconv.Itoa(int(p.NodePort)))
