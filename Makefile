@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 60m
 .PHONY: help deps kind-deps kind-image kind-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
 
 help: ## show this help
-	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local] [IMPL=reference]"
+	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind] [IMPL=reference|kube-proxy]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 cli: ## build the proxymodes CLI into $(BIN)
