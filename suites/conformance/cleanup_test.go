@@ -71,14 +71,19 @@ func ruleCleanup() types.Feature {
 			perNode := map[string][]string{} // node -> new chains
 			var proxyPorts []string
 			for _, n := range nodes {
-				dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
-				if err != nil {
-					a.Fatal(err)
-				}
-				lines := suite.Refers(dump, addrs, nil, d.nodePorts, []string{comment})
-				if len(lines) == 0 {
-					a.Fatalf("%s: no iptables rule or ipset member refers to the Service (VIP %s, NodePorts %v, comment %q) while it exists, so its absence later proves nothing", n.Name, d.vip, d.nodePorts, comment)
-				}
+				// Connections work once IPVS has the Service; kube-proxy
+				// writes its ipsets and rules later in the same sync,
+				// seconds later in the UML guest.
+				var dump string
+				var lines []string
+				a.EventuallyTrue(n.Name+": some iptables rule or ipset member refers to the Service", suite.Converge, func() (bool, string) {
+					var err error
+					if dump, err = suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS); err != nil {
+						return false, err.Error()
+					}
+					lines = suite.Refers(dump, addrs, nil, d.nodePorts, []string{comment})
+					return len(lines) > 0, fmt.Sprintf("none yet (VIP %s, NodePorts %v, comment %q): without one, its absence later proves nothing", d.vip, d.nodePorts, comment)
+				})
 				declared := suite.Chains(dump)
 				chains := map[string]bool{}
 				for _, l := range lines {
