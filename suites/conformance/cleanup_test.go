@@ -404,8 +404,8 @@ func waitDropped(a *suite.A, client, victim cluster.Pod, tg probe.Target) {
 			// flow blackholed (conntrack clash), so wait for the work.
 			if e != nil {
 				conns, err := e.Exec(a.Ctx, ns, "ipvsadm", "-Lnc")
-				if err != nil || strings.Contains(conns, " "+victim.IP.String()+":") {
-					return false, fmt.Sprintf("IPVS connections to %s remain: %v %s", victim.IP, err, conns)
+				if err != nil || udpConnTo(conns, victim.IP) {
+					return false, fmt.Sprintf("UDP IPVS connections to %s remain: %v %s", victim.IP, err, conns)
 				}
 			}
 			return noEntries()
@@ -437,6 +437,19 @@ func udpRealServer(dump string, ip netip.Addr) bool {
 		case f[0] == "UDP" || f[0] == "TCP" || f[0] == "SCTP":
 			udp = f[0] == "UDP"
 		case udp && f[0] == "->" && len(f) > 1 && strings.HasPrefix(f[1], ip.String()+":"):
+			return true
+		}
+	}
+	return false
+}
+
+// udpConnTo reports whether an ipvsadm -Lnc dump holds a UDP connection
+// to ip. TCP ones are not the flow's: a removed TCP real server keeps its
+// TIME_WAIT connections for minutes (kube-proxy waits for them).
+func udpConnTo(dump string, ip netip.Addr) bool {
+	for _, line := range strings.Split(dump, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && f[0] == "UDP" && strings.HasPrefix(f[len(f)-1], ip.String()+":") {
 			return true
 		}
 	}
