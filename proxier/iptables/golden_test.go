@@ -7,8 +7,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 
-	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/harness/golden"
+	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
