@@ -11,33 +11,22 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
-	"slices"
-	"strings"
 
 	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/yaml"
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
+	"github.com/proxymodes/proxymodes/harness/cluster"
 )
 
-// Proxier implementations, as in harness/cluster/local.
+// Proxier implementations, as every provider names them.
 const (
 	// ImplReference is this project's proxier, deployed by
 	// clusters/manifests; kind then runs no kube-proxy.
-	ImplReference = "reference"
+	ImplReference = cluster.ImplReference
 	// ImplKubeProxy is the kube-proxy kubeadm deploys.
-	ImplKubeProxy = "kube-proxy"
+	ImplKubeProxy = cluster.ImplKubeProxy
 )
-
-// implModes lists the modes each implementation has on kind.
-var implModes = map[string][]string{
-	// The mode is the DaemonSet's (clusters/manifests); the cluster
-	// itself is the same for all of them.
-	ImplReference: {"userspace", "iptables", "ipvs"},
-	// kube-proxy dropped userspace in v1.26; nftables is not in the
-	// suites' promise table yet.
-	ImplKubeProxy: {"iptables", "ipvs"},
-}
 
 // CNIConfDir is where the node's container runtime reads CNI
 // configurations.
@@ -84,12 +73,8 @@ func (o Options) complete() (Options, error) {
 	if o.Impl == "" {
 		o.Impl = ImplReference
 	}
-	modes, ok := implModes[o.Impl]
-	if !ok {
-		return o, fmt.Errorf("proxier implementation %q is unknown: use %q or %q", o.Impl, ImplReference, ImplKubeProxy)
-	}
-	if !slices.Contains(modes, o.Mode) {
-		return o, fmt.Errorf("%s has no %q mode on kind: use one of %s", o.Impl, o.Mode, strings.Join(modes, ", "))
+	if err := cluster.CheckImpl(o.Impl, o.Mode); err != nil {
+		return o, err
 	}
 	if o.Name == "" {
 		o.Name = DefaultName

@@ -1,30 +1,17 @@
 package local
 
 import (
-	"fmt"
 	"io"
-	"slices"
-	"strings"
 
 	"github.com/proxymodes/proxymodes/harness/binaries"
+	"github.com/proxymodes/proxymodes/harness/cluster"
 )
 
 // Proxier implementations a lab can run on its nodes.
 const (
-	// ImplReference is this project's proxier (proxier/cmd/proxier).
-	ImplReference = "reference"
-	// ImplKubeProxy is upstream kube-proxy v1.37.2, built from the pinned
-	// module by clusters/k8s/build.sh.
-	ImplKubeProxy = "kube-proxy"
+	ImplReference = cluster.ImplReference
+	ImplKubeProxy = cluster.ImplKubeProxy
 )
-
-// implModes lists the modes each implementation has.
-var implModes = map[string][]string{
-	ImplReference: {"userspace", "iptables", "ipvs"},
-	// Upstream removed userspace in v1.26; nftables is not in the suites'
-	// promise table yet.
-	ImplKubeProxy: {"iptables", "ipvs"},
-}
 
 // resolve checks Impl against Mode and finds (building if needed) the
 // binary. It is idempotent.
@@ -32,16 +19,8 @@ func (p *ProxierOptions) resolve(progress io.Writer) error {
 	if p.Impl == "" {
 		p.Impl = ImplReference
 	}
-	modes, ok := implModes[p.Impl]
-	if !ok {
-		return fmt.Errorf("proxier implementation %q is unknown: use %q or %q", p.Impl, ImplReference, ImplKubeProxy)
-	}
-	if !slices.Contains(modes, p.Mode) {
-		why := ""
-		if p.Impl == ImplKubeProxy && p.Mode == "userspace" {
-			why = " (upstream removed it in v1.26)"
-		}
-		return fmt.Errorf("%s has no %q mode%s: use one of %s, or the %s implementation", p.Impl, p.Mode, why, strings.Join(modes, ", "), ImplReference)
+	if err := cluster.CheckImpl(p.Impl, p.Mode); err != nil {
+		return err
 	}
 	if p.Binary != "" {
 		return nil
