@@ -257,7 +257,7 @@ func (c *Cluster) network(ctx context.Context) error {
 			if m.Name == n.Name {
 				continue
 			}
-			if _, err := c.exec(ctx, n.Name, "ip", "route", "replace", m.PodCIDR.String(), "via", m.IP.String()); err != nil {
+			if _, err := c.Exec(ctx, n.Name, "ip", "route", "replace", m.PodCIDR.String(), "via", m.IP.String()); err != nil {
 				return err
 			}
 		}
@@ -444,7 +444,7 @@ func podProblem(p *corev1.Pod, err error) string {
 // that holds the pod's address.
 func (c *Cluster) podNetns(ctx context.Context, node string, ip netip.Addr) (string, error) {
 	script := `for n in $(ls /var/run/netns); do ip -n "$n" -4 -o addr show | grep -q " $1/" && echo "$n"; done; true`
-	out, err := c.exec(ctx, node, "sh", "-c", script, "sh", ip.String())
+	out, err := c.Exec(ctx, node, "sh", "-c", script, "sh", ip.String())
 	if err != nil {
 		return "", err
 	}
@@ -579,10 +579,6 @@ func (c *Cluster) execEnv(ctx context.Context, ns string, env []string, argv ...
 		args = append(args, "ip", "netns", "exec", netns)
 	}
 	return c.d.Output(ctx, append(args, argv...)...)
-}
-
-func (c *Cluster) exec(ctx context.Context, node string, argv ...string) (string, error) {
-	return c.execEnv(ctx, node, nil, argv...)
 }
 
 // SaveLogs implements cluster.Cluster with kind's log export (every
