@@ -63,7 +63,7 @@ func ruleCleanup() types.Feature {
 			for _, p := range svc.Spec.Ports {
 				d.nodePorts = append(d.nodePorts, strconv.Itoa(int(p.NodePort)))
 			}
-			comment := suite.Namespace + "/" + svc.Name + ":"
+			comment := svc.Namespace + "/" + svc.Name + ":"
 			addrs := []string{d.vip}
 
 			// What refers to the Service while it exists: if nothing does,
@@ -242,7 +242,7 @@ func ruleCleanup() types.Feature {
 					errs = append(errs, err.Error())
 				}
 				if time.Now().After(deadline) {
-					flowState(a, client.Node, dst)
+					flowState(a, client.Node, "udp", dst)
 					a.Fatalf("%s after %s was deleted, the UDP flow from the same source port still reaches no other backend (%d datagrams lost; errors: %v): a stale conntrack entry keeps it on the removed endpoint", suite.Converge, first, lost, errs)
 				}
 				time.Sleep(100 * time.Millisecond)
@@ -461,9 +461,10 @@ func udpConnTo(dump string, ip netip.Addr) bool {
 // ends early (and the flow can meet a data plane change) essentially never.
 const avoidN = 60
 
-// flowState records what the client's node holds for a UDP flow that did
-// not move: its conntrack entries and, in IPVS mode, IPVS connections.
-func flowState(a *suite.A, node string, dst netip.AddrPort) {
+// flowState records what the client's node holds for flows to dst that
+// went wrong: its conntrack entries for proto ("udp" or "tcp") and, in
+// IPVS mode, IPVS connections.
+func flowState(a *suite.A, node, proto string, dst netip.AddrPort) {
 	e, ok := a.Cluster.(suite.Execer)
 	if !ok {
 		return
@@ -472,12 +473,12 @@ func flowState(a *suite.A, node string, dst netip.AddrPort) {
 		if n.Name != node {
 			continue
 		}
-		ct, err := e.Exec(a.Ctx, n.NS, "conntrack", "-L", "-p", "udp")
-		a.Evidence("%s UDP conntrack entries: %s (err %v)", node, strings.TrimSpace(ct), err)
+		ct, err := e.Exec(a.Ctx, n.NS, "conntrack", "-L", "-p", proto, "--orig-dst", dst.Addr().String())
+		a.Evidence("%s %s conntrack entries to %s: %s (err %v)", node, proto, dst.Addr(), strings.TrimSpace(ct), err)
 		if a.Promise.Mode == "ipvs" {
 			conns, err := e.Exec(a.Ctx, n.NS, "ipvsadm", "-Lnc")
 			a.Evidence("%s IPVS connections: %s (err %v)", node, strings.TrimSpace(conns), err)
-			vs, err := e.Exec(a.Ctx, n.NS, "ipvsadm", "-Ln", "-u", dst.String())
+			vs, err := e.Exec(a.Ctx, n.NS, "ipvsadm", "-Ln", map[string]string{"udp": "-u", "tcp": "-t"}[proto], dst.String())
 			a.Evidence("%s IPVS virtual server: %s (err %v)", node, strings.TrimSpace(vs), err)
 		}
 	}

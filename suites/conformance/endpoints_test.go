@@ -51,6 +51,7 @@ func endpointChanges() types.Feature {
 			s := a.Probe(tg, 100, quick)
 			a.Evidence("%s removed: dropped within %s; then %s", first.Name, took.Round(10*time.Millisecond), suite.Distribution(s, []string{second.Name}))
 			if !suite.ServedBy(s, second.Name) {
+				flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
 				a.Fatalf("after the removal converged, connections still failed or reached others: %s", s)
 			}
 		}).Feature()

@@ -10,10 +10,8 @@
 package kind
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,13 +19,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -40,13 +36,11 @@ import (
 	kindcfg "github.com/proxymodes/proxymodes/clusters/kind"
 	"github.com/proxymodes/proxymodes/clusters/manifests"
 	"github.com/proxymodes/proxymodes/harness/addrplan"
-	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/kube"
 	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/nodeimage"
-	"github.com/proxymodes/proxymodes/harness/probe"
-	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 // Implementations.
@@ -57,9 +51,6 @@ const (
 
 // StateRoot holds each cluster's kubeconfig and CNI configs while it runs.
 const StateRoot = "/run/proxymodes-kind"
-
-// nodeBinary is where the static proxymodes binary goes in each node.
-const nodeBinary = "/usr/local/bin/proxymodes"
 
 // Options describe a kind cluster.
 type Options struct {
@@ -77,6 +68,7 @@ func ClusterName(name string) string { return "pm-" + name }
 
 // Cluster is a running kind cluster; it implements cluster.Cluster.
 type Cluster struct {
+	*kube.Cluster
 	opts     Options
 	name     string
 	dir      string
@@ -90,9 +82,6 @@ type Cluster struct {
 	nodeImage, echo, proxier string
 
 	downMu sync.Mutex
-	mu     sync.Mutex
-	pods   map[string]cluster.Pod
-	next   int
 }
 
 // HostHasIPVS reports whether kind nodes can run IPVS: they share the
@@ -124,7 +113,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	if o.Mode == "ipvs" && !HostHasIPVS() {
 		return nil, errors.New("IPVS on kind needs the ip_vs kernel module on the host (kind nodes share the host's kernel), and this kernel has none: run MODE=ipvs with PROVIDER=local, which uses a user-mode Linux guest, or `modprobe ip_vs` on a host whose kernel has it")
 	}
-	c = &Cluster{opts: o, name: ClusterName(o.Name), pods: map[string]cluster.Pod{}}
+	c = &Cluster{opts: o, name: ClusterName(o.Name)}
 	c.dir = filepath.Join(StateRoot, c.name)
 	log := o.Logger
 	defer func() {
@@ -246,6 +235,8 @@ func (c *Cluster) create(ctx context.Context) error {
 			return fmt.Errorf("node %s has address %s, outside the kind network %s", n.Name, c.info.Nodes[i].IP, addrplan.KindNet)
 		}
 	}
+	c.Cluster = kube.New(kube.Config{Info: c.info, REST: c.rest, Client: c.client, Shell: dockerShell{c.d},
+		Echo: c.echo, Pull: corev1.PullNever})
 	return nil
 }
 
@@ -281,7 +272,7 @@ func (c *Cluster) tools(ctx context.Context) error {
 		return err
 	}
 	for _, n := range nodes {
-		if err := c.d.CopyTo(ctx, n.String(), []docker.File{{Path: nodeBinary, Src: bin, Mode: 0o755}}); err != nil {
+		if err := c.d.CopyTo(ctx, n.String(), []docker.File{{Path: kube.NodeBinary, Src: bin, Mode: 0o755}}); err != nil {
 			return err
 		}
 		if err := c.load(ctx, n, images); err != nil {
@@ -320,7 +311,10 @@ func (c *Cluster) deployProxier(ctx context.Context) error {
 	ds := "kube-proxy"
 	if c.opts.Impl == ImplReference {
 		stream, err := manifests.Render(manifests.Options{Mode: c.opts.Mode, Image: c.proxier,
-			APIServer: netip.AddrPortFrom(c.info.Nodes[0].IP, 6443).String(), ImagePullPolicy: "Never"})
+			APIServer: netip.AddrPortFrom(c.info.Nodes[0].IP, 6443).String(), ImagePullPolicy: "Never",
+			// Syncs and conntrack cleanups in the exported logs, as in the
+			// local lab.
+			ExtraArgs: []string{"--v=2"}})
 		if err != nil {
 			return err
 		}
@@ -350,237 +344,6 @@ func (c *Cluster) deployProxier(ctx context.Context) error {
 	}
 }
 
-// Info implements cluster.Cluster.
-func (c *Cluster) Info() cluster.Info { return c.info }
-
-// RESTConfig implements cluster.Cluster.
-func (c *Cluster) RESTConfig() *rest.Config { return rest.CopyConfig(c.rest) }
-
-// Client implements cluster.Cluster.
-func (c *Cluster) Client() kubernetes.Interface { return c.client }
-
-// AddPod creates a Pod of the echo image pinned to a node and waits until
-// it runs. It has no readiness probe: a broken backend (Break) must stay
-// Ready, as in the local lab.
-func (c *Cluster) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod, error) {
-	node := spec.Node
-	if node == "" {
-		c.mu.Lock()
-		node = c.info.Nodes[c.next%len(c.info.Nodes)].Name
-		c.next++
-		c.mu.Unlock()
-	}
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: spec.Namespace, Name: spec.Name, Labels: spec.Labels},
-		Spec: corev1.PodSpec{
-			NodeName:                      node,
-			TerminationGracePeriodSeconds: ptrTo(int64(0)),
-			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-			Containers: []corev1.Container{{
-				Name: "echo", Image: c.echo, ImagePullPolicy: corev1.PullNever,
-				Args: []string{"--name", spec.Name},
-				Ports: []corev1.ContainerPort{
-					{Name: "tcp", ContainerPort: backend.TCPPort, Protocol: corev1.ProtocolTCP},
-					{Name: "udp", ContainerPort: backend.UDPPort, Protocol: corev1.ProtocolUDP},
-				},
-			}},
-		},
-	}
-	if _, err := c.client.CoreV1().Pods(spec.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-		return cluster.Pod{}, err
-	}
-	pod := cluster.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		got, err := c.client.CoreV1().Pods(spec.Namespace).Get(ctx, spec.Name, metav1.GetOptions{})
-		if err == nil && podReady(got) && got.Status.PodIP != "" {
-			pod.IP, _ = netip.ParseAddr(got.Status.PodIP)
-			break
-		}
-		if time.Now().After(deadline) {
-			return pod, fmt.Errorf("pod %s not running after 2 minutes (%v)", pod, podProblem(got, err))
-		}
-		select {
-		case <-ctx.Done():
-			return pod, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	ns, err := c.podNetns(ctx, node, pod.IP)
-	if err != nil {
-		return pod, err
-	}
-	pod.NS = node + "/" + ns
-	c.mu.Lock()
-	c.pods[pod.String()] = pod
-	c.mu.Unlock()
-	return pod, nil
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-			return true
-		}
-	}
-	return false
-}
-
-func podProblem(p *corev1.Pod, err error) string {
-	if err != nil {
-		return err.Error()
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "phase %s", p.Status.Phase)
-	for _, s := range p.Status.ContainerStatuses {
-		if w := s.State.Waiting; w != nil {
-			fmt.Fprintf(&b, "; %s waiting: %s %s", s.Name, w.Reason, w.Message)
-		}
-	}
-	return b.String()
-}
-
-// podNetns finds the network namespace (under /var/run/netns of the node)
-// that holds the pod's address.
-func (c *Cluster) podNetns(ctx context.Context, node string, ip netip.Addr) (string, error) {
-	script := `for n in $(ls /var/run/netns); do ip -n "$n" -4 -o addr show | grep -q " $1/" && echo "$n"; done; true`
-	out, err := c.Exec(ctx, node, "sh", "-c", script, "sh", ip.String())
-	if err != nil {
-		return "", err
-	}
-	if f := strings.Fields(out); len(f) == 1 {
-		return f[0], nil
-	}
-	return "", fmt.Errorf("no single network namespace on %s holds %s (found %q)", node, ip, out)
-}
-
-// DeletePod implements cluster.Cluster.
-func (c *Cluster) DeletePod(ctx context.Context, namespace, name string) error {
-	err := c.client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(0))})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return err
-	}
-	c.mu.Lock()
-	delete(c.pods, namespace+"/"+name)
-	c.mu.Unlock()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := c.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pod %s/%s still exists a minute after its deletion", namespace, name)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// Pods implements cluster.Cluster.
-func (c *Cluster) Pods() []cluster.Pod {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]cluster.Pod, 0, len(c.pods))
-	for _, p := range c.pods {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, func(a, b cluster.Pod) int { return strings.Compare(a.String(), b.String()) })
-	return out
-}
-
-// Faults are rules in the pod's own namespace: the backend keeps running
-// and the Pod stays Ready, exactly as the local lab's faults look on the
-// wire (Refuse: TCP RST and ICMP port unreachable; Blackhole: silence).
-var faultRules = map[cluster.Fault][][]string{
-	cluster.Refuse: {
-		{"-p", "tcp", "--dport", fmt.Sprint(backend.TCPPort), "-j", "REJECT", "--reject-with", "tcp-reset"},
-		{"-p", "udp", "--dport", fmt.Sprint(backend.UDPPort), "-j", "REJECT", "--reject-with", "icmp-port-unreachable"},
-	},
-	cluster.Blackhole: {{"-j", "DROP"}},
-}
-
-// Break implements cluster.Cluster.
-func (c *Cluster) Break(ctx context.Context, pod cluster.Pod, f cluster.Fault) error {
-	rs, ok := faultRules[f]
-	if !ok {
-		return fmt.Errorf("unknown fault %q (use %q or %q)", f, cluster.Refuse, cluster.Blackhole)
-	}
-	for _, r := range rs {
-		if _, err := c.Exec(ctx, pod.NS, append([]string{"iptables", "-I", "INPUT"}, r...)...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Restore implements cluster.Cluster.
-func (c *Cluster) Restore(ctx context.Context, pod cluster.Pod) error {
-	_, err := c.Exec(ctx, pod.NS, "iptables", "-F", "INPUT")
-	return err
-}
-
-// Probe implements cluster.Cluster: the probe role runs in the node, in
-// the namespace t.NS names.
-func (c *Cluster) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
-	s := probe.Summary{Target: t}
-	fail := func(err error) probe.Summary {
-		for i := 0; i < n; i++ {
-			s.Results = append(s.Results, probe.Result{Err: err})
-		}
-		return s
-	}
-	req, err := json.Marshal(probe.Request{Target: t, N: n, Timeout: timeout})
-	if err != nil {
-		return fail(err)
-	}
-	out, err := c.execEnv(ctx, t.NS, []string{"PROXYMODES_ROLE=" + probe.Role}, nodeBinary, string(req))
-	if err != nil {
-		return fail(err)
-	}
-	var ws []probe.WireResult
-	if err := json.Unmarshal([]byte(out), &ws); err != nil {
-		return fail(fmt.Errorf("probe output: %w: %q", err, out))
-	}
-	s.Results = probe.DecodeResults(ws)
-	return s
-}
-
-// IPTables implements cluster.Cluster.
-func (c *Cluster) IPTables(ctx context.Context, ns string) (string, error) {
-	var b strings.Builder
-	for _, save := range rules.Savers() {
-		out, err := c.Exec(ctx, ns, save)
-		if err != nil {
-			continue // that flavour is not in the image
-		}
-		b.WriteString(rules.Normalize(out))
-	}
-	return b.String(), nil
-}
-
-// Exec runs argv in a node ("<node>") or pod ("<node>/<netns>") namespace
-// (suite.Execer).
-func (c *Cluster) Exec(ctx context.Context, ns string, argv ...string) (string, error) {
-	return c.execEnv(ctx, ns, nil, argv...)
-}
-
-func (c *Cluster) execEnv(ctx context.Context, ns string, env []string, argv ...string) (string, error) {
-	node, netns, _ := strings.Cut(ns, "/")
-	args := []string{"exec"}
-	for _, e := range env {
-		args = append(args, "-e", e)
-	}
-	args = append(args, node)
-	if netns != "" {
-		args = append(args, "ip", "netns", "exec", netns)
-	}
-	return c.d.Output(ctx, append(args, argv...)...)
-}
-
 // SaveLogs implements cluster.Cluster with kind's log export (every
 // node's journal, containers and pods).
 func (c *Cluster) SaveLogs(dst string) error {
@@ -589,9 +352,6 @@ func (c *Cluster) SaveLogs(dst string) error {
 	}
 	return c.provider.CollectLogs(c.name, dst)
 }
-
-// Kernel names the kernel the nodes share (the host's).
-func (c *Cluster) Kernel() string { return c.info.Kernel }
 
 // Down deletes the cluster and stops the daemon; safe to call twice, and
 // at once (Ctrl-C's handler and the suite's teardown both call it).
@@ -639,8 +399,6 @@ func hostKernel() string {
 	return "Linux " + strings.TrimSpace(string(b)) + " (host kernel, shared by the kind nodes)"
 }
 
-func ptrTo[T any](v T) *T { return &v }
-
 // kindLogger adapts our Logger to kind's.
 type kindLogger struct{ l cluster.Logger }
 
@@ -672,16 +430,26 @@ func (i infoLogger) Enabled() bool { return i.on }
 
 type kindNode = nodes.Node
 
-// OpenUDPFlow implements cluster.UDPFlowOpener: the flow's socket lives in
-// a udpflow process inside the node, driven over its stdin and stdout.
-func (c *Cluster) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
-	node, netns, _ := strings.Cut(ns, "/")
-	args := []string{"exec", "-i", "-e", "PROXYMODES_ROLE=" + probe.FlowRole, node}
-	if netns != "" {
-		args = append(args, "ip", "netns", "exec", netns)
+// dockerShell is kube.Shell over `docker exec` into the node containers.
+type dockerShell struct{ d *docker.Daemon }
+
+func (s dockerShell) args(node string, env []string, stdin bool, argv []string) []string {
+	args := []string{"exec"}
+	if stdin {
+		args = append(args, "-i")
 	}
-	// Not ctx: the flow outlives this call; Close ends it.
-	cmd := c.d.Command(context.Background(), append(args, nodeBinary, dst.String())...)
+	for _, e := range env {
+		args = append(args, "-e", e)
+	}
+	return append(append(args, node), argv...)
+}
+
+func (s dockerShell) Run(ctx context.Context, node string, env []string, argv ...string) (string, error) {
+	return s.d.Output(ctx, s.args(node, env, false, argv)...)
+}
+
+func (s dockerShell) Start(node string, env []string, argv ...string) (kube.Process, error) {
+	cmd := s.d.Command(context.Background(), s.args(node, env, true, argv)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -690,52 +458,30 @@ func (c *Cluster) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort
 	if err != nil {
 		return nil, err
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	p := &cmdProcess{cmd: cmd, in: in, out: out}
+	cmd.Stderr = &p.stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	f := &execFlow{cmd: cmd, in: in, out: bufio.NewReader(out), desc: ns + " -> " + dst.String()}
-	line, err := f.out.ReadString('\n')
-	if !strings.HasPrefix(line, "ok ") {
-		f.Close()
-		return nil, fmt.Errorf("UDP flow from %s to %s: %q %v: %s", ns, dst, line, err, stderr.String())
-	}
-	f.desc = strings.TrimSpace(strings.TrimPrefix(line, "ok ")) + " -> " + dst.String()
-	return f, nil
+	return p, nil
 }
 
-type execFlow struct {
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	in   io.WriteCloser
-	out  *bufio.Reader
-	desc string
+type cmdProcess struct {
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	out    io.Reader
+	stderr bytes.Buffer
 }
 
-func (f *execFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
-	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
-		timeout = max(time.Until(d), time.Millisecond)
+func (p *cmdProcess) Stdin() io.WriteCloser { return p.in }
+func (p *cmdProcess) Stdout() io.Reader     { return p.out }
+func (p *cmdProcess) Wait() error {
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(p.stderr.String()))
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, err := fmt.Fprintln(f.in, timeout); err != nil {
-		return "", err
-	}
-	line, err := f.out.ReadBytes('\n')
-	if err != nil {
-		return "", fmt.Errorf("UDP flow %s ended: %w", f.desc, err)
-	}
-	var r probe.FlowReply
-	if err := json.Unmarshal(line, &r); err != nil {
-		return "", err
-	}
-	return r.Backend, r.Err.Err()
+	return nil
 }
 
-func (f *execFlow) Close() error {
-	f.in.Close()
-	return f.cmd.Wait()
-}
-
-func (f *execFlow) String() string { return "flow " + f.desc }
+// EchoImage is the echo image loaded into the nodes (what an existing-
+// cluster run against this cluster uses as PROXYMODES_ECHO_IMAGE).
+func (c *Cluster) EchoImage() string { return c.echo }
