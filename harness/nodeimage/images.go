@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -37,10 +36,24 @@ func Base(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, er
 }
 
 // Proxier returns proxymodes/proxier:<hash>: clusters/proxier/Dockerfile
-// built on Base with a static build of ./proxier/cmd/proxier. The hash
-// covers the binary, the Dockerfile and the base, so a code change makes
-// a new tag and an unchanged tree reuses the image.
+// built on Base with a static build of ./proxier/cmd/proxier.
 func Proxier(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, error) {
+	return onBase(ctx, d, progress, "proxier", "proxier/cmd/proxier", "proxier")
+}
+
+// Echo returns proxymodes/echo:<hash>: clusters/echo/Dockerfile built on
+// Base with a static build of the proxymodes CLI, playing the lab pods'
+// echo backend (PROXYMODES_ROLE=backend; its flags are
+// harness/backend.Config.Args) and the node agent on existing clusters.
+func Echo(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, error) {
+	return onBase(ctx, d, progress, "echo", "harness/cmd/proxymodes", "proxymodes")
+}
+
+// onBase builds clusters/<name>/Dockerfile on Base with the static build
+// of pkg as bin in the context. The tag's hash covers the binary, the
+// Dockerfile and the base, so a code change makes a new tag and an
+// unchanged tree reuses the image.
+func onBase(ctx context.Context, d *docker.Daemon, progress io.Writer, name, pkg, bin string) (string, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -52,26 +65,29 @@ func Proxier(ctx context.Context, d *docker.Daemon, progress io.Writer) (string,
 	if err != nil {
 		return "", err
 	}
-	dir, err := os.MkdirTemp("", "pm-proxier-image-")
+	built, err := binaries.Static(pkg, progress)
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "proxier")
-	if err := staticBuild(ctx, root, "./proxier/cmd/proxier", bin); err != nil {
-		return "", err
-	}
-	dockerfile := filepath.Join(root, "clusters", "proxier", "Dockerfile")
+	dockerfile := filepath.Join(root, "clusters", name, "Dockerfile")
 	h := sha256.New()
 	fmt.Fprintln(h, recipeVersion, base)
-	for _, f := range []string{bin, dockerfile} {
+	for _, f := range []string{built, dockerfile} {
 		if err := hashFile(h, f); err != nil {
 			return "", err
 		}
 	}
-	tag := "proxymodes/proxier:" + hex.EncodeToString(h.Sum(nil))[:12]
+	tag := "proxymodes/" + name + ":" + hex.EncodeToString(h.Sum(nil))[:12]
 	if d.HasImage(ctx, tag) {
 		return tag, nil
+	}
+	dir, err := os.MkdirTemp("", "pm-"+name+"-image-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	if err := copyFile(built, filepath.Join(dir, bin)); err != nil {
+		return "", err
 	}
 	fmt.Fprintf(progress, "proxymodes: building %s\n", tag)
 	// The Debian CLI's classic builder: the context is this directory
@@ -82,46 +98,19 @@ func Proxier(ctx context.Context, d *docker.Daemon, progress io.Writer) (string,
 	return tag, nil
 }
 
-// Echo returns proxymodes/echo:<hash>: a static build of the proxymodes
-// CLI alone in an image, playing the lab pods' echo backend
-// (PROXYMODES_ROLE=backend; its flags are harness/backend.Config.Args).
-func Echo(ctx context.Context, d *docker.Daemon, progress io.Writer) (string, error) {
-	if progress == nil {
-		progress = io.Discard
-	}
-	root, err := binaries.ModuleRoot()
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
 	if err != nil {
-		return "", err
+		return err
 	}
-	dir, err := os.MkdirTemp("", "pm-echo-image-")
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
 	if err != nil {
-		return "", err
+		return err
 	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "proxymodes")
-	if err := staticBuild(ctx, root, "./harness/cmd/proxymodes", bin); err != nil {
-		return "", err
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
 	}
-	h := sha256.New()
-	fmt.Fprintln(h, recipeVersion)
-	if err := hashFile(h, bin); err != nil {
-		return "", err
-	}
-	tag := "proxymodes/echo:" + hex.EncodeToString(h.Sum(nil))[:12]
-	if d.HasImage(ctx, tag) {
-		return tag, nil
-	}
-	fmt.Fprintf(progress, "proxymodes: building %s\n", tag)
-	return tag, d.Import(ctx, tag, append(minimalEtc(), docker.File{Path: "/proxymodes", Src: bin, Mode: 0o755}),
-		"ENV PROXYMODES_ROLE=backend", `ENTRYPOINT ["/proxymodes"]`)
-}
-
-func staticBuild(ctx context.Context, root, pkg, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("CGO_ENABLED=0 go build %s: %v: %s", pkg, err, b)
-	}
-	return nil
+	return out.Close()
 }
