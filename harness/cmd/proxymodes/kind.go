@@ -5,10 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	kindprov "github.com/proxymodes/proxymodes/harness/cluster/kind"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
+	kindprov "github.com/proxymodes/proxymodes/harness/cluster/kind"
 	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/nodeimage"
 )
@@ -22,9 +24,11 @@ func kindCmd(ctx context.Context, args []string, out io.Writer) error {
 	case "image":
 		fs := flag.NewFlagSet("kind image", flag.ContinueOnError)
 		all := fs.Bool("all", false, "also build the base, proxier and echo images and print their tags")
+		save := fs.String("save", "", "with --all: write the proxier and echo images into this directory as proxier.tar and echo.tar (`docker load` them elsewhere, e.g. to push them for PROVIDER=existing)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		*all = *all || *save != ""
 		if err := nodeimage.Prepare(ctx, os.Stderr); err != nil {
 			return err
 		}
@@ -49,6 +53,18 @@ func kindCmd(ctx context.Context, args []string, out io.Writer) error {
 				return err
 			}
 			fmt.Fprintln(out, t)
+			name, _, _ := strings.Cut(strings.TrimPrefix(t, "proxymodes/"), ":")
+			if *save == "" || name == "base" {
+				continue
+			}
+			if err := os.MkdirAll(*save, 0o755); err != nil {
+				return err
+			}
+			dst := filepath.Join(*save, name+".tar")
+			if err := d.Run(ctx, os.Stderr, "save", "-o", dst, t); err != nil {
+				return fmt.Errorf("saving %s: %w", t, err)
+			}
+			fmt.Fprintf(os.Stderr, "proxymodes: saved %s to %s\n", t, dst)
 		}
 		return nil
 	case "cleanup":
