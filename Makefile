@@ -5,7 +5,8 @@ SHELL := /bin/bash
 MODES := userspace iptables ipvs
 MODE ?= iptables
 PROVIDER ?= local
-IMPL ?= reference
+# Empty: reference (our proxier), or kube-proxy on PROVIDER=existing.
+IMPL ?=
 CACHE ?= /var/cache/proxymodes
 export PROXYMODES_CACHE := $(CACHE)
 GO ?= go
@@ -13,10 +14,10 @@ BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help deps kind-deps kind-image kind-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
+.PHONY: help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
 
 help: ## show this help
-	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind] [IMPL=reference|kube-proxy]"
+	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 cli: ## build the proxymodes CLI into $(BIN)
@@ -34,6 +35,9 @@ kind-image: kind-deps ## build (once per machine; cold ~25 min) the offline kind
 
 kind-e2e: kind-deps ## prove the offline node image end to end: one- and two-node kind clusters on the private docker daemon (PROXYMODES_KIND_E2E=1; ~3 min warm, plus the cold image build once)
 	PROXYMODES_KIND_E2E=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestKind|TestProxierAndEchoImagesRun' ./harness/nodeimage
+
+existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-proxy plays the user's cluster (~5 min warm)
+	PROXYMODES_EXISTING_E2E=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run TestOnKind ./harness/cluster/existing
 
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
@@ -53,13 +57,17 @@ test: deps kind-deps k8s ## run every test, conformance for every mode and imple
 	@echo "proxymodes: conformance suite on kind, MODE=iptables IMPL=reference (the first run on a machine builds the offline node image: ~25 min)"
 	PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance
+	@echo "proxymodes: PROVIDER=existing against a kind cluster running kube-proxy (iptables): the provider, then the conformance suite"
+	$(MAKE) --no-print-directory existing-e2e
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
 
-conformance: check-mode deps k8s $(if $(filter kind,$(PROVIDER)),kind-deps) ## run the conformance suite for MODE [PROVIDER=local|kind] [IMPL=reference|kube-proxy]
+# An existing cluster (KUBECONFIG, PROXYMODES_ECHO_IMAGE) needs nothing
+# built or installed here: no root, no Kubernetes build.
+conformance: check-mode $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filter kind,$(PROVIDER)),kind-deps) ## run the conformance suite for MODE [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]
 	PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
-		PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
+		PROXYMODES_K8S_BIN=$$($(if $(filter existing,$(PROVIDER)),true,clusters/k8s/build.sh controlplane kube-proxy)) \
 		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
 
 LABEL ?= default

@@ -34,7 +34,10 @@ type Info struct {
 	Provider   string
 	APIServer  string // URL
 	Kubeconfig string // path
-	Nodes      []Node
+	// Namespace is where the suites create their objects ("default" when
+	// empty: the whole cluster is the run's).
+	Namespace string
+	Nodes     []Node
 	// Kernel is the kernel the nodes' data plane runs in; results record it.
 	Kernel string
 }

@@ -21,8 +21,17 @@ import (
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
-// Namespace is where the suites create their objects.
-const Namespace = "default"
+// Namespace is where the suites create their objects: the cluster's
+// (Info.Namespace) or "default" when the whole cluster is the run's.
+func Namespace(c cluster.Cluster) string {
+	if ns := c.Info().Namespace; ns != "" {
+		return ns
+	}
+	return "default"
+}
+
+// Namespace is where the feature's objects live.
+func (fx *Fixture) Namespace() string { return Namespace(fx.c) }
 
 // Service ports every suite Service exposes.
 const (
@@ -67,7 +76,7 @@ func (fx *Fixture) Backends(a *A, n int) []cluster.Pod {
 // AddPod adds one backend pod with the feature's selector on a node.
 func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
 	a.Helper()
-	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: Namespace, Name: name, Node: node, Labels: fx.Selector()})
+	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: fx.Namespace(), Name: name, Node: node, Labels: fx.Selector()})
 	if err != nil {
 		a.Fatalf("adding backend pod %s: %v", name, err)
 	}
@@ -113,7 +122,7 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 		sel = fx.Selector()
 	}
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: fx.Namespace()},
 		Spec: corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{
 			{Name: "tcp", Port: TCPPort, TargetPort: intstr.FromInt32(backend.TCPPort), Protocol: corev1.ProtocolTCP},
 			{Name: "udp", Port: UDPPort, TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
@@ -123,14 +132,14 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 		svc.Spec.Type = corev1.ServiceTypeNodePort
 	}
 	SetAffinity(svc, o.Affinity)
-	created, err := fx.c.Client().CoreV1().Services(Namespace).Create(a.Ctx, svc, metav1.CreateOptions{})
+	created, err := fx.c.Client().CoreV1().Services(fx.Namespace()).Create(a.Ctx, svc, metav1.CreateOptions{})
 	if err != nil {
 		a.Fatalf("creating Service %s: %v", o.Name, err)
 	}
 	fx.mu.Lock()
 	fx.services = append(fx.services, o.Name)
 	fx.mu.Unlock()
-	a.Logf("Service %s/%s: ClusterIP %s%s", Namespace, o.Name, created.Spec.ClusterIP, nodePortNote(created))
+	a.Logf("Service %s/%s: ClusterIP %s%s", fx.Namespace(), o.Name, created.Spec.ClusterIP, nodePortNote(created))
 	return created
 }
 
@@ -162,7 +171,7 @@ func SetAffinity(svc *corev1.Service, d time.Duration) {
 // UpdateAffinity changes a live Service's affinity.
 func (fx *Fixture) UpdateAffinity(a *A, name string, d time.Duration) {
 	a.Helper()
-	svcs := fx.c.Client().CoreV1().Services(Namespace)
+	svcs := fx.c.Client().CoreV1().Services(fx.Namespace())
 	for try := 0; ; try++ {
 		svc, err := svcs.Get(a.Ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -181,7 +190,7 @@ func (fx *Fixture) UpdateAffinity(a *A, name string, d time.Duration) {
 // DeleteService deletes one of the feature's Services now.
 func (fx *Fixture) DeleteService(a *A, name string) {
 	a.Helper()
-	if err := fx.c.Client().CoreV1().Services(Namespace).Delete(a.Ctx, name, metav1.DeleteOptions{}); err != nil {
+	if err := fx.c.Client().CoreV1().Services(fx.Namespace()).Delete(a.Ctx, name, metav1.DeleteOptions{}); err != nil {
 		a.Fatalf("deleting Service %s: %v", name, err)
 	}
 	fx.mu.Lock()
@@ -201,7 +210,7 @@ func (fx *Fixture) cleanup(t *testing.T) {
 	fx.mu.Unlock()
 	ctx := context.Background()
 	for _, s := range svcs {
-		if err := fx.c.Client().CoreV1().Services(Namespace).Delete(ctx, s, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := fx.c.Client().CoreV1().Services(fx.Namespace()).Delete(ctx, s, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			t.Errorf("teardown: deleting Service %s: %v", s, err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/existing"
 	"github.com/proxymodes/proxymodes/harness/cluster/kind"
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/harness/labtest"
@@ -129,6 +130,14 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 		if err == nil {
 			c = kc
 		}
+	case "existing":
+		upCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		var ec *existing.Cluster
+		ec, err = existing.Up(upCtx, existing.Options{Name: r.Name, Logger: logger{r}})
+		cancel()
+		if err == nil {
+			c = ec
+		}
 	default:
 		err = fmt.Errorf("provider %q is not yet supported", r.Settings.Provider)
 	}
@@ -189,6 +198,10 @@ func (r *Run) CheckLeaks(ctx context.Context, _ *envconf.Config) (context.Contex
 	case r.Settings.Provider == "kind" && r.cluster != nil:
 		left = kind.Leftovers()
 		what, fix = "kind cluster "+kind.ClusterName(r.Name), "proxymodes kind cleanup"
+	case r.Settings.Provider == "existing" && r.cluster != nil:
+		left = r.cluster.(*existing.Cluster).Leftovers(ctx)
+		ns := existing.Namespace(r.Name)
+		what, fix = "namespace "+ns, "kubectl delete namespace "+ns
 	case r.labName != "":
 		left = leak.Check(r.labName)
 	default:
@@ -242,7 +255,7 @@ func (r *Run) Clients(ctx context.Context, n int) ([]cluster.Pod, error) {
 	defer r.clientsMu.Unlock()
 	nodes := r.cluster.Info().Nodes
 	for i := len(r.clients); i < n; i++ {
-		p, err := r.cluster.AddPod(ctx, cluster.PodSpec{Namespace: "default", Name: fmt.Sprintf("client-%02d", i),
+		p, err := r.cluster.AddPod(ctx, cluster.PodSpec{Namespace: Namespace(r.cluster), Name: fmt.Sprintf("client-%02d", i),
 			Node: nodes[(i+1)%len(nodes)].Name, Labels: map[string]string{"role": "client"}})
 		if err != nil {
 			return nil, fmt.Errorf("client pod %d: %w", i, err)
