@@ -74,6 +74,9 @@ type Cluster struct {
 	rest   *rest.Config
 	client kubernetes.Interface
 	info   cluster.Info
+	// created: the namespace is this run's, so Down may delete it (a
+	// killed run's namespace is reported, never deleted behind the user).
+	created bool
 }
 
 // Up checks the cluster, creates the run's namespace and starts the node
@@ -184,8 +187,9 @@ func (c *Cluster) namespace(ctx context.Context) error {
 	}}}
 	_, err := c.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("namespace %s already exists (a killed run's?): delete it with `kubectl delete namespace %s` and run again", c.ns, c.ns)
+		return fmt.Errorf("namespace %s already exists (another run's, or a killed one's): delete it with `kubectl delete namespace %s` and run again", c.ns, c.ns)
 	}
+	c.created = err == nil
 	return err
 }
 
@@ -318,6 +322,9 @@ func (c *Cluster) SaveLogs(dst string) error {
 // Down deletes the run's namespace and waits until it is gone; safe to
 // call more than once.
 func (c *Cluster) Down(ctx context.Context) error {
+	if !c.created {
+		return nil
+	}
 	err := c.client.CoreV1().Namespaces().Delete(ctx, c.ns, metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(0))})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting namespace %s: %w", c.ns, err)

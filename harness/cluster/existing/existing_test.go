@@ -88,6 +88,14 @@ func TestOnKind(t *testing.T) {
 				c.Down(context.Background())
 			}
 		})
+		// A second run on the same namespace stops, naming the fix, and
+		// leaves the first run's namespace alone.
+		if _, err := existing.Up(ctx, existing.Options{Name: "provider-test", Kubeconfig: kubeconfig, Echo: kc.EchoImage()}); err == nil || !strings.Contains(err.Error(), "kubectl delete namespace "+existing.Namespace("provider-test")) {
+			t.Fatalf("a second run on the same namespace: want an error naming kubectl delete namespace, got %v", err)
+		}
+		if len(c.Leftovers(ctx)) == 0 {
+			t.Fatal("the failed second run deleted the first run's namespace")
+		}
 		exerciseProvider(t, c)
 		if err := c.Down(ctx); err != nil {
 			t.Fatal(err)
