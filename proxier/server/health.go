@@ -96,14 +96,21 @@ func Listen(ctx context.Context, addr string, handler http.Handler) error {
 	return nil
 }
 
-// MetricsMux serves /metrics from reg, and /healthz too when h is set
-// (kube-proxy answers both on the metrics port).
-func MetricsMux(reg *prometheus.Registry, h *Health) *http.ServeMux {
+// MetricsMux serves /metrics from reg, /healthz too when h is set, and
+// /proxyMode with mode: what kube-proxy answers on its metrics port, so
+// that tools asking a node which mode its proxy runs get the same answer
+// from ours.
+func MetricsMux(reg *prometheus.Registry, h *Health, mode string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if h != nil {
 		mux.Handle("/healthz", h)
 	}
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = w.Write([]byte(mode))
+	})
 	return mux
 }
 

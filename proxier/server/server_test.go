@@ -285,7 +285,7 @@ func TestRunWithInformersAndIptablesFake(t *testing.T) {
 	}
 
 	// The metrics endpoint shows kube-proxy's names.
-	srv := httptest.NewServer(MetricsMux(m.Registry, health))
+	srv := httptest.NewServer(MetricsMux(m.Registry, health, "iptables"))
 	defer srv.Close()
 	body := get(t, srv.URL+"/metrics")
 	for _, name := range []string{
@@ -303,6 +303,9 @@ func TestRunWithInformersAndIptablesFake(t *testing.T) {
 	}
 	if b := get(t, srv.URL+"/healthz"); !strings.Contains(b, `"healthy":true`) {
 		t.Errorf("/healthz: %s", b)
+	}
+	if b := get(t, srv.URL+"/proxyMode"); b != "iptables" {
+		t.Errorf("/proxyMode: %q, want kube-proxy's plain \"iptables\"", b)
 	}
 
 	// Deleting the Service removes its rules.

@@ -133,7 +133,7 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 	case "existing":
 		upCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		var ec *existing.Cluster
-		ec, err = existing.Up(upCtx, existing.Options{Name: r.Name, Logger: logger{r}})
+		ec, err = existing.Up(upCtx, existing.Options{Name: r.Name, Mode: r.Settings.Mode, Logger: logger{r}})
 		cancel()
 		if err == nil {
 			c = ec

@@ -58,8 +58,11 @@ type Options struct {
 	Name string
 	// Echo is the echo image (default $PROXYMODES_ECHO_IMAGE); Pull its
 	// pull policy (default IfNotPresent).
-	Echo   string
-	Pull   corev1.PullPolicy
+	Echo string
+	Pull corev1.PullPolicy
+	// Mode is the mode the run's promises are for; when set, Up stops if
+	// a node's proxy says it runs another one.
+	Mode   string
 	Logger cluster.Logger
 }
 
@@ -128,6 +131,9 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 	log.Logf("existing %s: namespace %s and %d node agents ready in %s", rc.Host, c.ns, len(c.info.Nodes), time.Since(start).Round(time.Millisecond))
+	if err := c.checkMode(ctx, shell); err != nil {
+		return c, err
+	}
 	c.Cluster = kube.New(kube.Config{Info: c.info, REST: rc, Client: client, Shell: shell, Echo: o.Echo, Pull: o.Pull})
 	return c, nil
 }
@@ -167,6 +173,39 @@ func (c *Cluster) nodes(ctx context.Context) error {
 	c.info.Kubeconfig = c.opts.Kubeconfig
 	c.info.Namespace = c.ns
 	c.info.Kernel = strings.Join(ks, ", ") + " (the nodes' kernels)"
+	return nil
+}
+
+// checkMode asks each node's proxy which mode it runs: kube-proxy answers
+// GET /proxyMode on its metrics port (127.0.0.1:10249 by default), and so
+// does ours. A run whose MODE differs would hold the proxy to another
+// mode's promises, so it stops here; a node whose proxy does not answer
+// is taken on trust, and said so.
+func (c *Cluster) checkMode(ctx context.Context, shell kube.Shell) error {
+	if c.opts.Mode == "" {
+		return nil
+	}
+	const script = `exec 3<>/dev/tcp/127.0.0.1/10249 || exit 3
+printf 'GET /proxyMode HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+cat <&3`
+	var unknown []string
+	for _, n := range c.info.Nodes {
+		out, err := shell.Run(ctx, n.Name, nil, "bash", "-c", script)
+		head, body, ok := strings.Cut(out, "\r\n\r\n")
+		mode := strings.TrimSpace(body)
+		if err != nil || !ok || !strings.Contains(head, " 200 ") || mode == "" {
+			unknown = append(unknown, n.Name)
+			continue
+		}
+		if mode != c.opts.Mode {
+			return fmt.Errorf("the proxy on node %s runs in %s mode (its 127.0.0.1:10249/proxyMode says so), not %s: run with MODE=%s", n.Name, mode, c.opts.Mode, mode)
+		}
+	}
+	if len(unknown) > 0 {
+		c.opts.Logger.Logf("existing: no proxy answered 127.0.0.1:10249/proxyMode on %s: taking MODE=%s on trust there", strings.Join(unknown, ", "), c.opts.Mode)
+	} else {
+		c.opts.Logger.Logf("existing: every node's proxy says it runs in %s mode", c.opts.Mode)
+	}
 	return nil
 }
 

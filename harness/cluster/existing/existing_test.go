@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -78,7 +79,16 @@ func TestOnKind(t *testing.T) {
 	kubeconfig := kc.Info().Kubeconfig
 
 	t.Run("provider", func(t *testing.T) {
-		c, err := existing.Up(ctx, existing.Options{Name: "provider-test", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Logger: tlog{t}})
+		// The wrong MODE stops the run, naming the right one, and
+		// leaves nothing behind.
+		_, err := existing.Up(ctx, existing.Options{Name: "wrong-mode", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "ipvs", Logger: tlog{t}})
+		if err == nil || !strings.Contains(err.Error(), "MODE=iptables") {
+			t.Fatalf("MODE=ipvs on a kube-proxy in iptables mode: want an error naming MODE=iptables, got %v", err)
+		}
+		if _, err := kc.Client().CoreV1().Namespaces().Get(ctx, existing.Namespace("wrong-mode"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("the stopped run left its namespace (%v)", err)
+		}
+		c, err := existing.Up(ctx, existing.Options{Name: "provider-test", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "iptables", Logger: tlog{t}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -253,7 +253,7 @@ func serve(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := server.Listen(ctx, o.metricsBindAddress, server.MetricsMux(m.Registry, health)); err != nil {
+	if err := server.Listen(ctx, o.metricsBindAddress, server.MetricsMux(m.Registry, health, o.mode)); err != nil {
 		return fmt.Errorf("--metrics-bind-address: %w", err)
 	}
 	if err := server.Listen(ctx, o.healthzBindAddress, server.HealthMux(health)); err != nil {
