@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/labtest"
-	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
@@ -63,13 +61,7 @@ func start(t *testing.T, ctx context.Context, log docker.Logger) *docker.Daemon 
 func hostState(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, saver := range append(rules.Savers(), "ip6tables-legacy-save", "ip6tables-nft-save") {
-		out, err := exec.Command(saver).Output()
-		if err != nil {
-			t.Fatalf("%s: %v", saver, err)
-		}
-		fmt.Fprintf(&b, "== %s\n%s", saver, rules.Normalize(string(out)))
-	}
+	b.WriteString(labtest.HostRules(t, "ip6tables-legacy-save", "ip6tables-nft-save"))
 	for _, k := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding",
 		"/proc/sys/net/bridge/bridge-nf-call-iptables"} {
 		v, err := os.ReadFile(k)

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,7 +25,6 @@ import (
 	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/nodeimage"
-	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
@@ -84,17 +82,8 @@ func (i kindInfo) Enabled() bool { return i.on }
 
 func hostState(t *testing.T) string {
 	t.Helper()
-	var b strings.Builder
-	for _, saver := range rules.Savers() {
-		out, err := exec.Command(saver).Output()
-		if err != nil {
-			t.Fatalf("%s: %v", saver, err)
-		}
-		b.WriteString(rules.Normalize(string(out)))
-	}
 	v, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	b.WriteString("ip_forward=" + string(v))
-	return b.String()
+	return labtest.HostRules(t) + "ip_forward=" + string(v)
 }
 
 // bridgeConflist is a node's static pod network: a bridge on the node's

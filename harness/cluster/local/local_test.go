@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -24,7 +23,6 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/probe"
-	"github.com/proxymodes/proxymodes/harness/rules"
 )
 
 const sharedName = "ltest"
@@ -190,7 +188,7 @@ func TestBackendFaultsWhilePodStaysReady(t *testing.T) {
 		}
 	}
 	expectServed("before any fault")
-	hostRules := hostRuleDump(t)
+	hostRules := labtest.HostRules(t)
 
 	if err := l.Break(ctx, p, cluster.Refuse); err != nil {
 		t.Fatal(err)
@@ -222,7 +220,7 @@ func TestBackendFaultsWhilePodStaysReady(t *testing.T) {
 		}
 	}
 	expectPodReady(t, l, p)
-	if got := hostRuleDump(t); got != hostRules {
+	if got := labtest.HostRules(t); got != hostRules {
 		t.Errorf("the host namespace's rules changed while a pod was black-holed:\nbefore:\n%s\nafter:\n%s", hostRules, got)
 	}
 	if err := l.Restore(ctx, p); err != nil {
@@ -243,19 +241,4 @@ func expectPodReady(t *testing.T, l *local.Lab, p cluster.Pod) {
 		}
 	}
 	t.Errorf("pod %s is not Ready while its backend is broken: %+v", p, obj.Status.Conditions)
-}
-
-// hostRuleDump reads (never writes) the host namespace's rules, legacy and
-// nft, so tests can prove the lab left them alone.
-func hostRuleDump(t *testing.T) string {
-	t.Helper()
-	var b strings.Builder
-	for _, saver := range rules.Savers() {
-		out, err := exec.Command(saver).Output()
-		if err != nil {
-			t.Fatalf("%s: %v", saver, err)
-		}
-		b.WriteString(rules.Normalize(string(out)))
-	}
-	return b.String()
 }
