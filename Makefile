@@ -42,7 +42,7 @@ existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-pro
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps kind-deps k8s ## run every test, conformance for every mode and implementation (and iptables on kind), and a short bench sweep, as CI does
+test: deps kind-deps k8s ## run every test, conformance for every mode and implementation (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
 	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"

@@ -146,7 +146,8 @@ func (c *Cluster) nodes(ctx context.Context) error {
 	}
 	kernels := map[string]bool{}
 	for _, n := range list.Items {
-		if !nodeReady(&n) {
+		// The agent and the echo backend are Linux programs.
+		if !nodeReady(&n) || n.Status.NodeInfo.OperatingSystem != "linux" {
 			continue
 		}
 		node := cluster.Node{Name: n.Name, NS: n.Name}
@@ -162,7 +163,7 @@ func (c *Cluster) nodes(ctx context.Context) error {
 		c.info.Nodes = append(c.info.Nodes, node)
 	}
 	if len(c.info.Nodes) == 0 {
-		return fmt.Errorf("%s has no Ready node", c.rest.Host)
+		return fmt.Errorf("%s has no Ready Linux node", c.rest.Host)
 	}
 	ks := make([]string, 0, len(kernels))
 	for k := range kernels {
@@ -248,6 +249,7 @@ func (c *Cluster) agents(ctx context.Context) (kube.Shell, error) {
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					HostNetwork:                   true,
+					NodeSelector:                  map[string]string{corev1.LabelOSStable: "linux"},
 					TerminationGracePeriodSeconds: ptrTo(int64(0)),
 					Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 					Containers: []corev1.Container{{
