@@ -284,7 +284,7 @@ func (c *Cluster) agents(ctx context.Context) (kube.Shell, error) {
 				if p.Status.Phase == corev1.PodRunning && kube.PodReady(&p) {
 					byNode[p.Spec.NodeName] = p.Name
 				} else {
-					problems = append(problems, p.Name+": "+podWaiting(&p))
+					problems = append(problems, p.Name+": "+kube.PodProblem(&p, nil))
 				}
 			}
 		}
@@ -307,15 +307,6 @@ func (c *Cluster) agents(ctx context.Context) (kube.Shell, error) {
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-func podWaiting(p *corev1.Pod) string {
-	for _, s := range p.Status.ContainerStatuses {
-		if w := s.State.Waiting; w != nil {
-			return w.Reason + " " + w.Message
-		}
-	}
-	return string(p.Status.Phase)
 }
 
 // SaveLogs writes the proxy pods' logs (kube-system pods named *proxy*)

@@ -149,7 +149,7 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, na
 			return got, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("pod %s/%s not running after %s (%v)", namespace, name, limit, podProblem(got, err))
+			return nil, fmt.Errorf("pod %s/%s not running after %s (%v)", namespace, name, limit, PodProblem(got, err))
 		}
 		select {
 		case <-ctx.Done():
@@ -169,7 +169,9 @@ func PodReady(p *corev1.Pod) bool {
 	return false
 }
 
-func podProblem(p *corev1.Pod, err error) string {
+// PodProblem says why a Pod is not running: err, or its phase and the
+// reasons its containers wait.
+func PodProblem(p *corev1.Pod, err error) string {
 	if err != nil {
 		return err.Error()
 	}
