@@ -46,6 +46,10 @@ var Required = map[string]string{
 	"modprobe":         "kmod",    // module loading inside the user-mode Linux guest
 	"busybox":          "busybox-static",
 	"ipset":            "ipset", // upstream kube-proxy's ipvs mode refuses to start without it
+	// The stale-UDP check reads and dumps conntrack entries in the nodes
+	// (host and guest): without it that check waited out its deadline on
+	// "executable file not found" on a fresh machine.
+	"conntrack": "conntrack",
 }
 
 // KindRequired maps what kind clusters and the offline node image need to
