@@ -112,10 +112,13 @@ func New(cfg Config) (*Proxier, error) {
 func (p *Proxier) Tracker() *tracker.Tracker { return p.tracker }
 
 func (p *Proxier) queued() {
-	p.runner.Run()
 	if p.cfg.Metrics != nil {
+		// As kube-proxy's change trackers do: a reader that sees the new
+		// queued time also sees the change pending until a sync takes it.
+		p.cfg.Metrics.ServiceChangesPending.Set(float64(p.tracker.Pending()))
 		p.cfg.Metrics.LastQueuedTimestamp.Set(float64(p.clock.Now().UnixNano()) / 1e9)
 	}
+	p.runner.Run()
 }
 
 // Run starts the informers, waits for their caches, and syncs until ctx
@@ -192,9 +195,9 @@ func (p *Proxier) SyncOnce() error {
 	p.needFull = true // until this sync succeeds
 	err := p.cfg.Mode.Sync(snap, changes)
 	end := p.clock.Now()
-	p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
 	p.syncs++
 	if err != nil {
+		p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
 		p.cfg.Metrics.SyncFailed()
 		klog.ErrorS(err, "Sync failed; will retry with a full sync", "mode", p.cfg.Mode.Name(), "retryIn", p.cfg.RetryPeriod)
 		return err
@@ -208,6 +211,10 @@ func (p *Proxier) SyncOnce() error {
 		p.cfg.Metrics.ServiceChangesPending.Set(float64(p.tracker.Pending()))
 	}
 	p.cfg.Metrics.SyncSucceeded(end, len(snap.Services), snap.EndpointCount(), p.pendingTriggers)
+	// After the timestamp, as kube-proxy does: a reader that sees this
+	// sync counted in the histogram also sees when it ended, and can tell
+	// when it began (harness/syncstate relies on that order).
+	p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
 	p.pendingTriggers = nil
 	p.cfg.Health.Updated(end)
 	if p.cfg.Conntrack != nil {

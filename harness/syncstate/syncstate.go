@@ -1,0 +1,174 @@
+// Package syncstate reads where a Service proxy is in its sync loop from
+// the Prometheus metrics it serves. kube-proxy and the reference proxier
+// export the same names, so one reader serves both, and the suites wait on
+// the proxy's own account of its work instead of guessing with sleeps.
+package syncstate
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Metric names both implementations export.
+const (
+	MetricSync       = "kubeproxy_sync_proxy_rules_duration_seconds"
+	MetricLastSync   = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+	MetricLastQueued = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"
+	MetricSvcPending = "kubeproxy_sync_proxy_rules_service_changes_pending"
+	MetricEpPending  = "kubeproxy_sync_proxy_rules_endpoint_changes_pending"
+	MetricCPU        = "process_cpu_seconds_total"
+)
+
+// State is one reading of a proxier's sync loop. Timestamps are Unix
+// seconds on the proxier's own clock (a guest's clock when it runs in one).
+type State struct {
+	// Syncs and SyncSeconds are the count and sum of the sync-duration
+	// histogram: every sync, successful or not.
+	Syncs       uint64
+	SyncSeconds float64
+	// LastSync is when the last successful sync ended; LastQueued is when
+	// the last change asked for a sync.
+	LastSync, LastQueued float64
+	// Pending counts Service and endpoint changes not yet taken by a sync.
+	Pending float64
+	// CPUSeconds is the proxier process's CPU time (0 if not exported).
+	CPUSeconds float64
+}
+
+// Parse reads a State from the Prometheus text format. Series that carry
+// labels (kube-proxy's ip_family) are combined: the latest timestamp, the
+// sum of counts and pending changes.
+func Parse(text string) (State, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		return State{}, fmt.Errorf("parsing proxier metrics: %w", err)
+	}
+	proxier := false
+	for name := range fams {
+		proxier = proxier || strings.HasPrefix(name, "kubeproxy_")
+	}
+	if !proxier {
+		return State{}, fmt.Errorf("the metrics have no kubeproxy_ series: is it kube-proxy or the reference proxier?")
+	}
+	// kube-proxy's labelled series appear only once set: before its first
+	// sync there is no histogram and no last-sync time, which reads as a
+	// proxier that has not synced yet.
+	var s State
+	for _, m := range fams[MetricSync].GetMetric() {
+		if h := m.GetHistogram(); h != nil {
+			s.Syncs += h.GetSampleCount()
+			s.SyncSeconds += h.GetSampleSum()
+		}
+	}
+	s.LastSync = latest(fams[MetricLastSync])
+	s.LastQueued = latest(fams[MetricLastQueued])
+	s.Pending = total(fams[MetricSvcPending]) + total(fams[MetricEpPending])
+	s.CPUSeconds = total(fams[MetricCPU])
+	return s, nil
+}
+
+// Follower follows one proxier's readings and tells when it is quiet:
+// nothing pending, and the last successful sync began after the last
+// change was queued. "Ended after" is not enough: a change queued during a
+// sync is pending when that sync ends; the next sync takes it (pending
+// drops to 0) while the last-sync time still shows the earlier sync, which
+// ended after the change was queued. Neither proxier exports when a sync
+// began, so the Follower bounds it: the syncs counted between the reading
+// before the last-sync time changed and now include that sync, so their
+// total time is at least its duration. Both proxiers set the last-sync
+// time before they count the sync, so until the count moves the sync is
+// treated as still running.
+type Follower struct {
+	cur, base State
+	have      bool
+}
+
+// Observe takes the next reading.
+func (f *Follower) Observe(s State) {
+	if !f.have {
+		// Syncs before the first reading all count towards the bound.
+		f.base, f.have = State{}, true
+	} else if s.LastSync != f.cur.LastSync {
+		f.base = f.cur
+	}
+	f.cur = s
+}
+
+// Current is the latest reading.
+func (f *Follower) Current() State { return f.cur }
+
+// Quiet reports whether the proxier is quiet, and if not, why.
+func (f *Follower) Quiet() (bool, string) {
+	s := f.cur
+	switch {
+	case !f.have:
+		return false, "not read yet"
+	case s.LastSync == 0:
+		return false, "no sync has succeeded yet"
+	case s.Pending > 0:
+		return false, fmt.Sprintf("%g changes pending", s.Pending)
+	case s.Syncs <= f.base.Syncs:
+		return false, "the last sync is not counted yet (still finishing)"
+	}
+	began := s.LastSync - (s.SyncSeconds - f.base.SyncSeconds)
+	if began < s.LastQueued {
+		return false, fmt.Sprintf("the last sync began (at the latest %.3f) before the last change was queued (%.3f): a sync that takes it is running or due", began, s.LastQueued)
+	}
+	return true, ""
+}
+
+// Since describes the syncs between an earlier reading and this one.
+type Since struct {
+	Syncs int
+	// Mean is the mean duration of those syncs; when Syncs is 1 it is
+	// that sync's exact duration.
+	Mean float64
+	CPU  float64
+}
+
+// Since returns the syncs and CPU time between prev and s.
+func (s State) Since(prev State) Since {
+	d := Since{Syncs: int(s.Syncs) - int(prev.Syncs), CPU: s.CPUSeconds - prev.CPUSeconds}
+	if d.Syncs > 0 {
+		d.Mean = (s.SyncSeconds - prev.SyncSeconds) / float64(d.Syncs)
+	}
+	return d
+}
+
+func (s State) String() string {
+	return fmt.Sprintf("syncs=%d pending=%g lastSync=%.3f lastQueued=%.3f", s.Syncs, s.Pending, s.LastSync, s.LastQueued)
+}
+
+func latest(f *dto.MetricFamily) float64 {
+	v := 0.0
+	for _, m := range f.GetMetric() {
+		v = math.Max(v, value(m))
+	}
+	return v
+}
+
+func total(f *dto.MetricFamily) float64 {
+	v := 0.0
+	for _, m := range f.GetMetric() {
+		v += value(m)
+	}
+	return v
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	return 0
+}

@@ -1,0 +1,117 @@
+package syncstate
+
+import (
+	"fmt"
+	"testing"
+)
+
+// kubeProxy renders metrics shaped as kube-proxy v1.37 serves them: the
+// timestamps and durations carry an ip_family label.
+func kubeProxy(syncs int, sum, last, queued float64, svcPending, epPending int) string {
+	return fmt.Sprintf(`# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} %d
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"} %g
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} %d
+# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} %g
+# TYPE kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"} %g
+# TYPE kubeproxy_sync_proxy_rules_service_changes_pending gauge
+kubeproxy_sync_proxy_rules_service_changes_pending %d
+# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_pending gauge
+kubeproxy_sync_proxy_rules_endpoint_changes_pending %d
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 3.5
+`, syncs, sum, syncs, last, queued, svcPending, epPending)
+}
+
+func TestParseKubeProxy(t *testing.T) {
+	s, err := Parse(kubeProxy(4, 2.5, 1700000010.25, 1700000009.5, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := State{Syncs: 4, SyncSeconds: 2.5, LastSync: 1700000010.25, LastQueued: 1700000009.5, CPUSeconds: 3.5}
+	if s != want {
+		t.Fatalf("got %+v, want %+v", s, want)
+	}
+}
+
+// Before its first sync kube-proxy serves no histogram and no last-sync
+// time (labelled series appear when first set).
+func TestParseBeforeFirstSync(t *testing.T) {
+	s, err := Parse("# TYPE kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds gauge\nkubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"} 5\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f Follower
+	f.Observe(s)
+	if q, why := f.Quiet(); q {
+		t.Fatalf("%v: quiet before any sync", s)
+	} else {
+		t.Logf("not quiet: %s", why)
+	}
+}
+
+func TestFollower(t *testing.T) {
+	// Readings of one proxier, as (syncs, sum of durations, last sync,
+	// last queued, pending).
+	st := func(n int, sum, last, queued, pending float64) State {
+		return State{Syncs: uint64(n), SyncSeconds: sum, LastSync: last, LastQueued: queued, Pending: pending}
+	}
+	for _, tc := range []struct {
+		name     string
+		readings []State
+		quiet    bool
+	}{
+		{"no sync yet", []State{st(0, 0, 0, 10, 0)}, false},
+		{"synced after the only change", []State{st(1, 2, 12, 9, 0)}, true},
+		{"change queued after the last sync", []State{st(1, 2, 12, 9, 0), st(1, 2, 12, 13, 1)}, false},
+		{"change pending", []State{st(1, 2, 12, 9, 0), st(1, 2, 12, 11, 1)}, false},
+		// The case "last sync ended after the last change" gets wrong: a
+		// change queued at 25 during a sync from 20 to 40, taken by the
+		// next sync (pending 0 again) that is still running.
+		{"sync that takes a change queued during the previous one is running",
+			[]State{st(1, 2, 12, 9, 0), st(2, 22, 40, 25, 1), st(2, 22, 40, 25, 0)}, false},
+		{"...and once it has ended", []State{st(1, 2, 12, 9, 0), st(2, 22, 40, 25, 1), st(2, 22, 40, 25, 0), st(3, 42, 60, 25, 0)}, true},
+		// kube-proxy sets the last-sync time, then counts the sync.
+		{"last-sync time set, sync not counted yet", []State{st(1, 2, 12, 9, 0), st(1, 2, 30, 15, 0)}, false},
+		{"...and once it is counted", []State{st(1, 2, 12, 9, 0), st(1, 2, 30, 15, 0), st(2, 12, 30, 15, 0)}, true},
+		{"periodic sync, nothing queued since", []State{st(1, 2, 12, 9, 0), st(2, 3, 42, 9, 0)}, true},
+		// Two syncs between readings: their total bounds the last one.
+		{"two syncs between readings, the bound still shows the change", []State{st(1, 2, 12, 9, 0), st(3, 32, 50, 30, 0)}, false},
+		{"two short syncs between readings", []State{st(1, 2, 12, 9, 0), st(3, 2.2, 50, 30, 0)}, true},
+	} {
+		var f Follower
+		for _, r := range tc.readings {
+			f.Observe(r)
+		}
+		if got, why := f.Quiet(); got != tc.quiet {
+			t.Errorf("%s: Quiet() = %t (%s), want %t", tc.name, got, why, tc.quiet)
+		}
+	}
+}
+
+func TestParsePendingCountsBoth(t *testing.T) {
+	s, err := Parse(kubeProxy(1, 0.1, 20, 19, 0, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pending != 2 {
+		t.Fatalf("%v: two endpoint changes are pending", s)
+	}
+}
+
+func TestParseRejectsOtherMetrics(t *testing.T) {
+	if _, err := Parse("# TYPE up gauge\nup 1\n"); err == nil {
+		t.Fatal("metrics without the sync histogram parsed as a proxier's")
+	}
+}
+
+func TestSince(t *testing.T) {
+	a := State{Syncs: 3, SyncSeconds: 1, CPUSeconds: 2}
+	b := State{Syncs: 4, SyncSeconds: 15, CPUSeconds: 9}
+	d := b.Since(a)
+	if d.Syncs != 1 || d.Mean != 14 || d.CPU != 7 {
+		t.Fatalf("got %+v, want one sync of 14s and 7s of CPU", d)
+	}
+}
