@@ -17,6 +17,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
+	"github.com/proxymodes/proxymodes/harness/proc"
 )
 
 // Modules are loaded before the command runs. Besides these, stage 2 loads
@@ -147,6 +148,10 @@ func (s *Started) Wait(ctx context.Context, timeout time.Duration) (Result, erro
 	}
 	return r, nil
 }
+
+// CPU is the host CPU time the guest's processes have used so far: a
+// guest with one vCPU can use at most one core.
+func (s *Started) CPU() time.Duration { return proc.GroupCPU(s.cmd.Process.Pid) }
 
 // Done is closed when the guest has powered off or died.
 func (s *Started) Done() <-chan struct{} { return s.exited }

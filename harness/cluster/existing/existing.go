@@ -186,15 +186,11 @@ func (c *Cluster) checkMode(ctx context.Context, shell kube.Shell) error {
 	if c.opts.Mode == "" {
 		return nil
 	}
-	const script = `exec 3<>/dev/tcp/127.0.0.1/10249 || exit 3
-printf 'GET /proxyMode HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-cat <&3`
 	var unknown []string
 	for _, n := range c.info.Nodes {
-		out, err := shell.Run(ctx, n.Name, nil, "bash", "-c", script)
-		head, body, ok := strings.Cut(out, "\r\n\r\n")
+		body, err := kube.ProxierGet(ctx, shell, n.Name, "/proxyMode")
 		mode := strings.TrimSpace(body)
-		if err != nil || !ok || !strings.Contains(head, " 200 ") || mode == "" {
+		if err != nil || mode == "" {
 			unknown = append(unknown, n.Name)
 			continue
 		}

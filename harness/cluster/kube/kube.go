@@ -391,3 +391,30 @@ func (f *execFlow) Close() error {
 func (f *execFlow) String() string { return "flow " + f.desc }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// ProxierPort is where kube-proxy (and our proxier) serve /metrics and
+// /proxyMode on every node, on loopback by default.
+const ProxierPort = 10249
+
+// ProxierGet fetches path from the proxy's metrics port on a node, with
+// bash's /dev/tcp: kind node images and the agent image have bash, not
+// always curl. It returns the body of a 200 answer.
+func ProxierGet(ctx context.Context, shell Shell, node, path string) (string, error) {
+	script := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d || exit 3
+printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+cat <&3`, ProxierPort, path)
+	out, err := shell.Run(ctx, node, nil, "bash", "-c", script)
+	if err != nil {
+		return "", fmt.Errorf("GET 127.0.0.1:%d%s on %s: %w", ProxierPort, path, node, err)
+	}
+	head, body, ok := strings.Cut(out, "\r\n\r\n")
+	if !ok || !strings.Contains(strings.SplitN(head, "\r\n", 2)[0], " 200 ") {
+		return "", fmt.Errorf("GET 127.0.0.1:%d%s on %s: no 200 answer (%.80q)", ProxierPort, path, node, head)
+	}
+	return body, nil
+}
+
+// ProxierMetrics returns a node's proxy metrics (Prometheus text).
+func (c *Cluster) ProxierMetrics(ctx context.Context, node string) (string, error) {
+	return ProxierGet(ctx, c.cfg.Shell, node, "/metrics")
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -28,6 +29,10 @@ type guest struct {
 	kernel  *uml.Kernel
 	started *uml.Started
 	ns      string
+
+	statsMu sync.Mutex
+	lastAt  time.Time
+	lastCPU time.Duration
 }
 
 const (
@@ -156,4 +161,34 @@ func (g *guest) Close() error {
 func (g *guest) kill() {
 	g.started.Kill()
 	g.started.Remove()
+}
+
+// stats is one line for a run's sync log: the guest's host CPU use since
+// the previous call (a one-vCPU guest saturates at 100%) and its clock's
+// offset from the host's.
+func (g *guest) stats(ctx context.Context) string {
+	now, cpu := time.Now(), g.started.CPU()
+	g.statsMu.Lock()
+	var use string
+	if !g.lastAt.IsZero() {
+		use = fmt.Sprintf("cpu %.0f%% of one core over %s", 100*float64(cpu-g.lastCPU)/float64(now.Sub(g.lastAt)), now.Sub(g.lastAt).Round(100*time.Millisecond))
+	} else {
+		use = fmt.Sprintf("cpu %s so far", cpu.Round(time.Second))
+	}
+	g.lastAt, g.lastCPU = now, cpu
+	g.statsMu.Unlock()
+	off, rtt, err := g.ClockOffset(ctx)
+	if err != nil {
+		return use + "; clock: " + err.Error()
+	}
+	return fmt.Sprintf("%s; clock %+.1fms from the host's (+/- %.1fms)", use, float64(off)/1e6, float64(rtt)/2e6)
+}
+
+// GuestStats is the guest's CPU use and clock offset, or "" when the
+// nodes run in the host kernel.
+func (l *Lab) GuestStats(ctx context.Context) string {
+	if g, ok := l.plane.(*guest); ok {
+		return g.stats(ctx)
+	}
+	return ""
 }

@@ -261,6 +261,9 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		return reply{Text: text, Err: probe.ToWire(err)}
 	})
 	handle("/kernel", func(ctx context.Context, b []byte) reply { return reply{Text: h.Kernel()} })
+	handle("/clock", func(ctx context.Context, b []byte) reply {
+		return reply{Text: strconv.FormatInt(time.Now().UnixNano(), 10)}
+	})
 	handle("/shutdown", func(ctx context.Context, b []byte) reply {
 		select {
 		case <-done:
@@ -386,6 +389,23 @@ func (r *Remote) IPTables(ctx context.Context, ns string) (string, error) {
 func (r *Remote) Exec(ctx context.Context, ns string, argv []string) (string, error) {
 	rep, err := r.call(ctx, "/exec", execReq{NS: ns, Argv: argv})
 	return rep.Text, err
+}
+
+// ClockOffset is how far the guest's clock is ahead of this host's, read
+// halfway through one call; rtt bounds its error.
+func (r *Remote) ClockOffset(ctx context.Context) (offset, rtt time.Duration, err error) {
+	t0 := time.Now()
+	rep, err := r.call(ctx, "/clock", nil)
+	t1 := time.Now()
+	if err != nil {
+		return 0, 0, err
+	}
+	ns, err := strconv.ParseInt(rep.Text, 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("lab agent /clock: %q: %w", rep.Text, err)
+	}
+	mid := t0.Add(t1.Sub(t0) / 2)
+	return time.Unix(0, ns).Sub(mid), t1.Sub(t0), nil
 }
 
 // Kernel asks the guest which kernel it runs.
