@@ -58,7 +58,7 @@ func clientIPAffinity() types.Feature {
 			needAffinity(a)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff", Affinity: longAffinity})
 			tg := tcpTo(clients(a, 1)[0].NS, svc)
-			a.Eventually("Service programmed", suite.Converge,
+			a.Eventually("Service programmed", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 3, quick) },
 				func(s probe.Summary) bool { return len(s.Errors()) == 0 })
 			s := a.Probe(tg, stickN, quick)
@@ -135,17 +135,17 @@ func clientIPAffinity() types.Feature {
 
 			start := time.Now()
 			a.Fixture.UpdateAffinity(a, svc.Name, longAffinity)
-			a.Eventually("affinity switched on: 40 connections on one backend", suite.Converge,
+			a.Eventually("affinity switched on: 40 connections on one backend", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, stickN, quick) },
 				func(s probe.Summary) bool { return allSame(s) != "" })
-			on := time.Since(start)
+			on := a.ConvergedSince(start)
 
 			start = time.Now()
 			a.Fixture.UpdateAffinity(a, svc.Name, 0)
-			a.Eventually("affinity switched off: 60 connections reach all 3 backends", suite.Converge,
+			a.Eventually("affinity switched off: 60 connections reach all 3 backends", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 60, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
-			off := time.Since(start)
+			off := a.ConvergedSince(start)
 			a.Evidence("on took effect within %s, off within %s (40 on one backend by chance: <= 3^-39)", on.Round(10*time.Millisecond), off.Round(10*time.Millisecond))
 		}).Feature()
 }
@@ -156,7 +156,7 @@ func clientIPAffinity() types.Feature {
 // would count as a failure of the behaviour under test.
 func programmedFor(a *suite.A, svc *corev1.Service, cs []cluster.Pod) {
 	for _, c := range cs {
-		a.Eventually("Service programmed for "+c.Name, suite.Converge,
+		a.Eventually("Service programmed for "+c.Name, a.Converge(),
 			func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
 			func(s probe.Summary) bool { return len(s.Errors()) == 0 })
 	}

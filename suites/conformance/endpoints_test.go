@@ -28,15 +28,15 @@ func endpointChanges() types.Feature {
 			first = a.Fixture.Backends(a, 1)[0]
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "churn"})
 			tg = tcpTo(clients(a, 1)[0].NS, svc)
-			a.Eventually("one endpoint serves", suite.Converge,
+			a.Eventually("one endpoint serves", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 10, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, first.Name) })
 			start := time.Now()
 			second = a.Fixture.Backends(a, 1)[0]
-			s := a.Eventually("the added endpoint serves too", suite.Converge,
+			s := a.Eventually("the added endpoint serves too", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 40, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, first.Name, second.Name) })
-			a.Evidence("%s added: served within %s; %s", second.Name, time.Since(start).Round(10*time.Millisecond), suite.Distribution(s, []string{first.Name, second.Name}))
+			a.Evidence("%s added: served within %s; %s", second.Name, a.ConvergedSince(start).Round(10*time.Millisecond), suite.Distribution(s, []string{first.Name, second.Name}))
 		}).
 		Assess("a removed endpoint is dropped", func(ctx context.Context, a *suite.A) {
 			if second.Name == "" {
@@ -44,10 +44,10 @@ func endpointChanges() types.Feature {
 			}
 			start := time.Now()
 			a.Fixture.DeletePod(a, first)
-			a.Eventually("only the remaining endpoint serves", suite.Converge,
+			a.Eventually("only the remaining endpoint serves", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 20, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name) })
-			took := time.Since(start)
+			took := a.ConvergedSince(start)
 			s := a.Probe(tg, 100, quick)
 			a.Evidence("%s removed: dropped within %s; then %s", first.Name, took.Round(10*time.Millisecond), suite.Distribution(s, []string{second.Name}))
 			if !suite.ServedBy(s, second.Name) {
@@ -77,7 +77,7 @@ func noEndpoints() types.Feature {
 	const spacing = 2 * time.Second
 	check := func(a *suite.A, tg probe.Target, what string) {
 		a.Helper()
-		a.Eventually(what, suite.Converge,
+		a.Eventually(what, a.Converge(),
 			func() probe.Summary { return a.Probe(tg, 3, 3*time.Second) },
 			func(s probe.Summary) bool { return allRefused(s) })
 		var worst time.Duration
@@ -124,7 +124,7 @@ func noEndpoints() types.Feature {
 			p := a.Fixture.Backends(a, 1)[0]
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "emptied"})
 			tg := tcpTo(clients(a, 1)[0].NS, svc)
-			a.Eventually("the endpoint serves", suite.Converge,
+			a.Eventually("the endpoint serves", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 5, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, p.Name) })
 			a.Fixture.DeletePod(a, p)

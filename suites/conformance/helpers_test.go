@@ -41,7 +41,7 @@ func tcpTo(from string, svc *corev1.Service) probe.Target {
 // backend with probability 3*(2/3)^60 < 1e-10; the wait retries anyway.
 func waitServedByAll(a *suite.A, what string, tg probe.Target, names []string) {
 	a.Helper()
-	a.Eventually(what, suite.Converge,
+	a.Eventually(what, a.Converge(),
 		func() probe.Summary { return a.Probe(tg, 60, quick) },
 		func(s probe.Summary) bool { return suite.ServedBy(s, names...) })
 }

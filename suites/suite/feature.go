@@ -140,6 +140,8 @@ type A struct {
 	Fixture *Fixture
 	Run     *Run
 	rec     *report.Assessment
+	// converged is when the last Eventually's check held.
+	converged time.Time
 }
 
 // Evidence records a measurement for the summary and logs it.

@@ -39,9 +39,10 @@ const (
 	UDPPort = 53 // -> backend.UDPPort (echoes "pod client")
 )
 
-// Converge is how long the suites wait for the proxier to program a
-// change. The reference proxier syncs at most once a second, so this is
-// generous; it bounds waiting, never a statistical check.
+// Converge is the least the suites wait for the proxier to program a
+// change; Run.Converge adds the time of the slowest syncs measured. The
+// reference proxier syncs at most once a second, so this is generous; it
+// bounds waiting, never a statistical check.
 const Converge = 45 * time.Second
 
 // Fixture tracks what one feature created, so its teardown removes it.
@@ -258,7 +259,8 @@ func (a *A) Probe(t probe.Target, n int, timeout time.Duration) probe.Summary {
 
 // Eventually repeats a probe until ok accepts its summary, and fails with
 // the last summary after limit. It is only for waiting until the proxier
-// has programmed a change; measurements are taken after it returns.
+// has programmed a change; measurements are taken after it returns, and it
+// returns only once every proxier is quiet as well (see EventuallyTrue).
 func (a *A) Eventually(what string, limit time.Duration, run func() probe.Summary, ok func(probe.Summary) bool) probe.Summary {
 	a.Helper()
 	var s probe.Summary
@@ -270,7 +272,10 @@ func (a *A) Eventually(what string, limit time.Duration, run func() probe.Summar
 }
 
 // EventuallyTrue repeats check until it reports true, and fails with its
-// last description after limit.
+// last description after limit. Then it waits until every node's proxier
+// is quiet (Quiet), so that what the caller measures next is the
+// converged rules, not a sync still running on some node. ConvergedSince
+// tells when check first held.
 func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bool, last string)) {
 	a.Helper()
 	start := time.Now()
@@ -279,11 +284,13 @@ func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bo
 	for {
 		ok, last := check()
 		if ok {
+			a.converged = time.Now()
 			a.Logf("%s: after %s", what, time.Since(start).Round(10*time.Millisecond))
+			a.Quiet(what)
 			return
 		}
 		if time.Now().After(deadline) || a.Ctx.Err() != nil {
-			a.Fatalf("%s: still not so after %s; %s", what, limit, last)
+			a.Fatalf("%s: still not so after %s; %s%s", what, limit, last, a.Run.syncNote())
 		}
 		if time.Since(lastLog) > 5*time.Second {
 			a.Logf("%s: not yet after %s; %s", what, time.Since(start).Round(time.Second), last)
@@ -292,6 +299,10 @@ func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bo
 		time.Sleep(250 * time.Millisecond)
 	}
 }
+
+// ConvergedSince is the time from start until the last Eventually's check
+// held, without the wait for quiet proxiers that followed.
+func (a *A) ConvergedSince(start time.Time) time.Duration { return a.converged.Sub(start) }
 
 // ServedBy reports whether every connection succeeded and exactly the
 // named backends answered (each at least once).

@@ -41,6 +41,11 @@ type Run struct {
 
 	clientsMu sync.Mutex
 	clients   []cluster.Pod
+
+	// syncs follows the proxiers' metrics (nil when they cannot be read);
+	// stopSyncs ends it.
+	syncs     *syncWatch
+	stopSyncs context.CancelFunc
 }
 
 // NewRun reads the settings from the environment. A bad setting is kept and
@@ -153,6 +158,7 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 		r.Report.Settings["kernel"] = k // the data plane's kernel, maybe a guest's
 	}
 	r.Logf("cluster %s up in %s: %d nodes, API %s", c.Info().Name, time.Since(start).Round(time.Millisecond), len(c.Info().Nodes), c.Info().APIServer)
+	r.watchSyncs(ctx, c)
 	return context.WithValue(context.WithValue(ctx, clusterKey, c), runKey, r), nil
 }
 
@@ -175,6 +181,10 @@ func (r *Run) SaveLogsOnFailure(ctx context.Context, _ *envconf.Config) (context
 func (r *Run) DestroyCluster(ctx context.Context, _ *envconf.Config) (context.Context, error) {
 	if r.cluster == nil {
 		return ctx, nil
+	}
+	if r.stopSyncs != nil {
+		r.stopSyncs()
+		r.Report.Settings["proxier syncs"] = r.syncs.Summary()
 	}
 	start := time.Now()
 	err := r.cluster.Down(context.Background())
@@ -264,6 +274,82 @@ func (r *Run) Clients(ctx context.Context, n int) ([]cluster.Pod, error) {
 	}
 	return append([]cluster.Pod(nil), r.clients[:n]...), nil
 }
+
+// watchSyncs starts following every node's proxier through its metrics.
+// A provider that cannot read them leaves the suites with convergence
+// checks by probes alone, which the log says.
+func (r *Run) watchSyncs(ctx context.Context, c cluster.Cluster) {
+	src, ok := c.(MetricsSource)
+	if !ok {
+		r.Logf("the %s provider cannot read the proxiers' metrics: assessments measure once probes converge, without waiting for a quiet proxier", r.Settings.Provider)
+		return
+	}
+	guest, _ := c.(GuestStats)
+	var nodes []string
+	for _, n := range c.Info().Nodes {
+		nodes = append(nodes, n.Name)
+	}
+	w := newSyncWatch(src, guest, nodes, r.Settings.ResultsDir)
+	// The first sync of kube-proxy in a UML guest took 33 s here; its
+	// healthz answers before it.
+	if _, err := w.Quiet(ctx, 5*time.Minute); err != nil {
+		if w.unreadable() {
+			r.Logf("cannot read the proxiers' metrics (%v): assessments measure once probes converge, without waiting for a quiet proxier", err)
+			return
+		}
+		// A proxy that never finishes its first syncs is a finding.
+		r.Report.Errorf("the proxiers did not settle after the cluster came up: %v", err)
+		r.Logf("ERROR: the proxiers did not settle after the cluster came up: %v", err)
+		return
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	r.syncs, r.stopSyncs = w, cancel
+	go w.loop(wctx)
+	r.Logf("following every proxier's syncs in %s; slowest so far %s", filepath.Join(r.Settings.ResultsDir, "proxier-syncs.log"), w.Slowest().Round(time.Millisecond))
+}
+
+// Converge is how long the suites wait for a change to converge: the
+// base Converge plus two of the slowest syncs seen so far, because a change
+// that arrives just after a sync began waits for that sync and then its
+// own. Where syncs take milliseconds this is Converge; in a guest where
+// kube-proxy's syncs take many seconds it grows with them, and it is
+// still a deadline.
+func (r *Run) Converge() time.Duration {
+	if r.syncs == nil {
+		return Converge
+	}
+	return Converge + (2 * r.syncs.Slowest()).Round(time.Second)
+}
+
+// Quiet waits until every node's proxier has finished the sync that took
+// the last change and has nothing pending. It fails the assessment when
+// that does not happen within Converge().
+func (a *A) Quiet(what string) {
+	a.Helper()
+	if a.Run.syncs == nil {
+		return
+	}
+	limit := a.Run.Converge()
+	took, err := a.Run.syncs.Quiet(a.Ctx, limit)
+	if err != nil {
+		a.Fatalf("%s: the proxiers did not settle: %v%s", what, err, a.Run.syncNote())
+	}
+	if took > time.Second {
+		a.Logf("%s: proxiers quiet after %s", what, took.Round(10*time.Millisecond))
+	}
+}
+
+// syncNote is what a failed wait adds: how slow the proxiers' syncs have
+// been, and where every sync is logged.
+func (r *Run) syncNote() string {
+	if r.syncs == nil {
+		return ""
+	}
+	return fmt.Sprintf(" [proxier syncs so far: %s; each one in %s]", r.syncs.Summary(), filepath.Join(r.Settings.ResultsDir, "proxier-syncs.log"))
+}
+
+// Converge is the run's convergence deadline (see Run.Converge).
+func (a *A) Converge() time.Duration { return a.Run.Converge() }
 
 type logger struct{ r *Run }
 
