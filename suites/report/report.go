@@ -156,7 +156,12 @@ func (r *Run) WriteTable(w io.Writer) {
 		}
 	}
 	fmt.Fprintf(w, "\n=== %s summary (%s)\n", r.Suite, strings.Join(head, " "))
-	fmt.Fprintf(w, "promise: %s\n\n", r.Promise)
+	fmt.Fprintf(w, "promise: %s\n", r.Promise)
+	if v := r.Settings["proxier syncs"]; v != "" {
+		// How slow the proxiers were explains how long the waits were.
+		fmt.Fprintf(w, "proxier syncs: %s\n", v)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "FEATURE\tASSESSMENT\tRESULT\tTIME\tEVIDENCE")
 	for _, f := range r.Features {
