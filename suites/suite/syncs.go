@@ -39,6 +39,11 @@ type syncWatch struct {
 	nodes []string
 	out   io.Writer
 
+	// readMu keeps readings in order: the loop and Quiet both read, and
+	// a Follower must see each node's readings in the order they were
+	// taken.
+	readMu sync.Mutex
+
 	mu      sync.Mutex
 	follow  map[string]*syncstate.Follower
 	last    map[string]syncstate.State
@@ -83,6 +88,8 @@ func (w *syncWatch) loop(ctx context.Context) {
 // readAll reads every node once; for each it returns the reading, or
 // why the node is not quiet ("" when it is).
 func (w *syncWatch) readAll(ctx context.Context) (map[string]syncstate.State, map[string]string) {
+	w.readMu.Lock()
+	defer w.readMu.Unlock()
 	out, busy := map[string]syncstate.State{}, map[string]string{}
 	for _, n := range w.nodes {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
