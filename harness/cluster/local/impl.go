@@ -2,7 +2,6 @@ package local
 
 import (
 	"io"
-	"time"
 
 	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/cluster"
@@ -51,28 +50,4 @@ func (p *ProxierOptions) implArgs() []string {
 		// kube-proxy would lower the whole lab's OOM score to -999.
 		"--oom-score-adj=0",
 	}
-}
-
-// GuestSyncPeriod is the periodic resync of every proxier in a UML guest,
-// instead of the default 30 s. A kube-proxy ipvs sync takes 20-38 s there
-// (each of its ~40 ipset and iptables processes costs about a second to
-// start under UML), so with two nodes' 30 s resyncs the guest's one vCPU
-// was 88-92% busy with resyncs nobody asked for, and probes competed with
-// them. Syncs on changes are untouched; the resync is the proxies' safety
-// net, which no assessment relies on.
-const GuestSyncPeriod = 5 * time.Minute
-
-// guestArgs are the flags a proxier gets in a UML guest, the same setting
-// for both implementations.
-func (p *ProxierOptions) guestArgs() []string {
-	period := GuestSyncPeriod.String()
-	if p.Impl == ImplKubeProxy {
-		// kube-proxy reads --ipvs-sync-period in ipvs mode and
-		// --iptables-sync-period in every other mode, and ignores the other.
-		if p.Mode == "ipvs" {
-			return []string{"--ipvs-sync-period=" + period}
-		}
-		return []string{"--iptables-sync-period=" + period}
-	}
-	return []string{"--sync-period=" + period}
 }

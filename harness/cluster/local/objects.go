@@ -119,17 +119,15 @@ func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 		return err
 	}
 	kubeconfig := l.st.Kubeconfig
-	flags := po.implArgs()
 	if g, ok := l.plane.(*guest); ok {
 		// The guest's /run is its own; it reads the shared run directory.
 		var err error
 		if kubeconfig, err = g.share(kubeconfig); err != nil {
 			return err
 		}
-		flags = append(flags, po.guestArgs()...)
 	}
 	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig,
-		Args: append(flags, args...), StartTimeout: po.StartTimeout})
+		Args: append(po.implArgs(), args...), StartTimeout: po.StartTimeout})
 }
 
 // RestartProxiers stops every node's proxier and starts it again with
