@@ -48,6 +48,10 @@ func TestGuestLab(t *testing.T) {
 			t.Fatalf("%s from %s to %s inside the guest: %s", proto, a, b, s)
 		}
 	}
+	// What a run's sync log shows of the guest.
+	if g := l.GuestStats(ctx); !strings.Contains(g, "cpu ") || !strings.Contains(g, "from the host's") {
+		t.Fatalf("guest stats %q: want its CPU use and clock offset", g)
+	}
 	if err := l.Break(ctx, b, cluster.Blackhole); err != nil {
 		t.Fatal(err)
 	}
