@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -73,6 +74,20 @@ func Parse(text string) (State, error) {
 	return s, nil
 }
 
+// StartSlack is how far before the last queued change the bounded start
+// of the last sync may lie and still count as after it. kube-proxy
+// observes a sync's duration after it stamps the sync's end (health and
+// conntrack work lie between), so the bound falls a few milliseconds
+// before the real start; and a change makes it queue a sync right after
+// stamping the queued time, so that sync starts microseconds after it.
+// Without slack kube-proxy's iptables mode, which has no periodic sync,
+// never looked quiet after a change (seen: 3 of 17 assessments failed).
+// A change that really arrived during the last sync, after it took its
+// changes, shows as pending until the next sync takes it, and that sync
+// takes milliseconds on a host; only in a slow guest can a reading fall
+// inside it, and only for changes in the first 100 ms of a sync.
+const StartSlack = 100 * time.Millisecond
+
 // Follower follows one proxier's readings and tells when it is quiet:
 // nothing pending, and the last successful sync began after the last
 // change was queued. "Ended after" is not enough: a change queued during a
@@ -117,7 +132,7 @@ func (f *Follower) Quiet() (bool, string) {
 		return false, "the last sync is not counted yet (still finishing)"
 	}
 	began := s.LastSync - (s.SyncSeconds - f.base.SyncSeconds)
-	if began < s.LastQueued {
+	if began < s.LastQueued-StartSlack.Seconds() {
 		return false, fmt.Sprintf("the last sync began (at the latest %.3f) before the last change was queued (%.3f): a sync that takes it is running or due", began, s.LastQueued)
 	}
 	return true, ""

@@ -76,6 +76,11 @@ func TestFollower(t *testing.T) {
 		// kube-proxy sets the last-sync time, then counts the sync.
 		{"last-sync time set, sync not counted yet", []State{st(1, 2, 12, 9, 0), st(1, 2, 30, 15, 0)}, false},
 		{"...and once it is counted", []State{st(1, 2, 12, 9, 0), st(1, 2, 30, 15, 0), st(2, 12, 30, 15, 0)}, true},
+		// kube-proxy stamps the queued time, starts the sync microseconds
+		// later, and counts its duration a few ms after stamping its end:
+		// the bound puts the start 5 ms before the queued time.
+		{"kube-proxy: sync started right after the change was queued",
+			[]State{st(1, 2, 12, 9, 0), st(2, 2.025, 20.02, 20, 0)}, true},
 		{"periodic sync, nothing queued since", []State{st(1, 2, 12, 9, 0), st(2, 3, 42, 9, 0)}, true},
 		// Two syncs between readings: their total bounds the last one.
 		{"two syncs between readings, the bound still shows the change", []State{st(1, 2, 12, 9, 0), st(3, 32, 50, 30, 0)}, false},
