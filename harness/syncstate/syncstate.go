@@ -102,15 +102,16 @@ const StartSlack = 100 * time.Millisecond
 type Follower struct {
 	cur, base State
 	have      bool
+	// first: no reading before the current last-sync time was seen.
+	first bool
 }
 
 // Observe takes the next reading.
 func (f *Follower) Observe(s State) {
 	if !f.have {
-		// Syncs before the first reading all count towards the bound.
-		f.base, f.have = State{}, true
+		f.base, f.have, f.first = State{}, true, true
 	} else if s.LastSync != f.cur.LastSync {
-		f.base = f.cur
+		f.base, f.first = f.cur, false
 	}
 	f.cur = s
 }
@@ -131,7 +132,16 @@ func (f *Follower) Quiet() (bool, string) {
 	case s.Syncs <= f.base.Syncs:
 		return false, "the last sync is not counted yet (still finishing)"
 	}
-	began := s.LastSync - (s.SyncSeconds - f.base.SyncSeconds)
+	took := s.SyncSeconds - f.base.SyncSeconds
+	if f.first {
+		// Syncs that happened before the first reading cannot be told
+		// apart: their total would put the start of the last one far
+		// too early, and a proxier with no periodic sync (kube-proxy's
+		// iptables mode) would never look quiet. Their mean is the best
+		// guess; every later sync gets the bound.
+		took /= float64(s.Syncs)
+	}
+	began := s.LastSync - took
 	if began < s.LastQueued-StartSlack.Seconds() {
 		return false, fmt.Sprintf("the last sync began (at the latest %.3f) before the last change was queued (%.3f): a sync that takes it is running or due", began, s.LastQueued)
 	}

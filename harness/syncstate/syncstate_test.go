@@ -81,6 +81,8 @@ func TestFollower(t *testing.T) {
 		// the bound puts the start 5 ms before the queued time.
 		{"kube-proxy: sync started right after the change was queued",
 			[]State{st(1, 2, 12, 9, 0), st(2, 2.025, 20.02, 20, 0)}, true},
+		// Watching starts after nine 0.15 s syncs (an existing cluster).
+		{"first reading after many syncs", []State{st(9, 1.35, 59.81, 59.2, 0)}, true},
 		{"periodic sync, nothing queued since", []State{st(1, 2, 12, 9, 0), st(2, 3, 42, 9, 0)}, true},
 		// Two syncs between readings: their total bounds the last one.
 		{"two syncs between readings, the bound still shows the change", []State{st(1, 2, 12, 9, 0), st(3, 32, 50, 30, 0)}, false},
