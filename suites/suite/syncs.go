@@ -46,7 +46,6 @@ type syncWatch struct {
 
 	mu      sync.Mutex
 	follow  map[string]*syncstate.Follower
-	last    map[string]syncstate.State
 	slowest map[string]float64 // seconds
 	syncs   map[string]int
 	errs    map[string]string
@@ -57,7 +56,7 @@ const watchInterval = 5 * time.Second
 
 func newSyncWatch(src MetricsSource, guest GuestStats, nodes []string, dir string) *syncWatch {
 	w := &syncWatch{src: src, guest: guest, nodes: nodes, out: io.Discard,
-		follow: map[string]*syncstate.Follower{}, last: map[string]syncstate.State{}, slowest: map[string]float64{}, syncs: map[string]int{}, errs: map[string]string{}}
+		follow: map[string]*syncstate.Follower{}, slowest: map[string]float64{}, syncs: map[string]int{}, errs: map[string]string{}}
 	if dir != "" {
 		if f, err := os.Create(filepath.Join(dir, "proxier-syncs.log")); err == nil {
 			w.out = f
@@ -122,15 +121,14 @@ func (w *syncWatch) readAll(ctx context.Context) (map[string]syncstate.State, ma
 // why not).
 func (w *syncWatch) record(node string, s syncstate.State) (bool, string) {
 	w.mu.Lock()
-	f := w.follow[node]
-	if f == nil {
+	f, seen := w.follow[node]
+	if !seen {
 		f = &syncstate.Follower{}
 		w.follow[node] = f
 	}
+	prev := f.Current()
 	f.Observe(s)
 	quiet, why := f.Quiet()
-	prev, seen := w.last[node]
-	w.last[node] = s
 	d := s.Since(prev)
 	if seen && d.Syncs > 0 {
 		// With one sync between two readings its duration is exact; with
@@ -158,7 +156,7 @@ func (w *syncWatch) logf(format string, args ...any) {
 func (w *syncWatch) unreadable() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.last) == 0
+	return len(w.follow) == 0
 }
 
 // Slowest is the longest sync seen on any node.
