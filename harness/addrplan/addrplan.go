@@ -83,14 +83,32 @@ func MgmtNode(k int) netip.Prefix {
 // it over its own management link.
 func APIServer() netip.Addr { return MgmtHost(0).Addr() }
 
-// The last management /30 (198.18.255.252/30) is no node's: it links a
-// user-mode Linux guest to its lab namespace on the host.
+// User-mode Linux guests take management /30s from the top down: guest i
+// (from 0) links to its lab namespace on the host over block MaxNodes-i,
+// the last one (198.18.255.252/30) for the first guest. Nodes inside
+// guests start at block 1, so nodes and guests together fit MaxNodes+1
+// blocks: see MaxGuestNodes.
 
-// GuestUplinkHost is the host-side (tap) address of a guest's uplink.
-func GuestUplinkHost() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNodes+1), 30) }
+// MaxGuestNodes is how many nodes a lab of one guest per node holds.
+const MaxGuestNodes = MaxNodes / 2
 
-// GuestUplinkGuest is the guest's own address on that link.
-func GuestUplinkGuest() netip.Prefix { return netip.PrefixFrom(at(Mgmt, 4*MaxNodes+2), 30) }
+func checkGuest(i int) {
+	if i < 0 || i >= MaxGuestNodes {
+		panic(fmt.Sprintf("addrplan: guest index %d outside 0..%d", i, MaxGuestNodes-1))
+	}
+}
+
+// GuestUplinkHost is the host-side (tap) address of guest i's uplink.
+func GuestUplinkHost(i int) netip.Prefix {
+	checkGuest(i)
+	return netip.PrefixFrom(at(Mgmt, 4*(MaxNodes-i)+1), 30)
+}
+
+// GuestUplinkGuest is guest i's own address on its uplink.
+func GuestUplinkGuest(i int) netip.Prefix {
+	checkGuest(i)
+	return netip.PrefixFrom(at(Mgmt, 4*(MaxNodes-i)+2), 30)
+}
 
 // The private Docker daemon's ranges (kind clusters): its address pools,
 // the `kind` network inside them, and docker0.

@@ -92,6 +92,43 @@ func LinkUp(ns, name string, addr netip.Prefix) error {
 	})
 }
 
+// MoveLink moves an existing link from one namespace into another, renames
+// it there, assigns addr (if valid) and sets it up.
+func MoveLink(from, name, to, newName string, addr netip.Prefix) error {
+	dst, err := open(to)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	err = WithHandle(from, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		// A link can be renamed only while it is down.
+		if err := h.LinkSetDown(l); err != nil {
+			return err
+		}
+		return h.LinkSetNsFd(l, int(dst))
+	})
+	if err != nil {
+		return fmt.Errorf("move %s/%s to %s: %w", nsLabel(from), name, nsLabel(to), err)
+	}
+	if newName != name {
+		err := WithHandle(to, func(h *netlink.Handle) error {
+			l, err := h.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			return h.LinkSetName(l, newName)
+		})
+		if err != nil {
+			return fmt.Errorf("rename %s/%s to %s: %w", nsLabel(to), name, newName, err)
+		}
+	}
+	return LinkUp(to, newName, addr)
+}
+
 // DeleteLink removes a link; a missing one is not an error.
 func DeleteLink(ns, name string) error {
 	return WithHandle(ns, func(h *netlink.Handle) error {

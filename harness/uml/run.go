@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,14 +42,22 @@ type RunOptions struct {
 	Dir string
 	// MemMB is the guest's memory (default 1024).
 	MemMB int
-	// NetNS, if set, is the host lab namespace linux.uml runs in, and Tap a
-	// tap device in it that becomes the guest's vec0. The guest then has
-	// no other network.
+	// NetNS, if set, is the host lab namespace linux.uml runs in, and Taps
+	// the tap devices in it that become the guest's vec0, vec1, ... The
+	// guest then has no other network.
 	NetNS string
-	Tap   string
+	Taps  []Tap
 	// Lab tags the UML processes for leak checks and cleanup.
 	Lab     string
 	Timeout time.Duration
+}
+
+// Tap is a host tap device that a guest sees as one of its vecN links.
+type Tap struct {
+	Name string
+	// MAC fixes the guest side's hardware address; without it the guest
+	// picks a random one, which bridged guests could share by chance.
+	MAC net.HardwareAddr
 }
 
 // Result is what the command in the guest did.
@@ -98,9 +107,13 @@ func (k *Kernel) Start(ctx context.Context, opts RunOptions) (*Started, error) {
 		"uml_dir=" + runDir, "umid=" + umid,
 		"pm_moddir=" + k.ModDir, "pm_kver=" + k.Version, "pm_run=" + runDir,
 	}
-	if opts.Tap != "" {
+	for i, t := range opts.Taps {
 		// gro=1: without it bulk TCP stalls ("Incoming GSO frames and GRO disabled").
-		args = append(args, "vec0:transport=tap,ifname="+opts.Tap+",gro=1")
+		v := fmt.Sprintf("vec%d:transport=tap,ifname=%s,gro=1", i, t.Name)
+		if t.MAC != nil {
+			v += ",mac=" + t.MAC.String()
+		}
+		args = append(args, v)
 	}
 	args = append(args, guestEnv...) // the kernel hands these to init's environment
 	cmd, err := agent.Command(opts.Lab, launchRole, k.Binary)

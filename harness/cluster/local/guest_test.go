@@ -13,10 +13,11 @@ import (
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
-// TestGuestLab builds the nodes inside a user-mode Linux guest, as the
-// IPVS mode needs on hosts without ip_vs, and checks the same basics as the
-// host-kernel lab: pods reach each other, faults work, nothing routes out,
-// and nothing is left after down.
+// TestGuestLab builds the nodes inside user-mode Linux guests, one per
+// node, as the IPVS mode needs on hosts without ip_vs, and checks the same
+// basics as the host-kernel lab: pods on different nodes (so different
+// guests) reach each other, faults work, nothing routes out, and nothing
+// is left after down.
 func TestGuestLab(t *testing.T) {
 	downShared()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -48,9 +49,12 @@ func TestGuestLab(t *testing.T) {
 			t.Fatalf("%s from %s to %s inside the guest: %s", proto, a, b, s)
 		}
 	}
-	// What a run's sync log shows of the guest.
-	if g := l.GuestStats(ctx); !strings.Contains(g, "cpu ") || !strings.Contains(g, "from the host's") {
-		t.Fatalf("guest stats %q: want its CPU use and clock offset", g)
+	// What a run's sync log shows of the guests: one per node.
+	g := l.GuestStats(ctx)
+	for _, want := range []string{"node-1's guest: cpu ", "node-2's guest: cpu ", "from the host's"} {
+		if !strings.Contains(g, want) {
+			t.Fatalf("guest stats %q: want each guest's CPU use and clock offset (%q)", g, want)
+		}
 	}
 	if err := l.Break(ctx, b, cluster.Blackhole); err != nil {
 		t.Fatal(err)

@@ -124,7 +124,6 @@ type Lab struct {
 	lock *os.File
 
 	plane plane.Plane
-	topo  plane.Topology
 
 	mu sync.Mutex
 	st state

@@ -27,20 +27,18 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	l.topo = plane.Topology{Lab: l.opts.Name, Prefix: l.prefix, StateDir: l.dir, Nodes: l.opts.Nodes}
+	topo := plane.Topology{Lab: l.opts.Name, Prefix: l.prefix, StateDir: l.dir, Nodes: l.opts.Nodes}
 	if kernel == KernelUML {
-		g, err := startGuest(ctx, l)
+		gs, err := startGuests(ctx, l)
 		if err != nil {
 			return err
 		}
-		l.plane = g
-		l.topo.MgmtOffset = 1
-		l.topo.StateDir = g.stateDir()
+		l.plane = gs
 	} else {
 		l.plane = plane.NewHost()
 	}
 	l.st.Kernel = l.plane.Kernel()
-	if err := l.plane.Build(ctx, l.topo); err != nil {
+	if err := l.plane.Build(ctx, topo); err != nil {
 		return err
 	}
 	for k := 0; k < l.opts.Nodes; k++ {
@@ -118,15 +116,7 @@ func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 	if err := po.resolve(l.opts.BuildOutput); err != nil {
 		return err
 	}
-	kubeconfig := l.st.Kubeconfig
-	if g, ok := l.plane.(*guest); ok {
-		// The guest's /run is its own; it reads the shared run directory.
-		var err error
-		if kubeconfig, err = g.share(kubeconfig); err != nil {
-			return err
-		}
-	}
-	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: kubeconfig,
+	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: l.st.Kubeconfig,
 		Args: append(po.implArgs(), args...), StartTimeout: po.StartTimeout})
 }
 
@@ -238,8 +228,8 @@ func (l *Lab) Exec(ctx context.Context, ns string, argv ...string) (string, erro
 // into dst, so they survive Down; tests call it when they fail.
 func (l *Lab) SaveLogs(dst string) error {
 	dirs := []string{l.dir}
-	if l.topo.StateDir != "" && l.topo.StateDir != l.dir {
-		dirs = append(dirs, l.topo.StateDir)
+	if gs, ok := l.plane.(*guests); ok {
+		dirs = append(dirs, gs.stateDirs()...)
 	}
 	for _, dir := range dirs {
 		err := filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {

@@ -114,14 +114,20 @@ func (h *Host) mgmtLink(k int) string { return h.t.Prefix + "m" + strconv.Itoa(k
 // 198.18.0.0/15, so the lab cannot reach anything outside it.
 func (h *Host) Build(ctx context.Context, t Topology) error {
 	h.t = t
-	fab := FabricNS(t.Prefix)
-	if err := netlab.CreateNS(fab); err != nil {
-		return err
+	if t.FabricLink != "" {
+		if len(t.Local) != 1 {
+			return fmt.Errorf("fabric link %s needs exactly one local node, not %v", t.FabricLink, t.Local)
+		}
+	} else {
+		fab := FabricNS(t.Prefix)
+		if err := netlab.CreateNS(fab); err != nil {
+			return err
+		}
+		if err := netlab.Bridge(fab, fabricBridge, netip.Prefix{}); err != nil {
+			return err
+		}
 	}
-	if err := netlab.Bridge(fab, fabricBridge, netip.Prefix{}); err != nil {
-		return err
-	}
-	for k := 0; k < t.Nodes; k++ {
+	for _, k := range t.LocalNodes() {
 		if err := h.buildNode(k); err != nil {
 			return fmt.Errorf("%s: %w", NodeName(k), err)
 		}
@@ -129,17 +135,26 @@ func (h *Host) Build(ctx context.Context, t Topology) error {
 	return nil
 }
 
-func (h *Host) buildNode(k int) error {
-	ns := NodeNS(h.t.Prefix, k)
-	if err := netlab.CreateNS(ns); err != nil {
-		return err
+// fabricPort gives node k its fabric interface: a veth into the fabric
+// bridge, or the plane's fabric link moved into the node.
+func (h *Host) fabricPort(k int, ns string) error {
+	if h.t.FabricLink != "" {
+		return netlab.MoveLink(netlab.HostNS, h.t.FabricLink, ns, nodeFabric, addrplan.NodeIP(k))
 	}
 	fabPort := "n" + strconv.Itoa(k+1)
 	if err := netlab.Veth(netlab.End{NS: ns, Name: nodeFabric, Addr: addrplan.NodeIP(k)},
 		netlab.End{NS: FabricNS(h.t.Prefix), Name: fabPort}); err != nil {
 		return err
 	}
-	if err := netlab.Enslave(FabricNS(h.t.Prefix), fabPort, fabricBridge); err != nil {
+	return netlab.Enslave(FabricNS(h.t.Prefix), fabPort, fabricBridge)
+}
+
+func (h *Host) buildNode(k int) error {
+	ns := NodeNS(h.t.Prefix, k)
+	if err := netlab.CreateNS(ns); err != nil {
+		return err
+	}
+	if err := h.fabricPort(k, ns); err != nil {
 		return err
 	}
 	if err := netlab.Bridge(ns, podBridge, addrplan.PodGateway(k)); err != nil {
@@ -322,7 +337,7 @@ func (h *Host) proxierLog(node string) string {
 // talking to the API server over the node's management link, and waits
 // until each reports healthy (it has synced its rules once).
 func (h *Host) StartProxiers(ctx context.Context, s ProxierSpec) error {
-	for k := 0; k < h.t.Nodes; k++ {
+	for _, k := range h.t.LocalNodes() {
 		node := NodeName(k)
 		args := append([]string{
 			"--proxy-mode=" + s.Mode,
@@ -346,7 +361,7 @@ func (h *Host) StartProxiers(ctx context.Context, s ProxierSpec) error {
 	if limit <= 0 {
 		limit = 90 * time.Second
 	}
-	for k := 0; k < h.t.Nodes; k++ {
+	for _, k := range h.t.LocalNodes() {
 		if err := h.waitProxierHealthy(ctx, k, limit); err != nil {
 			return err
 		}
@@ -410,12 +425,12 @@ func (h *Host) ProxierMetrics(ctx context.Context, node string) (string, error) 
 }
 
 func (h *Host) nodeIndex(node string) (int, error) {
-	for k := 0; k < h.t.Nodes; k++ {
+	for _, k := range h.t.LocalNodes() {
 		if NodeName(k) == node {
 			return k, nil
 		}
 	}
-	return 0, fmt.Errorf("no node %q in this lab (it has %d)", node, h.t.Nodes)
+	return 0, fmt.Errorf("no node %q in this plane (it runs %d of the lab's %d)", node, len(h.t.LocalNodes()), h.t.Nodes)
 }
 
 // StopProxier stops one node's proxier and leaves its rules in place, as a

@@ -56,6 +56,26 @@ type Topology struct {
 	// In a guest the API server is reached through the guest's uplink, so
 	// nodes start at block 1.
 	MgmtOffset int `json:"mgmtOffset"`
+	// Local lists the nodes this plane builds and runs (nil: all). A
+	// guest per node builds one node and reaches the others' over a
+	// fabric outside it.
+	Local []int `json:"local,omitempty"`
+	// FabricLink, if set, is an existing link that becomes the local
+	// node's fabric interface (a guest's vec1, bridged on the host), and
+	// no fabric bridge is built here. It needs exactly one local node.
+	FabricLink string `json:"fabricLink,omitempty"`
+}
+
+// LocalNodes is the index of every node the plane builds.
+func (t Topology) LocalNodes() []int {
+	if t.Local != nil {
+		return t.Local
+	}
+	all := make([]int, t.Nodes)
+	for k := range all {
+		all[k] = k
+	}
+	return all
 }
 
 // PodSlot places a pod: node index and address index on that node.

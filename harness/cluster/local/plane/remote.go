@@ -33,16 +33,30 @@ const AgentRole = "lab-agent"
 // AgentPort is where the agent listens on the guest's uplink address.
 const AgentPort = 7070
 
-// UplinkHost is the host-side (tap) address of a guest's uplink.
-func UplinkHost() netip.Prefix { return addrplan.GuestUplinkHost() }
+// UplinkHost is the host-side (tap) address of guest i's uplink.
+func UplinkHost(i int) netip.Prefix { return addrplan.GuestUplinkHost(i) }
 
-// UplinkGuest is the guest's (vec0) address.
-func UplinkGuest() netip.Prefix { return addrplan.GuestUplinkGuest() }
+// UplinkGuest is guest i's (vec0) address.
+func UplinkGuest(i int) netip.Prefix { return addrplan.GuestUplinkGuest(i) }
+
+// guestIndexEnv tells an agent which of the lab's guests it runs in, and
+// so which uplink addresses are its own.
+const guestIndexEnv = "PROXYMODES_GUEST"
+
+// AgentEnv is the environment of the agent in guest i of a lab.
+func AgentEnv(lab string, i int) []string {
+	return append(agent.Env(lab, AgentRole), guestIndexEnv+"="+strconv.Itoa(i))
+}
 
 func init() { agent.Register(AgentRole, agentMain) }
 
 func agentMain(args []string) int {
-	if err := serveAgent(); err != nil {
+	i, err := strconv.Atoi(os.Getenv(guestIndexEnv))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lab agent: %s=%q: %v\n", guestIndexEnv, os.Getenv(guestIndexEnv), err)
+		return 2
+	}
+	if err := serveAgent(i); err != nil {
 		fmt.Fprintln(os.Stderr, "lab agent:", err)
 		return 1
 	}
@@ -51,7 +65,7 @@ func agentMain(args []string) int {
 
 // serveAgent configures the guest's uplink and serves a Host plane until
 // the lab asks it to stop.
-func serveAgent() error {
+func serveAgent(i int) error {
 	// The guest kernel has legacy iptables only; the proxier, the pods'
 	// fault rules and rule dumps all follow this.
 	os.Setenv(rules.FlavourEnv, "legacy")
@@ -60,7 +74,7 @@ func serveAgent() error {
 		if err != nil {
 			return fmt.Errorf("no vec0 in the guest (was it started with a tap?): %w", err)
 		}
-		if err := h.AddrAdd(vec, &netlink.Addr{IPNet: &net.IPNet{IP: UplinkGuest().Addr().AsSlice(), Mask: net.CIDRMask(30, 32)}}); err != nil {
+		if err := h.AddrAdd(vec, &netlink.Addr{IPNet: &net.IPNet{IP: UplinkGuest(i).Addr().AsSlice(), Mask: net.CIDRMask(30, 32)}}); err != nil {
 			return err
 		}
 		return h.LinkSetUp(vec)
@@ -70,14 +84,14 @@ func serveAgent() error {
 	}
 	// Nodes reach the API server through the guest's root namespace.
 	api := netip.PrefixFrom(addrplan.APIServer(), 32)
-	if err := netlab.Route(netlab.HostNS, api, UplinkHost().Addr(), ""); err != nil {
+	if err := netlab.Route(netlab.HostNS, api, UplinkHost(i).Addr(), ""); err != nil {
 		return err
 	}
 	// This is the guest kernel's own setting, not the host's.
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(UplinkGuest().Addr(), AgentPort).String())
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(UplinkGuest(i).Addr(), AgentPort).String())
 	if err != nil {
 		return err
 	}
@@ -282,11 +296,11 @@ type Remote struct {
 	base   string
 }
 
-// NewRemote talks to the agent of a guest whose link lives in ns.
-func NewRemote(ns string) *Remote {
+// NewRemote talks to the agent of guest i, whose link lives in ns.
+func NewRemote(ns string, i int) *Remote {
 	tr := &http.Transport{DialContext: netlab.Dialer(ns, nil)}
 	return &Remote{client: &http.Client{Transport: tr},
-		base: "http://" + netip.AddrPortFrom(UplinkGuest().Addr(), AgentPort).String()}
+		base: "http://" + netip.AddrPortFrom(UplinkGuest(i).Addr(), AgentPort).String()}
 }
 
 func (r *Remote) call(ctx context.Context, path string, in any) (reply, error) {
