@@ -55,6 +55,23 @@ func TestGuestRunsHostCommandWithIPVS(t *testing.T) {
 	}
 }
 
+// TestGuestDoesNotAutoloadModules: stage 2 loads every module the lab
+// needs and then turns autoloading off, so that iptables calls do not each
+// start a modprobe for bpfilter; the tables must still work.
+func TestGuestDoesNotAutoloadModules(t *testing.T) {
+	k := kernel(t)
+	r, err := k.Run(context.Background(), uml.RunOptions{
+		Argv:    []string{"/bin/sh", "-c", "printf '[%s]\\n' \"$(cat /proc/sys/kernel/modprobe)\"; iptables -t nat -A POSTROUTING -j ACCEPT && iptables-save -t nat | grep -c -- '-A POSTROUTING -j ACCEPT'"},
+		Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(r.Stdout); len(got) != 2 || got[0] != "[]" || got[1] != "1" {
+		t.Errorf("guest printed %q (stderr %q): want an empty modprobe path ([]) and a working nat table (1)", r.Stdout, r.Stderr)
+	}
+}
+
 func TestRunTestInGuest(t *testing.T) {
 	if uml.RunTestInGuest(t, 2*time.Minute) {
 		return
