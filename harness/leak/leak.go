@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
 	"github.com/proxymodes/proxymodes/harness/netlab"
@@ -50,7 +51,29 @@ func Check(lab string) []string {
 	if _, err := os.Stat(StateDir(lab)); err == nil {
 		out = append(out, "state directory "+StateDir(lab))
 	}
+	filesMu.Lock()
+	defer filesMu.Unlock()
+	for _, list := range fileListers {
+		for _, f := range list(lab) {
+			out = append(out, "file "+f)
+		}
+	}
 	return out
+}
+
+var (
+	filesMu     sync.Mutex
+	fileListers []func(lab string) []string
+)
+
+// RegisterFiles adds a lister of files a lab keeps outside its state
+// directory (a UML guest's run directory lives in the cache, which the
+// guest mounts), so Check reports them. Packages that make such files
+// register at init, which keeps this package free of their imports.
+func RegisterFiles(list func(lab string) []string) {
+	filesMu.Lock()
+	defer filesMu.Unlock()
+	fileListers = append(fileListers, list)
 }
 
 func cmdline(pid int) string {

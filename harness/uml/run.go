@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/logs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/proc"
@@ -94,7 +95,12 @@ func (k *Kernel) Start(ctx context.Context, opts RunOptions) (*Started, error) {
 	id := make([]byte, 4)
 	rand.Read(id)
 	umid := "pm" + hex.EncodeToString(id)
-	runDir := filepath.Join(cacheDir(), "runs", umid)
+	if opts.Lab != "" {
+		// Named for the lab, so that a later `lab down` finds the run
+		// directories of a run that was killed.
+		umid = leak.Prefix(opts.Lab) + hex.EncodeToString(id)
+	}
+	runDir := filepath.Join(runsDir(), umid)
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -182,6 +188,26 @@ func (s *Started) Kill() {
 
 // Remove deletes the run directory.
 func (s *Started) Remove() error { return os.RemoveAll(s.runDir) }
+
+func runsDir() string { return filepath.Join(cacheDir(), "runs") }
+
+func init() { leak.RegisterFiles(LabRunDirs) }
+
+// LabRunDirs lists the run directories of a lab's guests.
+func LabRunDirs(lab string) []string {
+	dirs, _ := filepath.Glob(filepath.Join(runsDir(), leak.Prefix(lab)+"*"))
+	return dirs
+}
+
+// RemoveLabRuns removes the run directories of a lab's guests; their
+// processes must have stopped.
+func RemoveLabRuns(lab string) error {
+	var errs []error
+	for _, d := range LabRunDirs(lab) {
+		errs = append(errs, os.RemoveAll(d))
+	}
+	return errors.Join(errs...)
+}
 
 func (s *Started) result() Result {
 	r := Result{ExitCode: -1, RunDir: s.runDir, Elapsed: time.Since(s.start)}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +25,15 @@ const holderLab = "lhold"
 
 func init() { agent.Register(holderRole, holderMain) }
 
+// holderMain takes the lab's kernel (local.KernelHost or KernelUML) as
+// its argument.
 func holderMain(args []string) int {
 	ctx := context.Background()
-	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 2})
+	kernel := ""
+	if len(args) > 0 {
+		kernel = args[0]
+	}
+	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 2, Kernel: kernel})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -45,9 +52,9 @@ func holderMain(args []string) int {
 }
 
 // startHolder runs a lab in a child process and waits until it is up.
-func startHolder(t *testing.T) *os.Process {
+func startHolder(t *testing.T, kernel string) *os.Process {
 	t.Helper()
-	cmd, err := agent.Command("", holderRole)
+	cmd, err := agent.Command("", holderRole, kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +114,7 @@ func TestDownLeavesNothing(t *testing.T) {
 
 func TestInterruptedRunLeavesNothing(t *testing.T) {
 	downShared()
-	p := startHolder(t)
+	p := startHolder(t, local.KernelHost)
 	if err := p.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +130,7 @@ func TestInterruptedRunLeavesNothing(t *testing.T) {
 
 func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 	downShared()
-	p := startHolder(t)
+	p := startHolder(t, local.KernelHost)
 	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +145,34 @@ func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 		t.Fatalf("up after a killed run: %v", err)
 	}
 	if err := l.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectNoLeftovers(t, holderLab)
+}
+
+// TestKilledGuestRunIsCleanedByDown: what `lab down` does for a SIGKILLed
+// run whose nodes ran in UML guests: their processes, the lab namespace
+// on the host and the guests' run directories in the cache all go.
+func TestKilledGuestRunIsCleanedByDown(t *testing.T) {
+	downShared()
+	p := startHolder(t, local.KernelUML)
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	left := leak.Check(holderLab)
+	runDirs := 0
+	for _, l := range left {
+		if strings.HasPrefix(l, "file ") && strings.Contains(l, "/uml/runs/"+leak.Prefix(holderLab)) {
+			runDirs++
+		}
+	}
+	if runDirs != 2 {
+		t.Fatalf("a SIGKILLed lab of 2 guests left %v: want 2 guest run directories among them", left)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := local.Down(ctx, holderLab, tlog{t}); err != nil {
 		t.Fatal(err)
 	}
 	expectNoLeftovers(t, holderLab)

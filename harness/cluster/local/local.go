@@ -31,6 +31,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/preflight"
 	"github.com/proxymodes/proxymodes/harness/proc"
+	"github.com/proxymodes/proxymodes/harness/uml"
 )
 
 // ProviderName identifies this provider in Info and results.
@@ -393,6 +394,7 @@ func Down(ctx context.Context, name string, log cluster.Logger) error {
 		errs = append(errs, netlab.DeleteLink(netlab.HostNS, link))
 	}
 	errs = append(errs, os.RemoveAll(leak.StateDir(name)))
+	errs = append(errs, uml.RemoveLabRuns(name))
 	if left := leak.Check(name); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("lab %s: still present after down: %v", name, left))
 	}
