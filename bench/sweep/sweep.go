@@ -229,6 +229,9 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 	kernel := kernelLabel(kp.kernel, lab.Kernel())
 	if kp.kernel == local.KernelUML {
 		set.Env.UMLKernel = lab.Kernel()
+		// UML figures depend on the lab's layout as much as on the kernel;
+		// a comparison lists this line when it differs.
+		set.Env.Extra["uml-lab"] = local.GuestLayout
 	}
 	env, err := newBench(ctx, lab, c)
 	if err != nil {

@@ -59,6 +59,11 @@ type guest struct {
 
 var _ plane.Plane = (*guests)(nil)
 
+// GuestLayout says how a UML lab is laid out, for result sets: figures
+// taken with one guest for both nodes (and module autoloading on, see
+// harness/uml) were 2-5 times slower and are not comparable.
+const GuestLayout = "one 1-vCPU guest per node, module autoloading off"
+
 // Links in the guests' lab namespace on the host, and the guest link that
 // becomes a node's fabric interface.
 const (
