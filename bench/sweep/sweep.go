@@ -231,6 +231,9 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 		set.Env.UMLKernel = lab.Kernel()
 		// UML figures depend on the lab's layout as much as on the kernel;
 		// a comparison lists this line when it differs.
+		if set.Env.Extra == nil {
+			set.Env.Extra = map[string]string{}
+		}
 		set.Env.Extra["uml-lab"] = local.GuestLayout
 	}
 	env, err := newBench(ctx, lab, c)

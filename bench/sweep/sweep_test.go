@@ -108,6 +108,12 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	for _, p := range set.Points {
+		if strings.HasPrefix(p.Kernel, local.KernelUML) && set.Env.Extra["uml-lab"] != local.GuestLayout {
+			t.Errorf("UML points ran, but the set records the UML lab's layout as %q", set.Env.Extra["uml-lab"])
+			break
+		}
+	}
 	if len(set.Points) != wantPoints {
 		t.Errorf("%d points, want %d (skipped: %v)", len(set.Points), wantPoints, set.Skipped)
 	}
