@@ -39,6 +39,9 @@ type State struct {
 	Pending float64
 	// CPUSeconds is the proxier process's CPU time (0 if not exported).
 	CPUSeconds float64
+	// ReadAt is when the reader got these metrics (unix seconds, its own
+	// clock; 0 if unknown). Parse leaves it to the caller.
+	ReadAt float64
 }
 
 // Parse reads a State from the Prometheus text format. Series that carry
@@ -99,11 +102,20 @@ const StartSlack = 100 * time.Millisecond
 // total time is at least its duration. Both proxiers set the last-sync
 // time before they count the sync, so until the count moves the sync is
 // treated as still running.
+//
+// The bound needs slack (StartSlack): the queued time is stamped just
+// before the sync it triggers starts, and the bound may fall a few ms
+// short of that start. But a change queued within the slack *after* a sync
+// began is not taken by it, and would look taken. Such a change stays
+// pending until the next sync starts, so a reading that saw it pending
+// settles it: the sync that takes it began after that reading.
 type Follower struct {
 	cur, base State
 	have      bool
 	// first: no reading before the current last-sync time was seen.
 	first bool
+	// pendingAt is the ReadAt of the latest reading with changes pending.
+	pendingAt float64
 }
 
 // Observe takes the next reading.
@@ -112,6 +124,9 @@ func (f *Follower) Observe(s State) {
 		f.base, f.have, f.first = State{}, true, true
 	} else if s.LastSync != f.cur.LastSync {
 		f.base, f.first = f.cur, false
+	}
+	if s.Pending > 0 && s.ReadAt > f.pendingAt {
+		f.pendingAt = s.ReadAt
 	}
 	f.cur = s
 }
@@ -144,6 +159,9 @@ func (f *Follower) Quiet() (bool, string) {
 	began := s.LastSync - took
 	if began < s.LastQueued-StartSlack.Seconds() {
 		return false, fmt.Sprintf("the last sync began (at the latest %.3f) before the last change was queued (%.3f): a sync that takes it is running or due", began, s.LastQueued)
+	}
+	if began < f.pendingAt-StartSlack.Seconds() {
+		return false, fmt.Sprintf("changes were still pending at %.3f, after the last sync began (at the latest %.3f): a sync that takes them is running or due", f.pendingAt, began)
 	}
 	return true, ""
 }

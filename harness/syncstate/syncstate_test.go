@@ -58,6 +58,7 @@ func TestFollower(t *testing.T) {
 	st := func(n int, sum, last, queued, pending float64) State {
 		return State{Syncs: uint64(n), SyncSeconds: sum, LastSync: last, LastQueued: queued, Pending: pending}
 	}
+	at := func(s State, readAt float64) State { s.ReadAt = readAt; return s }
 	for _, tc := range []struct {
 		name     string
 		readings []State
@@ -87,6 +88,16 @@ func TestFollower(t *testing.T) {
 		// Two syncs between readings: their total bounds the last one.
 		{"two syncs between readings, the bound still shows the change", []State{st(1, 2, 12, 9, 0), st(3, 32, 50, 30, 0)}, false},
 		{"two short syncs between readings", []State{st(1, 2, 12, 9, 0), st(3, 2.2, 50, 30, 0)}, true},
+		// Seen in the guest (kube-proxy, ipvs): sync 2 ran 86.218-93.473;
+		// a change queued at 86.251, 33 ms into it, within the slack, was
+		// still pending at 93.742; sync 3 took it (pending 0) and ran
+		// until 101.754. Read at 94.6, the bound said sync 2 took it.
+		{"change queued just after the last sync began, seen pending after it ended",
+			[]State{at(st(1, 10, 80, 70, 0), 80.5), at(st(2, 17.255, 93.473, 86.251, 1), 93.742), at(st(2, 17.255, 93.473, 86.251, 0), 94.6)}, false},
+		{"...and once the sync that took it has ended",
+			[]State{at(st(1, 10, 80, 70, 0), 80.5), at(st(2, 17.255, 93.473, 86.251, 1), 93.742), at(st(2, 17.255, 93.473, 86.251, 0), 94.6),
+				at(st(3, 24.516, 101.754, 86.251, 0), 102)}, true},
+		{"pending seen long before the last sync", []State{at(st(1, 2, 12, 9, 1), 9.5), at(st(2, 4, 30, 9, 0), 31)}, true},
 	} {
 		var f Follower
 		for _, r := range tc.readings {

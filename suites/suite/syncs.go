@@ -38,6 +38,8 @@ type syncWatch struct {
 	guest GuestStats
 	nodes []string
 	out   io.Writer
+	// now stamps each reading (syncstate.State.ReadAt).
+	now func() time.Time
 
 	// readMu keeps readings in order: the loop and Quiet both read, and
 	// a Follower must see each node's readings in the order they were
@@ -55,7 +57,7 @@ type syncWatch struct {
 const watchInterval = 5 * time.Second
 
 func newSyncWatch(src MetricsSource, guest GuestStats, nodes []string, dir string) *syncWatch {
-	w := &syncWatch{src: src, guest: guest, nodes: nodes, out: io.Discard,
+	w := &syncWatch{src: src, guest: guest, nodes: nodes, out: io.Discard, now: time.Now,
 		follow: map[string]*syncstate.Follower{}, slowest: map[string]float64{}, syncs: map[string]int{}, errs: map[string]string{}}
 	if dir != "" {
 		if f, err := os.Create(filepath.Join(dir, "proxier-syncs.log")); err == nil {
@@ -97,6 +99,7 @@ func (w *syncWatch) readAll(ctx context.Context) (map[string]syncstate.State, ma
 		var s syncstate.State
 		if err == nil {
 			s, err = syncstate.Parse(text)
+			s.ReadAt = float64(w.now().UnixNano()) / 1e9
 		}
 		if err != nil {
 			busy[n] = err.Error()

@@ -39,8 +39,29 @@ kubeproxy_sync_proxy_rules_service_changes_pending %d
 `, 2*syncs, syncs, last, queued, pending)
 }
 
+// watch follows the fake's two nodes. Its clock stands at 90 s, before
+// any of the fake's syncs begin: readings are stamped in the proxiers'
+// time.
 func watch(f *fakeProxiers) *syncWatch {
-	return newSyncWatch(f, nil, []string{"node-1", "node-2"}, "")
+	w := newSyncWatch(f, nil, []string{"node-1", "node-2"}, "")
+	w.now = func() time.Time { return time.Unix(90, 0) }
+	return w
+}
+
+// A change seen pending at 103, after the sync that the last-sync time
+// shows began (102), is not taken by it: Quiet must not return, however
+// early the change was queued.
+func TestQuietWaitsForASyncAfterPendingWasSeen(t *testing.T) {
+	f := &fakeProxiers{reads: map[string]int{}, script: map[string][]string{
+		"node-1": {metrics(5, 100, 80, 0)},
+		"node-2": {metrics(6, 104, 101, 1), metrics(6, 104, 101, 0)},
+	}}
+	w := watch(f)
+	w.now = func() time.Time { return time.Unix(104, 500e6) }
+	_, err := w.Quiet(context.Background(), 1500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "still pending") {
+		t.Fatalf("Quiet = %v, want a failure naming the pending changes", err)
+	}
 }
 
 func TestQuietWaitsForEveryNode(t *testing.T) {
