@@ -42,14 +42,14 @@ existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-pro
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps kind-deps k8s ## run every test, conformance for every mode (ours and kube-proxy's iptables and ipvs modes; iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does
+test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables mode (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does
 	@echo "proxymodes: go vet ./..."
 	@$(GO) vet ./...
 	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
 	PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@echo "proxymodes: bench smoke sweep (100 and 1000 Services; checks the pipeline, not the speed)"
 	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep
-	@for run in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
+	@for run in userspace/reference ipvs/reference iptables/kube-proxy; do \
 		echo "proxymodes: conformance suite, MODE=$${run%/*} IMPL=$${run#*/} (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
 		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \
@@ -60,10 +60,12 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours and
 	@echo "proxymodes: PROVIDER=existing against a kind cluster running kube-proxy (iptables): the provider, then the conformance suite"
 	$(MAKE) --no-print-directory existing-e2e
 
-# kube-proxy's ipvs mode alone (make test runs it too): about 12 min in the
-# UML guests on a 2-core machine, 3 of them a fixed wait for IPVS's
-# persistence templates to expire.
-test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipvs mode alone (in UML guests when the host has no ip_vs; ~12 min)
+# kube-proxy's ipvs mode: about 12 min in UML guests (one per node) on a
+# 2-core machine, 3 of them a fixed wait for IPVS's persistence templates.
+# Not in make test until it has passed a soak (issue 19): its first
+# clean-clone run with the guest per node failed on a quiet-wait flaw,
+# fixed since, and has not been run clean again.
+test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipvs mode (in UML guests when the host has no ip_vs; ~12 min; not in make test yet)
 	PROXYMODES_MODE=ipvs PROXYMODES_IMPL=kube-proxy PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/conformance
 
