@@ -112,6 +112,18 @@ func TestDownLeavesNothing(t *testing.T) {
 	expectNoLeftovers(t, sharedName)
 }
 
+// killedHolder runs a lab in a child process, SIGKILLs it and returns
+// what the lab left behind.
+func killedHolder(t *testing.T, kernel string) []string {
+	t.Helper()
+	p := startHolder(t, kernel)
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	return leak.Check(holderLab)
+}
+
 func TestInterruptedRunLeavesNothing(t *testing.T) {
 	downShared()
 	p := startHolder(t, local.KernelHost)
@@ -130,12 +142,7 @@ func TestInterruptedRunLeavesNothing(t *testing.T) {
 
 func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 	downShared()
-	p := startHolder(t, local.KernelHost)
-	if err := p.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	p.Wait()
-	if len(leak.Check(holderLab)) == 0 {
+	if len(killedHolder(t, local.KernelHost)) == 0 {
 		t.Fatal("a SIGKILLed lab left nothing behind, so this test proves nothing")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -155,12 +162,7 @@ func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 // on the host and the guests' run directories in the cache all go.
 func TestKilledGuestRunIsCleanedByDown(t *testing.T) {
 	downShared()
-	p := startHolder(t, local.KernelUML)
-	if err := p.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	p.Wait()
-	left := leak.Check(holderLab)
+	left := killedHolder(t, local.KernelUML)
 	runDirs := 0
 	for _, l := range left {
 		if strings.HasPrefix(l, "file ") && strings.Contains(l, "/uml/runs/"+leak.Prefix(holderLab)) {
