@@ -1,8 +1,10 @@
 package netlab
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -51,9 +53,20 @@ func Veth(a, b End) error {
 }
 
 // Bridge creates a bridge in the namespace, optionally with an address.
+//
+// The bridge gets a fixed MAC. Without one, Linux gives a bridge the lowest
+// MAC of its ports, so adding or deleting a port (a pod) can change the
+// gateway MAC under every other pod on the node; their neighbour entries
+// keep the old one until they go stale (15-45 s), and meanwhile their
+// packets are flooded instead of routed. That made connections from one
+// pod time out for up to 46 s after other pods were replaced.
 func Bridge(ns, name string, addr netip.Prefix) error {
+	mac := macForName(ns + "/" + name)
+	if addr.IsValid() {
+		mac = MACFor(addr.Addr())
+	}
 	err := WithHandle(ns, func(h *netlink.Handle) error {
-		return h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}})
+		return h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}})
 	})
 	if err != nil {
 		return fmt.Errorf("bridge %s/%s: %w", nsLabel(ns), name, err)
@@ -228,6 +241,16 @@ func ReadSysctl(ns, key string) (string, error) {
 func MACFor(a netip.Addr) net.HardwareAddr {
 	b := a.As4()
 	return net.HardwareAddr{0x02, 0x50, b[0], b[1], b[2], b[3]}
+}
+
+// macForName is a locally administered MAC for a link without an address,
+// stable across runs. Its second octet differs from MACFor's, so the two
+// never collide.
+func macForName(name string) net.HardwareAddr {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	b := binary.BigEndian.AppendUint32(nil, h.Sum32())
+	return net.HardwareAddr{0x02, 0x51, b[0], b[1], b[2], b[3]}
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {
