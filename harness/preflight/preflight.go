@@ -50,6 +50,11 @@ var Required = map[string]string{
 	// (host and guest): without it that check waited out its deadline on
 	// "executable file not found" on a fresh machine.
 	"conntrack": "conntrack",
+	// A failing assessment snapshots the nodes' state (suites/suite).
+	"iptables-save": "iptables",
+	"bridge":        "iproute2",
+	"nstat":         "iproute2",
+	"ss":            "iproute2",
 }
 
 // KindRequired maps what kind clusters and the offline node image need to

@@ -79,7 +79,7 @@ func (f *Feature) Assess(name string, fn func(ctx context.Context, a *A)) *Featu
 		fx, rec, run := f.fx, f.rec, f.run
 		f.mu.Unlock()
 		a := &A{T: t, Ctx: ctx, Cluster: fx.c, Promise: run.Settings.Promise, Fixture: fx, Run: run,
-			rec: &report.Assessment{Name: name}}
+			feature: rec.Name, rec: &report.Assessment{Name: name}}
 		start := time.Now()
 		run.Logf("  assess %q", name)
 		defer func() {
@@ -139,7 +139,10 @@ type A struct {
 	Promise promise.Promise
 	Fixture *Fixture
 	Run     *Run
+	feature string
 	rec     *report.Assessment
+	// snapshotPath is where the state at the first failure went.
+	snapshotPath string
 	// converged is when the last Eventually's check held.
 	converged time.Time
 }
@@ -155,15 +158,29 @@ func (a *A) Evidence(format string, args ...any) {
 // Errorf records a failed check and continues.
 func (a *A) Errorf(format string, args ...any) {
 	a.T.Helper()
-	a.rec.Failures = append(a.rec.Failures, fmt.Sprintf(format, args...))
-	a.T.Errorf(format, args...)
+	msg := a.failure(format, args...)
+	a.T.Error(msg)
 }
 
 // Fatalf records a failed check and stops the assessment.
 func (a *A) Fatalf(format string, args ...any) {
 	a.T.Helper()
-	a.rec.Failures = append(a.rec.Failures, fmt.Sprintf(format, args...))
-	a.T.Fatalf(format, args...)
+	msg := a.failure(format, args...)
+	a.T.Fatal(msg)
+}
+
+// failure records a failed check, with where the nodes' state at the first
+// failure was written (not when the run was interrupted: the lab may be
+// going down).
+func (a *A) failure(format string, args ...any) string {
+	msg := fmt.Sprintf(format, args...)
+	if a.Ctx == nil || a.Ctx.Err() != context.Canceled {
+		if p := a.snapshot(); p != "" {
+			msg += " [node state at the failure: " + p + "]"
+		}
+	}
+	a.rec.Failures = append(a.rec.Failures, msg)
+	return msg
 }
 
 // Fatal is Fatalf for an error.
