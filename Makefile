@@ -14,7 +14,7 @@ BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 
-.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro
+.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro soak
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]"
@@ -68,6 +68,30 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipvs mode (in UML guests when the host has no ip_vs; ~12 min; not in make test yet)
 	PROXYMODES_MODE=ipvs PROXYMODES_IMPL=kube-proxy PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/conformance
+
+# A soak runs one compiled suite N times in a row; each run keeps its own
+# results directory (summary, lab logs and snapshots on failure), and SOAK.md
+# tallies every assessment over the runs. Repetitions belong to the nightly
+# workflow, not to make test.
+N ?= 10
+ifeq ($(SOAK_DIR),)
+SOAK_DIR := /tmp/proxymodes-soaks/$(shell date +%Y%m%d-%H%M%S)-$(MODE)-$(or $(IMPL),default)-$(PROVIDER)
+endif
+soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filter kind,$(PROVIDER)),kind-deps) ## run the conformance suite N times (MODE, IMPL, PROVIDER, N=10) and tally every assessment into SOAK_DIR/SOAK.md
+	@mkdir -p $(SOAK_DIR)
+	@echo "proxymodes: soak of $(N) runs, MODE=$(MODE) IMPL=$(or $(IMPL),default) PROVIDER=$(PROVIDER), into $(SOAK_DIR)"
+	@$(GO) test -c -o $(SOAK_DIR)/conformance.test ./suites/conformance
+	@trap 'echo "proxymodes: soak interrupted" >&2; exit 130' INT TERM; \
+	k8s=$$($(if $(filter existing,$(PROVIDER)),true,clusters/k8s/build.sh controlplane kube-proxy)); \
+	for i in $$(seq -w 1 $(N)); do \
+		start=$$(date +%s); \
+		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
+			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SOAK_DIR)/run-$$i \
+			$(SOAK_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v > $(SOAK_DIR)/run-$$i.log 2>&1 ) \
+			&& res=passed || res=FAILED; \
+		echo "proxymodes: soak run $$i of $(N) $$res in $$(( $$(date +%s) - start ))s ($(SOAK_DIR)/run-$$i)"; \
+	done
+	@$(PROXYMODES) soak $(SOAK_DIR)
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac

@@ -77,7 +77,7 @@ type step struct {
 
 // TestNightlyRunsTheMatrix checks what actionlint cannot know: the nightly
 // runs conformance for every kind mode and both implementations, the
-// benchmark sweep, and uploads the results of both.
+// soaks and the benchmark sweep, and uploads the results of each.
 func TestNightlyRunsTheMatrix(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(root, ".github", "workflows", "nightly.yaml"))
 	if err != nil {
@@ -87,7 +87,7 @@ func TestNightlyRunsTheMatrix(t *testing.T) {
 	if err := yaml.Unmarshal(b, &wf); err != nil {
 		t.Fatal(err)
 	}
-	conf, bench := wf.Jobs["conformance"], wf.Jobs["bench"]
+	conf, bench, soak := wf.Jobs["conformance"], wf.Jobs["bench"], wf.Jobs["soak"]
 	m := conf.Strategy.Matrix
 	if !slices.Equal(m["mode"], []string{"iptables", "ipvs"}) || !slices.Equal(m["impl"], []string{"reference", "kube-proxy"}) {
 		t.Errorf("conformance matrix %v, want mode iptables,ipvs × impl reference,kube-proxy", m)
@@ -104,4 +104,9 @@ func TestNightlyRunsTheMatrix(t *testing.T) {
 	}
 	check("conformance", `make conformance MODE="$MODE" PROVIDER=kind IMPL="$IMPL"`, "conformance-${{ matrix.mode }}-${{ matrix.impl }}", conf.Steps)
 	check("bench", "make bench LABEL=nightly", "results/*-nightly", bench.Steps)
+	// Issue 16: N=20 soaks of every host-kernel mode and implementation.
+	if want := []string{"userspace/reference", "iptables/reference", "iptables/kube-proxy"}; !slices.Equal(soak.Strategy.Matrix["run"], want) {
+		t.Errorf("soak matrix %v, want %v", soak.Strategy.Matrix["run"], want)
+	}
+	check("soak", `make soak MODE="${RUN%/*}" IMPL="${RUN#*/}" N=20`, "/soak", soak.Steps)
 }

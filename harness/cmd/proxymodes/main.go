@@ -39,6 +39,7 @@ const usage = `usage:
                                                             docker daemon and print its tag (--all: also base, proxier, echo)
   proxymodes kind cleanup                                   remove what a killed run's private docker daemon left
   proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
+  proxymodes soak DIR                                       tally the runs of a soak (make soak) into DIR/SOAK.md
 `
 
 type stderrLogger struct{}
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return errors.New("missing command")
 	}
 	switch args[0] {
+	case "soak":
+		return runSoak(args[1:], out)
 	case "lab":
 		if len(args) < 2 {
 			return errors.New("missing lab command: up, status or down")
