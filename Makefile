@@ -13,6 +13,8 @@ GO ?= go
 BIN := $(CACHE)/bin
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
+# When make started: make test's step table counts its prerequisites from it.
+MAKE_START := $(shell date +%s)
 
 .PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro soak
 
@@ -42,23 +44,26 @@ existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-pro
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables mode (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does
-	@echo "proxymodes: go vet ./..."
-	@$(GO) vet ./...
-	@echo "proxymodes: go test ./... (unit, lab and proxier tests, conformance for iptables; labs run one at a time)"
-	PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	@echo "proxymodes: bench smoke sweep (100 and 1000 Services; checks the pipeline, not the speed)"
-	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep
-	@for run in userspace/reference ipvs/reference iptables/kube-proxy; do \
-		echo "proxymodes: conformance suite, MODE=$${run%/*} IMPL=$${run#*/} (ipvs runs its nodes in user-mode Linux when the host has no ip_vs)"; \
-		PROXYMODES_MODE=$${run%/*} PROXYMODES_IMPL=$${run#*/} PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
-			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance || exit 1; \
-	done
-	@echo "proxymodes: conformance suite on kind, MODE=iptables IMPL=reference (the first run on a machine builds the offline node image: ~25 min)"
-	PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance
-	@echo "proxymodes: PROVIDER=existing against a kind cluster running kube-proxy (iptables): the provider, then the conformance suite"
-	$(MAKE) --no-print-directory existing-e2e
+test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables mode (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does; ends with a table of step times
+	@k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); first=$$(date +%s); steps=(); \
+	step() { local name=$$1 s rc; shift; echo "proxymodes: $$name"; s=$$(date +%s); "$$@"; rc=$$?; \
+		steps+=("$$(printf '%-80s %5ss  %s' "$$name" $$(( $$(date +%s) - s )) $$([ $$rc = 0 ] && echo ok || echo FAILED))"); return $$rc; }; \
+	table() { echo; echo "proxymodes: make test steps (the prerequisites, deps, kind-deps and k8s, took $$(( first - $(MAKE_START) ))s)"; \
+		printf '  %s\n' "$${steps[@]}"; echo "  total $$(( $$(date +%s) - $(MAKE_START) ))s"; }; \
+	run() { step "$$@" || { table; exit 1; }; }; \
+	run "go vet ./..." $(GO) vet ./...; \
+	run "go test ./... (unit, lab, proxier; conformance for iptables)" \
+		env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...; \
+	run "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
+		env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep; \
+	for r in userspace/reference ipvs/reference iptables/kube-proxy; do \
+		run "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')" \
+			env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; \
+	done; \
+	run "conformance on kind, MODE=iptables (a first run builds the node image: ~25 min)" \
+		env PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; \
+	run "PROVIDER=existing against a kind cluster running kube-proxy" $(MAKE) --no-print-directory existing-e2e; \
+	table
 
 # kube-proxy's ipvs mode: about 12 min in UML guests (one per node) on a
 # 2-core machine, 3 of them a fixed wait for IPVS's persistence templates.
