@@ -17,7 +17,10 @@ func runSoak(args []string, out io.Writer) error {
 	if len(args) != 1 {
 		return errors.New("soak takes the soak directory that make soak wrote, e.g. proxymodes soak /tmp/proxymodes-soaks/20261202-180000-ipvs-reference-local")
 	}
-	dir := args[0]
+	dir, err := filepath.Abs(args[0])
+	if err != nil {
+		return err
+	}
 	t, err := soak.Load(dir)
 	if err != nil {
 		return err
