@@ -172,7 +172,7 @@ func (r *Run) WriteTable(w io.Writer) {
 			}
 			lines := append([]string(nil), a.Evidence...)
 			for _, m := range a.Failures {
-				lines = append(lines, "FAILED: "+firstLine(m))
+				lines = append(lines, "FAILED: "+FirstLine(m))
 			}
 			if a.Reason != "" {
 				lines = append(lines, a.Reason)
@@ -197,7 +197,9 @@ func (r *Run) WriteTable(w io.Writer) {
 	}
 }
 
-func firstLine(s string) string {
+// FirstLine is a message's first line, capped at 200 bytes: what a table
+// row or a JUnit message shows of it.
+func FirstLine(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	if len(s) > 200 {
 		s = s[:200] + "..."
@@ -281,7 +283,7 @@ func (r *Run) WriteJUnit(w io.Writer) error {
 				s.Failures++
 				msg := "failed"
 				if len(a.Failures) > 0 {
-					msg = firstLine(a.Failures[0])
+					msg = FirstLine(a.Failures[0])
 				}
 				c.Failure = &junitMessage{Message: msg, Text: strings.Join(a.Failures, "\n\n")}
 			case Skip, NotRun:
@@ -296,7 +298,7 @@ func (r *Run) WriteJUnit(w io.Writer) error {
 		s.Tests++
 		s.Errors++
 		s.Cases = append(s.Cases, junitCase{Class: r.Suite, Name: "setup and teardown",
-			Error: &junitMessage{Message: firstLine(r.Errors[0]), Text: strings.Join(r.Errors, "\n")}})
+			Error: &junitMessage{Message: FirstLine(r.Errors[0]), Text: strings.Join(r.Errors, "\n")}})
 	}
 	if _, err := io.WriteString(w, xml.Header); err != nil {
 		return err

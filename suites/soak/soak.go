@@ -87,7 +87,7 @@ func Load(dir string) (*Tally, error) {
 			t.Wall += run.Finished.Sub(run.Started)
 		}
 		for _, e := range run.Errors {
-			t.Broken = append(t.Broken, fmt.Sprintf("%s: %s", name, firstLine(e)))
+			t.Broken = append(t.Broken, fmt.Sprintf("%s: %s", name, report.FirstLine(e)))
 		}
 		for _, f := range run.Features {
 			for _, a := range f.Assessments {
@@ -108,7 +108,7 @@ func Load(dir string) (*Tally, error) {
 					r.Fail++
 					msg := "failed"
 					if len(a.Failures) > 0 {
-						msg = firstLine(a.Failures[0])
+						msg = report.FirstLine(a.Failures[0])
 					}
 					r.Failures = append(r.Failures, name+": "+msg)
 				case report.Skip:
@@ -154,12 +154,4 @@ func (t *Tally) WriteMarkdown(w io.Writer, title string) {
 			fmt.Fprintln(w, f)
 		}
 	}
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	if len(s) > 300 {
-		s = s[:300] + "..."
-	}
-	return s
 }
