@@ -5,36 +5,17 @@ package labtest
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
 	_ "github.com/proxymodes/proxymodes/harness/backend" // the pods' backend role
-)
-
-var (
-	mu       sync.Mutex
-	cleanups = map[int]func(context.Context) error{}
-	nextID   int
+	"github.com/proxymodes/proxymodes/harness/interrupt"
 )
 
 // OnInterrupt registers a teardown to run if the test binary gets SIGINT
 // or SIGTERM; the returned function unregisters it.
 func OnInterrupt(fn func(context.Context) error) (unregister func()) {
-	mu.Lock()
-	defer mu.Unlock()
-	id := nextID
-	nextID++
-	cleanups[id] = fn
-	return func() {
-		mu.Lock()
-		delete(cleanups, id)
-		mu.Unlock()
-	}
+	return interrupt.OnInterrupt(fn)
 }
 
 // Run replaces m.Run in a TestMain: it runs agent roles, handles
@@ -50,21 +31,6 @@ func Init() {
 	HandleSignals()
 }
 
-// HandleSignals makes SIGINT and SIGTERM run the registered teardowns and
-// exit with status 130.
-func HandleSignals() {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "labtest: %v: tearing labs down\n", s)
-		mu.Lock()
-		for _, fn := range cleanups {
-			if err := fn(context.Background()); err != nil {
-				fmt.Fprintln(os.Stderr, "labtest: teardown:", err)
-			}
-		}
-		mu.Unlock()
-		os.Exit(130)
-	}()
-}
+// HandleSignals makes SIGINT and SIGTERM cancel labs being created, run
+// the registered teardowns and exit with status 130.
+func HandleSignals() { interrupt.HandleSignals() }

@@ -39,6 +39,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/kube"
+	"github.com/proxymodes/proxymodes/harness/interrupt"
 )
 
 // EnvEcho names the echo image for existing clusters.
@@ -112,6 +113,10 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	c = &Cluster{opts: o, ns: Namespace(o.Name), rest: rc, client: client}
 	log := o.Logger
+	// Runs after the removal below, so an interrupt waits for it; every
+	// step is an API call that returns when ctx is cancelled.
+	ctx, done := interrupt.Guard(ctx, nil)
+	defer done()
 	if err := c.nodes(ctx); err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/kube"
 	"github.com/proxymodes/proxymodes/harness/docker"
+	"github.com/proxymodes/proxymodes/harness/interrupt"
 	"github.com/proxymodes/proxymodes/harness/nodeimage"
 )
 
@@ -113,9 +114,12 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	if o.Mode == "ipvs" && !HostHasIPVS() {
 		return nil, errors.New("IPVS on kind needs the ip_vs kernel module on the host (kind nodes share the host's kernel), and this kernel has none: run MODE=ipvs with PROVIDER=local, which uses a user-mode Linux guest, or `modprobe ip_vs` on a host whose kernel has it")
 	}
+	log := o.Logger
+	// Runs after the removal below, so an interrupt waits for it.
+	ctx, done := interrupt.Guard(ctx, func(ctx context.Context) error { return Cleanup(ctx, log) })
+	defer done()
 	c = &Cluster{opts: o, name: ClusterName(o.Name)}
 	c.dir = filepath.Join(StateRoot, c.name)
-	log := o.Logger
 	defer func() {
 		if err != nil {
 			log.Logf("kind %s: setup failed, removing what was created", c.name)

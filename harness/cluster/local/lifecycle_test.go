@@ -33,6 +33,9 @@ func holderMain(args []string) int {
 	if len(args) > 0 {
 		kernel = args[0]
 	}
+	// Before Up, as a suite does: an interrupt while the lab is being
+	// created must remove it too.
+	labtest.HandleSignals()
 	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 2, Kernel: kernel})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -46,7 +49,6 @@ func holderMain(args []string) int {
 			return 1
 		}
 	}
-	labtest.HandleSignals()
 	fmt.Println("up")
 	select {} // until a signal arrives
 }
@@ -136,6 +138,60 @@ func TestInterruptedRunLeavesNothing(t *testing.T) {
 	}
 	if st.ExitCode() != 130 {
 		t.Errorf("interrupted holder exited with %d, want 130", st.ExitCode())
+	}
+	expectNoLeftovers(t, holderLab)
+}
+
+// TestInterruptDuringGuestBootLeavesNothing: Ctrl-C while the UML guests
+// boot, before the lab exists for its creator, still removes the guests,
+// their namespace and run directories.
+func TestInterruptDuringGuestBootLeavesNothing(t *testing.T) {
+	downShared()
+	cmd, err := agent.Command("", holderRole, local.KernelUML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer local.Down(context.Background(), holderLab, tlog{t}) // if the test fails
+	// Both guests' kernels running: the lab is mid-boot, with the most to
+	// leak (processes, namespace, taps, run directories).
+	var seen []string
+	booting := func() bool {
+		seen = leak.Check(holderLab)
+		kernels := 0
+		for _, l := range seen {
+			if strings.HasPrefix(l, "process ") && strings.Contains(l, "uml") {
+				kernels++
+			}
+		}
+		return kernels == 2
+	}
+	deadline := time.Now().Add(5 * time.Minute) // a cold UML kernel build comes first
+	for !booting() {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("no guest started booting within 5 minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("interrupted with %d things of the lab present", len(seen))
+	start := time.Now()
+	err = cmd.Wait()
+	t.Logf("holder exited %v, %s after SIGINT", err, time.Since(start).Round(time.Millisecond))
+	if strings.Contains(stdout.String(), "up") {
+		t.Fatal("the lab came up before the interrupt, so this run tested nothing about boot; the interrupt must come sooner")
+	}
+	if err == nil {
+		t.Error("an interrupted holder exited with status 0")
 	}
 	expectNoLeftovers(t, holderLab)
 }

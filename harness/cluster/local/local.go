@@ -27,6 +27,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
+	"github.com/proxymodes/proxymodes/harness/interrupt"
 	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/preflight"
@@ -157,6 +158,9 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 		return nil, err
 	}
 	log := opts.Logger
+	// Runs after the removal below, so an interrupt waits for it.
+	ctx, done := interrupt.Guard(ctx, func(ctx context.Context) error { return Down(ctx, opts.Name, log) })
+	defer done()
 	if err := preflight.Check(ctx, preflight.Options{Install: true, Logger: log}); err != nil {
 		return nil, err
 	}
