@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -305,15 +306,22 @@ func (c *Cluster) Probe(ctx context.Context, t probe.Target, n int, timeout time
 	return s
 }
 
-// IPTables implements cluster.Cluster.
+// IPTables implements cluster.Cluster. A node may lack one iptables
+// flavour, but a dump that no saver produced is an error: read as an
+// empty rule set it would pass every "nothing left" check.
 func (c *Cluster) IPTables(ctx context.Context, ns string) (string, error) {
 	var b strings.Builder
+	var errs []error
 	for _, save := range rules.Savers() {
 		out, err := c.Exec(ctx, ns, save)
 		if err != nil {
-			continue // that flavour is not on the node
+			errs = append(errs, fmt.Errorf("%s: %w", save, err))
+			continue
 		}
 		b.WriteString(rules.Normalize(out))
+	}
+	if len(errs) == len(rules.Savers()) {
+		return "", fmt.Errorf("no iptables rules could be read in %s: %w", ns, errors.Join(errs...))
 	}
 	return b.String(), nil
 }
