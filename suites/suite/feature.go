@@ -52,13 +52,6 @@ func (f *Feature) WithLabel(k, v string) *Feature {
 func (f *Feature) start(ctx context.Context, t *testing.T) {
 	run := RunFrom(ctx)
 	c := ClusterFrom(ctx)
-	if run != nil && run.SkipReason != "" {
-		rec := run.Report.Feature(f.name, f.label, f.desc)
-		for _, name := range f.assessments {
-			run.Report.Add(rec, &report.Assessment{Name: name, Status: report.Skip, Reason: run.SkipReason})
-		}
-		t.Skip(run.SkipReason)
-	}
 	if run == nil || c == nil {
 		t.Fatal(ErrNoCluster)
 	}

@@ -30,10 +30,6 @@ type Run struct {
 	// Log receives progress lines (stderr by default).
 	Log io.Writer
 
-	// SkipReason, when set by Setup, skips every feature: the run cannot
-	// happen on this machine and says why (IPVS on kind without ip_vs).
-	SkipReason string
-
 	settingsErr error
 	cluster     cluster.Cluster
 	labName     string
@@ -69,6 +65,9 @@ func (r *Run) Logf(format string, args ...any) {
 	fmt.Fprintf(r.Log, "%s %s: %s\n", time.Now().Format("15:04:05"), r.Name, fmt.Sprintf(format, args...))
 }
 
+// hostHasIPVS is a variable so that a test can play a host without ip_vs.
+var hostHasIPVS = kind.HostHasIPVS
+
 type ctxKey int
 
 const (
@@ -97,6 +96,15 @@ func (r *Run) CheckSettings(ctx context.Context, _ *envconf.Config) (context.Con
 		return ctx, r.settingsErr
 	}
 	s := r.Settings
+	// Refused before anything is built: a run of skips would exit 0 and
+	// look like a certification.
+	if s.Provider == "kind" && s.Mode == "ipvs" && !hostHasIPVS() {
+		err := errors.New("MODE=ipvs PROVIDER=kind: kind nodes share the host's kernel, and this kernel has no ip_vs module, so nothing could be tested; " +
+			"run MODE=ipvs PROVIDER=local (IPVS in user-mode Linux guests), or use a host whose kernel has ip_vs and load it: modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh")
+		r.Report.Errorf("settings: %v", err)
+		r.Logf("ERROR: %v", err)
+		return ctx, err
+	}
 	r.Logf("mode=%s provider=%s impl=%s; results in %s", s.Mode, s.Provider, s.Impl, s.ResultsDir)
 	r.Logf("promise: %s (%s)", s.Promise.Summary(), s.Promise.Basis)
 	return context.WithValue(ctx, runKey, r), nil
@@ -122,11 +130,6 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 			c = lab
 		}
 	case "kind":
-		if r.Settings.Mode == "ipvs" && !kind.HostHasIPVS() {
-			r.SkipReason = "IPVS on kind needs the ip_vs kernel module on the host (kind nodes share the host's kernel) and this kernel has none: every feature is skipped; MODE=ipvs PROVIDER=local runs IPVS in a user-mode Linux guest instead"
-			r.Logf("SKIP: %s", r.SkipReason)
-			return ctx, nil
-		}
 		upCtx, cancel := context.WithTimeout(ctx, 45*time.Minute) // a cold node image build takes ~25 min
 		var kc *kind.Cluster
 		kc, err = kind.Up(upCtx, kind.Options{Name: r.Name, Nodes: 2, Mode: r.Settings.Mode, Impl: r.Settings.Impl,
