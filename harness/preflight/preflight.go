@@ -50,11 +50,35 @@ var Required = map[string]string{
 	// (host and guest): without it that check waited out its deadline on
 	// "executable file not found" on a fresh machine.
 	"conntrack": "conntrack",
+	// The savers and restorers of both flavours: harness/rules reads every
+	// flavour, and the proxier restores with the node's.
+	"iptables-nft-save":       "iptables",
+	"iptables-legacy-save":    "iptables",
+	"iptables-nft-restore":    "iptables",
+	"iptables-legacy-restore": "iptables",
 	// A failing assessment snapshots the nodes' state (suites/suite).
 	"iptables-save": "iptables",
 	"bridge":        "iproute2",
 	"nstat":         "iproute2",
 	"ss":            "iproute2",
+}
+
+// Base maps commands that a Debian machine has before the first command
+// (its essential and important packages), or that the user brings (Go,
+// and git for the clone), to where they come from. Preflight does not
+// install them; they are declared so that every command the harness runs
+// is written down once (TestEveryCommandIsDeclared).
+var Base = map[string]string{
+	"apt-get":  "apt",
+	"dpkg-deb": "dpkg",
+	"sh":       "dash",
+	"bash":     "bash",
+	"test":     "coreutils",
+	"tar":      "tar",
+	"ldd":      "libc-bin",
+	"setpriv":  "util-linux",
+	"go":       "the Go toolchain the README asks for",
+	"git":      "git (the bench records the commit when it is there)",
 }
 
 // KindRequired maps what kind clusters and the offline node image need to
