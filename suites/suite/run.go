@@ -129,6 +129,9 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 		if err == nil {
 			c = lab
 		}
+		if errors.Is(err, local.ErrHostBusy) {
+			r.labName = "" // the lab of that name is the other run's: not ours to leak-check
+		}
 	case "kind":
 		upCtx, cancel := context.WithTimeout(ctx, 45*time.Minute) // a cold node image build takes ~25 min
 		var kc *kind.Cluster

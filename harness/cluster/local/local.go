@@ -226,12 +226,25 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 	return l, nil
 }
 
+// ErrHostBusy is returned by Up when another run's lab held the host for
+// the whole wait: nothing of the lab named in the call is this run's.
+var ErrHostBusy = errors.New("another run's lab held this host for the whole wait (labs share one address plan, so one runs at a time; `proxymodes lab status` shows it)")
+
+// hostLockPath is a variable so that tests can lock a file of their own.
+var hostLockPath = filepath.Join(leak.StateRoot, "host.lock")
+
+// lockPoll is how often a waiting run retries the lock. It must be short:
+// a soak starts its next run within a few hundred milliseconds of the last
+// one's release, and a waiter that polled every 200 ms lost that race for
+// 20 minutes.
+const lockPoll = 10 * time.Millisecond
+
 // lockHost waits for the host-wide lab lock.
 func lockHost(ctx context.Context, log cluster.Logger) (*os.File, error) {
-	if err := os.MkdirAll(leak.StateRoot, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(hostLockPath), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(leak.StateRoot, "host.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(hostLockPath, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -252,8 +265,8 @@ func lockHost(ctx context.Context, log cluster.Logger) (*os.File, error) {
 		select {
 		case <-ctx.Done():
 			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+			return nil, fmt.Errorf("%w: %w", ErrHostBusy, ctx.Err())
+		case <-time.After(lockPoll):
 		}
 	}
 }
