@@ -38,6 +38,13 @@ const (
 	perClient     = 5
 	// affinityTimeout is the Service's timeoutSeconds in the expiry check.
 	affinityTimeout = 5 * time.Second
+	// idleTimeout and idleFor: in the early-expiry check each client is
+	// idle idleFor (plus the time to probe the others), well under the
+	// Service's timeoutSeconds, and must keep its backend. A correct proxy
+	// passes always; one whose affinity lapses before idleFor keeps all 14
+	// clients on their backends only by chance, 3^-14 = 2.1e-7 when random.
+	idleTimeout = 45 * time.Second
+	idleFor     = 20 * time.Second
 	// longAffinity is Kubernetes' default timeout (10800s).
 	longAffinity = 3 * time.Hour
 )
@@ -85,6 +92,49 @@ func clientIPAffinity() types.Feature {
 			a.Evidence("clients per backend: %s (each client %d/%d on its backend)", tally(perBackend), perClient, perClient)
 			if len(perBackend) < 2 {
 				a.Fatalf("all %d clients landed on one backend (%s); a random first choice does that with probability 3^-13 = 6.3e-7", spreadClients, tally(perBackend))
+			}
+		}).
+		Assess("an idle client keeps its backend until timeoutSeconds", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-idle", Affinity: idleTimeout})
+			cs := clients(a, spreadClients)
+			programmedFor(a, svc, cs)
+			before := make([]string, len(cs))
+			// from[i] is taken before client i's last connections, so the
+			// idle time measured after its next one is an upper bound.
+			from := make([]time.Time, len(cs))
+			for i, c := range cs {
+				from[i] = time.Now()
+				s := a.Probe(tcpTo(c.NS, svc), 3, quick)
+				if before[i] = allSame(s); before[i] == "" {
+					a.Fatalf("client %s did not stick: %s", c.Name, suite.Distribution(s, names))
+				}
+			}
+			a.Logf("idle for %s (timeoutSeconds %s)", idleFor, idleTimeout)
+			select {
+			case <-time.After(idleFor):
+			case <-a.Ctx.Done():
+				a.Fatal(a.Ctx.Err())
+			}
+			var moves []string
+			shortest, longest := time.Duration(1<<62), time.Duration(0)
+			for i, c := range cs {
+				s := a.Probe(tcpTo(c.NS, svc), 1, quick)
+				idle := time.Since(from[i])
+				if idle >= idleTimeout-5*time.Second {
+					a.Fatalf("client %s was idle %s, too close to timeoutSeconds %s to tell early expiry from expiry: cannot test", c.Name, idle.Round(time.Millisecond), idleTimeout)
+				}
+				shortest, longest = min(shortest, idle), max(longest, idle)
+				if e := s.Errors(); len(e) > 0 {
+					a.Fatalf("client %s: %v", c.Name, e[0])
+				}
+				if after := s.Sequence()[0]; after != before[i] {
+					moves = append(moves, fmt.Sprintf("%s:%s->%s after at most %s idle", c.Name, before[i], after, idle.Round(100*time.Millisecond)))
+				}
+			}
+			a.Evidence("timeoutSeconds=%d, clients idle at most %s-%s: %d of %d moved %v", int(idleTimeout/time.Second), shortest.Round(100*time.Millisecond), longest.Round(100*time.Millisecond), len(moves), len(cs), moves)
+			if len(moves) > 0 {
+				a.Fatalf("%d of %d clients lost their backend while idle for less than timeoutSeconds (%s): affinity expired early", len(moves), len(cs), idleTimeout)
 			}
 		}).
 		Assess("after timeoutSeconds a client can move", func(ctx context.Context, a *suite.A) {

@@ -188,13 +188,19 @@ func ruleCleanup() types.Feature {
 					a.Fatalf("UDP flow %v -> %s never answered: %v", flow, dst, err)
 				}
 			}
-			for i := 0; i < 5; i++ {
+			// Datagrams more than 2 s after the first reply make the
+			// kernel call the flow a stream: its entry becomes ASSURED and
+			// lives nf_conntrack_udp_timeout_stream (120 s) instead of 30 s,
+			// far longer than the check waits, so only a proxier that
+			// deletes it passes.
+			for i := 0; i < assuringExchanges; i++ {
+				time.Sleep(assuringGap)
 				b, err := flow.Exchange(a.Ctx, time.Second)
 				if err != nil || b != first {
 					a.Fatalf("the UDP flow did not stay on %s (got %q, %v): cannot test stale entries", first, b, err)
 				}
 			}
-			a.Evidence("UDP flow %v -> %s served by %s (6 datagrams, one source port)", flow, dst, first)
+			a.Evidence("UDP flow %v -> %s served by %s (%d datagrams %s apart, one source port)", flow, dst, first, assuringExchanges+1, assuringGap)
 			for _, p := range a.Run.Cluster().Pods() {
 				if all[p.Name] {
 					a.Logf("backend %s: %s on %s", p.Name, p.IP, p.Node)
@@ -211,6 +217,10 @@ func ruleCleanup() types.Feature {
 			}
 			if victim == nil {
 				a.Fatalf("backend %s is not a pod of this lab", first)
+			}
+			if !a.Promise.Has(promise.Listeners) {
+				ttl := assuredFlowTTL(a, client.Node, dst, victim.IP)
+				a.Evidence("its conntrack entry is ASSURED and would expire by itself in %s; the check allows %s", ttl, a.Converge())
 			}
 			start := time.Now()
 			a.Fixture.DeletePod(a, *victim)
@@ -251,6 +261,49 @@ func ruleCleanup() types.Feature {
 				time.Sleep(100 * time.Millisecond)
 			}
 		}).Feature()
+}
+
+const (
+	assuringExchanges = 5
+	assuringGap       = 600 * time.Millisecond
+)
+
+// assuredFlowTTL returns how long the kernel keeps the flow's conntrack
+// entry (client node, to dst, answered by backend) if nobody deletes it.
+// It must be ASSURED and outlive the check's bound by a margin: otherwise
+// the entry could expire by itself and a proxier that never clears
+// conntrack would pass. The userspace mode is not asked: its flows end at
+// the proxy's own socket, and it keeps no entry to the backend.
+func assuredFlowTTL(a *suite.A, node string, dst netip.AddrPort, backend netip.Addr) time.Duration {
+	a.Helper()
+	e, ok := a.Cluster.(suite.Execer)
+	if !ok {
+		a.Fatalf("the provider cannot run conntrack in %s: the stale-entry check would be unfalsifiable", node)
+	}
+	out, err := e.Exec(a.Ctx, nodeNS(a, node), "conntrack", "-L", "-p", "udp", "--orig-dst", dst.Addr().String(), "--dport", strconv.Itoa(int(dst.Port())), "--reply-src", backend.String())
+	if err != nil {
+		a.Fatalf("%s: conntrack -L: %v %s", node, err, out)
+	}
+	ttl, line, err := suite.AssuredUDPTTL(out)
+	if err != nil {
+		a.Fatalf("%s: the flow's conntrack entry: %v (conntrack -L: %q)", node, err, strings.TrimSpace(out))
+	}
+	if min := a.Converge() + 10*time.Second; ttl < min {
+		a.Fatalf("%s: the flow's conntrack entry would expire by itself in %s, under the check's %s plus 10 s, so a proxier that never clears it could pass: %s", node, ttl, a.Converge(), line)
+	}
+	return ttl
+}
+
+// nodeNS returns the namespace of the named node.
+func nodeNS(a *suite.A, node string) string {
+	a.Helper()
+	for _, n := range a.Cluster.Info().Nodes {
+		if n.Name == node {
+			return n.NS
+		}
+	}
+	a.Fatalf("no node %q in the lab", node)
+	return ""
 }
 
 // recordIPVS notes what IPVS state refers to the VIP before the delete.

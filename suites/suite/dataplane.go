@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/probe"
@@ -236,4 +238,30 @@ func ProxyPorts(lines []string) []string {
 		}
 	}
 	return out
+}
+
+// AssuredUDPTTL reads the one ASSURED UDP entry of a conntrack -L listing
+// ("udp 17 <ttl> src=... [ASSURED] ...") and its seconds to live.
+func AssuredUDPTTL(out string) (time.Duration, string, error) {
+	var found []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "udp") {
+			found = append(found, l)
+		}
+	}
+	if len(found) != 1 {
+		return 0, "", fmt.Errorf("want exactly one entry, found %d", len(found))
+	}
+	f := strings.Fields(found[0])
+	if len(f) < 3 {
+		return 0, "", fmt.Errorf("cannot parse %q", found[0])
+	}
+	secs, err := strconv.Atoi(f[2])
+	if err != nil {
+		return 0, "", fmt.Errorf("cannot parse the TTL of %q: %v", found[0], err)
+	}
+	if !strings.Contains(found[0], "[ASSURED]") {
+		return 0, "", fmt.Errorf("not ASSURED, so the kernel expires it after nf_conntrack_udp_timeout (30 s): %s", found[0])
+	}
+	return time.Duration(secs) * time.Second, found[0], nil
 }

@@ -2,7 +2,9 @@ package suite
 
 import (
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestRefersFindsIPSetMembers(t *testing.T) {
@@ -21,5 +23,29 @@ add KUBE-NODE-PORT-TCP 31171
 	}
 	if got := Refers(dump, []string{"198.19.78.22"}, nil, []string{"3117"}, nil); len(got) != 0 {
 		t.Errorf("prefixes of an address or port matched: %q", got)
+	}
+}
+
+func TestAssuredUDPTTL(t *testing.T) {
+	assured := "udp      17 117 src=198.18.1.10 dst=198.19.0.12 sport=40000 dport=53 src=198.18.2.11 dst=198.18.1.10 sport=8080 dport=40000 [ASSURED] mark=0 use=1"
+	replied := "udp      17 28 src=198.18.1.10 dst=198.19.0.12 sport=40000 dport=53 src=198.18.2.11 dst=198.18.1.10 sport=8080 dport=40000 mark=0 use=1"
+	for _, c := range []struct {
+		name, out string
+		ttl       time.Duration
+		err       string
+	}{
+		{"assured", assured + "\nconntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n", 117 * time.Second, ""},
+		{"replied, not yet a stream", replied + "\n", 0, "not ASSURED"},
+		{"none", "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n", 0, "found 0"},
+		{"two", assured + "\n" + assured + "\n", 0, "found 2"},
+		{"garbled", "udp 17 soon\n", 0, "cannot parse the TTL"},
+	} {
+		ttl, _, err := AssuredUDPTTL(c.out)
+		if c.err == "" && (err != nil || ttl != c.ttl) {
+			t.Errorf("%s: got %s, %v; want %s", c.name, ttl, err, c.ttl)
+		}
+		if c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("%s: got %s, %v; want an error with %q", c.name, ttl, err, c.err)
+		}
 	}
 }
