@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 60m
 # When make started: make test's step table counts its prerequisites from it.
 MAKE_START := $(shell date +%s)
 
-.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro soak
+.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro soak selftest
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]"
@@ -97,6 +97,30 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 		echo "proxymodes: soak run $$i of $(N) $$res in $$(( $$(date +%s) - start ))s ($(SOAK_DIR)/run-$$i)"; \
 	done
 	@$(PROXYMODES) soak $(SOAK_DIR)
+
+# The self-test runs one feature against each deliberately broken build of
+# the reference proxier (proxier/fault, build tag pm_selftest), then the
+# shipped proxier over the same features: every fault must be caught by its
+# assessment, and the unbroken proxier must pass.
+ifeq ($(SELFTEST_DIR),)
+SELFTEST_DIR := /tmp/proxymodes-selftests/$(shell date +%Y%m%d-%H%M%S)-$(MODE)
+endif
+selftest: check-mode cli deps k8s ## run the suite against proxiers broken on purpose, one promise each (MODE); each must fail, the real one pass; table in SELFTEST_DIR/SELFTEST.md
+	@mkdir -p $(SELFTEST_DIR)
+	@echo "proxymodes: self-test of MODE=$(MODE) into $(SELFTEST_DIR)"
+	@$(GO) test -c -o $(SELFTEST_DIR)/conformance.test ./suites/conformance
+	@trap 'echo "proxymodes: self-test interrupted" >&2; exit 130' INT TERM; \
+	k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); \
+	$(PROXYMODES) selftest cases $(MODE) > $(SELFTEST_DIR)/runs; \
+	while read -r name labels; do \
+		start=$$(date +%s); fault=$$name; [ "$$name" = unbroken ] && fault=; \
+		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=local PROXYMODES_IMPL=reference PROXYMODES_FAULT=$$fault \
+			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SELFTEST_DIR)/$$name \
+			$(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v -labels "$$labels" > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
+			&& res="passed (the suite did not notice)" || res=failed; \
+		echo "proxymodes: self-test $$name ($$labels): the suite $$res in $$(( $$(date +%s) - start ))s"; \
+	done < $(SELFTEST_DIR)/runs
+	@$(PROXYMODES) selftest report $(SELFTEST_DIR) $(MODE)
 
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac

@@ -121,13 +121,24 @@ func Static(pkg string, progress io.Writer) (string, error) {
 	return build(pkg, filepath.Base(pkg)+"-static", true, progress)
 }
 
-func build(pkg, name string, static bool, progress io.Writer) (string, error) {
+// SelftestTag is the build tag that gives the proxier its
+// --selftest-fault flag (proxier/fault).
+const SelftestTag = "pm_selftest"
+
+// Selftest builds one of this module's commands with SelftestTag into the
+// cache (as <name>-selftest): a proxier that can break a promise on
+// purpose, for make selftest. The shipped binary is never built this way.
+func Selftest(pkg string, progress io.Writer) (string, error) {
+	return build(pkg, filepath.Base(pkg)+"-selftest", false, progress, "-tags", SelftestTag)
+}
+
+func build(pkg, name string, static bool, progress io.Writer, flags ...string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	out := filepath.Join(cacheDir(), "bin", name)
-	args := []string{"build", "-o", out, "./" + pkg}
+	args := append(append([]string{"build", "-o", out}, flags...), "./"+pkg)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	if static {

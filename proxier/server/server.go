@@ -21,6 +21,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/proxier/conntrack"
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
 	"github.com/proxymodes/proxymodes/proxier/runner"
 	"github.com/proxymodes/proxymodes/proxier/tracker"
@@ -74,6 +75,7 @@ type Proxier struct {
 	pendingTriggers []time.Time
 	pendingStale    core.ChangeSet
 	syncs           int
+	faults          fault.Filter // only used by pm_selftest builds
 }
 
 // New validates cfg and builds a Proxier. Nothing runs until Run.
@@ -185,6 +187,9 @@ func (p *Proxier) SyncOnce() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	snap, changes, triggers := p.tracker.Take()
+	if f := fault.Current(); f != "" {
+		snap = p.faults.Apply(f, snap)
+	}
 	p.pendingTriggers = append(p.pendingTriggers, triggers...)
 	// Stale UDP state survives a failed sync so it is still cleared.
 	p.pendingStale.StaleUDPEndpoints = append(p.pendingStale.StaleUDPEndpoints, changes.StaleUDPEndpoints...)
@@ -217,7 +222,7 @@ func (p *Proxier) SyncOnce() error {
 	p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
 	p.pendingTriggers = nil
 	p.cfg.Health.Updated(end)
-	if p.cfg.Conntrack != nil {
+	if p.cfg.Conntrack != nil && fault.Current() != fault.StaleConntrackKept {
 		if err := p.cfg.Conntrack.ClearStale(snap, p.pendingStale); err != nil {
 			klog.ErrorS(err, "Clearing stale conntrack entries failed")
 		}

@@ -123,7 +123,7 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 		var lab *local.Lab
 		lab, err = local.Up(upCtx, local.Options{
 			Name: r.labName, Nodes: 2, Logger: logger{r}, BuildOutput: r.Log,
-			Proxier: &local.ProxierOptions{Mode: r.Settings.Mode, Impl: r.Settings.Impl},
+			Proxier: &local.ProxierOptions{Mode: r.Settings.Mode, Impl: r.Settings.Impl, Fault: r.Settings.Fault},
 		})
 		cancel()
 		if err == nil {

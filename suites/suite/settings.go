@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/suites/promise"
 )
 
@@ -26,6 +27,10 @@ const (
 	// promise.Claim); it exists to prove the suite fails a proxy that does
 	// not keep a promise.
 	EnvClaim = "PROXYMODES_CLAIM"
+	// EnvFault runs a self-test build of the reference proxier that breaks
+	// one promise on purpose (proxier/fault, make selftest): the run must
+	// then fail.
+	EnvFault = "PROXYMODES_FAULT"
 )
 
 // Providers and implementations the suite knows.
@@ -38,7 +43,9 @@ var (
 type Settings struct {
 	Mode, Provider, Impl string
 	Claim                string
-	Promise              promise.Promise
+	// Fault is the promise a self-test proxier breaks, or "".
+	Fault   string
+	Promise promise.Promise
 	// ResultsDir receives summary.txt, results.json, junit.xml and, when
 	// something failed, the lab's logs.
 	ResultsDir string
@@ -51,6 +58,7 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 		Provider:   strings.TrimSpace(os.Getenv(EnvProvider)),
 		Impl:       strings.TrimSpace(os.Getenv(EnvImpl)),
 		Claim:      os.Getenv(EnvClaim),
+		Fault:      strings.TrimSpace(os.Getenv(EnvFault)),
 		ResultsDir: os.Getenv(EnvResultsDir),
 	}
 	if s.Mode == "" {
@@ -98,6 +106,14 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 	default:
 		return s, fmt.Errorf("%s=%q is unknown: use one of %s", EnvImpl, s.Impl, strings.Join(Impls, ", "))
 	}
+	if s.Fault != "" {
+		if _, err := fault.Parse(s.Fault); err != nil {
+			return s, fmt.Errorf("%s: %w", EnvFault, err)
+		}
+		if s.Impl != "reference" || s.Provider != "local" {
+			return s, fmt.Errorf("%s=%s needs %s=reference and %s=local: faults are built into the reference proxier, which only the local lab runs from this checkout", EnvFault, s.Fault, EnvImpl, EnvProvider)
+		}
+	}
 	return s, nil
 }
 
@@ -106,6 +122,9 @@ func (s Settings) Map() map[string]string {
 	m := map[string]string{"mode": s.Mode, "provider": s.Provider, "impl": s.Impl, "resultsDir": s.ResultsDir}
 	if s.Claim != "" {
 		m["claim"] = s.Claim
+	}
+	if s.Fault != "" {
+		m["fault"] = s.Fault
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		// The kernel the proxy ran on; for a guest-kernel lab the provider

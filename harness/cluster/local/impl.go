@@ -1,6 +1,7 @@
 package local
 
 import (
+	"fmt"
 	"io"
 
 	"github.com/proxymodes/proxymodes/harness/binaries"
@@ -22,13 +23,18 @@ func (p *ProxierOptions) resolve(progress io.Writer) error {
 	if err := cluster.CheckImpl(p.Impl, p.Mode); err != nil {
 		return err
 	}
+	if p.Fault != "" && p.Impl != ImplReference {
+		return fmt.Errorf("a fault (%s) can only be injected into the reference proxier, not %s", p.Fault, p.Impl)
+	}
 	if p.Binary != "" {
 		return nil
 	}
 	var err error
-	switch p.Impl {
-	case ImplKubeProxy:
+	switch {
+	case p.Impl == ImplKubeProxy:
 		p.Binary, err = binaries.Kubernetes("kube-proxy", progress)
+	case p.Fault != "":
+		p.Binary, err = binaries.Selftest("proxier/cmd/proxier", progress)
 	default:
 		p.Binary, err = binaries.Project("proxier/cmd/proxier", progress)
 	}
@@ -41,6 +47,9 @@ func (p *ProxierOptions) implArgs() []string {
 	// Level 2 logs every sync and conntrack cleanup: the logs a failed run
 	// keeps should explain it.
 	if p.Impl != ImplKubeProxy {
+		if p.Fault != "" {
+			return []string{"--v=2", "--selftest-fault=" + p.Fault}
+		}
 		return []string{"--v=2"}
 	}
 	return []string{"--v=2",

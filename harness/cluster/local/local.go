@@ -110,6 +110,9 @@ type ProxierOptions struct {
 	// StartTimeout bounds the wait for each proxier to become healthy
 	// (after its first full sync); default 90s.
 	StartTimeout time.Duration
+	// Fault runs a self-test build of the reference proxier that breaks
+	// this promise on purpose (proxier/fault); "" runs the real one.
+	Fault string
 }
 
 // Lab is a running local cluster.

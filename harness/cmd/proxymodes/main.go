@@ -40,6 +40,7 @@ const usage = `usage:
   proxymodes kind cleanup                                   remove what a killed run's private docker daemon left
   proxymodes report DIR | OLD NEW                           render a result set again, or compare two like benchstat
   proxymodes soak DIR                                       tally the runs of a soak (make soak) into DIR/SOAK.md
+  proxymodes selftest cases MODE | report DIR MODE          list the runs of make selftest, or judge them into DIR/SELFTEST.md
 `
 
 type stderrLogger struct{}
@@ -68,6 +69,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	switch args[0] {
 	case "soak":
 		return runSoak(args[1:], out)
+	case "selftest":
+		return runSelftest(args[1:], out)
 	case "lab":
 		if len(args) < 2 {
 			return errors.New("missing lab command: up, status or down")

@@ -31,6 +31,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/proxier/conntrack"
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 	"github.com/proxymodes/proxymodes/proxier/ipvs"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
@@ -85,6 +86,7 @@ func newFlagSet(o *options, errOut io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.conntrackCleanup, "conntrack-cleanup", true, "delete stale UDP conntrack entries when backends go away")
 	fs.Float64Var(&o.apiQPS, "kube-api-qps", 50, "QPS to the API server")
 	fs.IntVar(&o.apiBurst, "kube-api-burst", 100, "burst to the API server")
+	fault.Register(fs)
 	return fs
 }
 
@@ -116,6 +118,9 @@ func run(args []string, errOut io.Writer) int {
 		return 2
 	}
 	defer klog.Flush()
+	if f := fault.Current(); f != "" {
+		klog.InfoS("SELF-TEST BUILD: breaking a promise on purpose", "fault", f, "breaks", fault.Descriptions[f])
+	}
 
 	if o.cleanup {
 		if err := cleanupAll(newExec()); err != nil {

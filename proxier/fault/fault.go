@@ -1,0 +1,71 @@
+// Package fault breaks one promise of the reference proxier on purpose, so
+// that the self-test (make selftest) can show that the conformance suite
+// fails a proxy that does not keep it. A fault is chosen with the
+// --selftest-fault flag, which exists only in binaries built with the
+// pm_selftest tag: in every other build Current is the constant "" and the
+// proxier has no such flag.
+package fault
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Fault names one broken promise.
+type Fault string
+
+// The faults. Each breaks exactly one behaviour; what the suite must then
+// fail is declared in suites/selftest.
+const (
+	// AffinityIgnored programs ClientIP Services as if they had none.
+	AffinityIgnored Fault = "affinity-ignored"
+	// AffinityEarlyExpiry programs a quarter of the Service's timeoutSeconds.
+	AffinityEarlyExpiry Fault = "affinity-early-expiry"
+	// AffinityNeverExpires programs the 3-hour default whatever the Service says.
+	AffinityNeverExpires Fault = "affinity-never-expires"
+	// StaleConntrackKept never deletes conntrack entries.
+	StaleConntrackKept Fault = "stale-conntrack-kept"
+	// EndpointAddIgnored ignores endpoints added to a Service port that
+	// already has some.
+	EndpointAddIgnored Fault = "endpoint-add-ignored"
+	// RemovedEndpointKept keeps sending to endpoints that were removed.
+	RemovedEndpointKept Fault = "removed-endpoint-kept"
+	// ServiceDeleteIgnored keeps a deleted Service's rules.
+	ServiceDeleteIgnored Fault = "service-delete-ignored"
+	// NodePortIgnored programs no NodePorts.
+	NodePortIgnored Fault = "nodeport-ignored"
+)
+
+// Descriptions says what each fault breaks, for help texts and reports.
+var Descriptions = map[Fault]string{
+	AffinityIgnored:      "sessionAffinity: ClientIP is ignored",
+	AffinityEarlyExpiry:  "affinity expires after a quarter of timeoutSeconds",
+	AffinityNeverExpires: "affinity ignores timeoutSeconds and lasts 3 hours",
+	StaleConntrackKept:   "conntrack entries to removed UDP endpoints are never deleted",
+	EndpointAddIgnored:   "endpoints added to a Service port that has some are ignored",
+	RemovedEndpointKept:  "removed endpoints keep getting traffic",
+	ServiceDeleteIgnored: "a deleted Service keeps its rules",
+	NodePortIgnored:      "NodePorts are not programmed",
+}
+
+// Parse checks a fault name.
+func Parse(s string) (Fault, error) {
+	f := Fault(s)
+	if _, ok := Descriptions[f]; !ok {
+		return "", fmt.Errorf("unknown fault %q: use one of %s", s, joinNames())
+	}
+	return f, nil
+}
+
+// Names lists every fault, sorted.
+func Names() []string {
+	var out []string
+	for f := range Descriptions {
+		out = append(out, string(f))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func joinNames() string { return strings.Join(Names(), ", ") }

@@ -1,0 +1,98 @@
+package fault
+
+import (
+	"github.com/proxymodes/proxymodes/proxier/core"
+)
+
+// Filter rewrites each snapshot the way a proxier with the fault would see
+// the cluster. It remembers the snapshot it last returned, for faults that
+// keep what is gone or ignore what is new.
+type Filter struct {
+	prev *core.Snapshot
+}
+
+// Apply returns the snapshot to program. snap is not modified: a mode may
+// keep references to it.
+func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
+	out := core.NewSnapshot()
+	out.Node = snap.Node
+	for n, sp := range snap.Services {
+		c := *sp
+		out.Services[n] = &c
+	}
+	for n, eps := range snap.Endpoints {
+		out.Endpoints[n] = eps
+	}
+	prev := f.prev
+	if prev == nil {
+		prev = core.NewSnapshot()
+	}
+	for n, sp := range out.Services {
+		switch which {
+		case AffinityIgnored:
+			sp.ClientIPAffinity, sp.StickyTimeoutSeconds = false, 0
+		case AffinityEarlyExpiry:
+			if sp.ClientIPAffinity {
+				sp.StickyTimeoutSeconds = max(1, sp.StickyTimeoutSeconds/4)
+			}
+		case AffinityNeverExpires:
+			if sp.ClientIPAffinity {
+				sp.StickyTimeoutSeconds = core.DefaultStickyTimeoutSeconds
+			}
+		case NodePortIgnored:
+			sp.NodePort = 0
+		case RemovedEndpointKept:
+			out.Endpoints[n] = union(out.Endpoints[n], prev.Endpoints[n])
+		case EndpointAddIgnored:
+			if old := prev.Endpoints[n]; len(old) > 0 {
+				out.Endpoints[n] = only(out.Endpoints[n], old)
+			}
+		}
+	}
+	if which == ServiceDeleteIgnored {
+		for n, sp := range prev.Services {
+			if _, ok := out.Services[n]; !ok {
+				out.Services[n] = sp
+				out.Endpoints[n] = prev.Endpoints[n]
+			}
+		}
+	}
+	for n, eps := range out.Endpoints {
+		if len(eps) == 0 {
+			delete(out.Endpoints, n)
+		}
+	}
+	f.prev = out
+	return out
+}
+
+// union is eps plus those of old that eps lacks (as they were), sorted.
+func union(eps, old []core.Endpoint) []core.Endpoint {
+	have := map[string]bool{}
+	for _, e := range eps {
+		have[e.String()] = true
+	}
+	out := append([]core.Endpoint(nil), eps...)
+	for _, e := range old {
+		if !have[e.String()] {
+			out = append(out, e)
+		}
+	}
+	core.SortEndpoints(out)
+	return out
+}
+
+// only is eps without those old lacks.
+func only(eps, old []core.Endpoint) []core.Endpoint {
+	had := map[string]bool{}
+	for _, e := range old {
+		had[e.String()] = true
+	}
+	var out []core.Endpoint
+	for _, e := range eps {
+		if had[e.String()] {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -1,0 +1,95 @@
+package fault
+
+import (
+	"net/netip"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+)
+
+var spn = core.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "svc"}, Protocol: v1.ProtocolTCP}
+
+func snapshot(affinity bool, timeout int32, ips ...string) *core.Snapshot {
+	s := core.NewSnapshot()
+	s.Services[spn] = &core.ServicePort{Name: spn, ClusterIP: netip.MustParseAddr("198.19.0.10"), Port: 80, Protocol: v1.ProtocolTCP,
+		NodePort: 30080, ClientIPAffinity: affinity, StickyTimeoutSeconds: timeout}
+	for _, ip := range ips {
+		s.Endpoints[spn] = append(s.Endpoints[spn], core.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, Ready: true})
+	}
+	return s
+}
+
+func ips(s *core.Snapshot) []string {
+	var out []string
+	for _, e := range s.Endpoints[spn] {
+		out = append(out, e.IP.String())
+	}
+	return out
+}
+
+func TestFilterBreaksOnlyItsPromise(t *testing.T) {
+	in := snapshot(true, 40, "198.18.1.2")
+	for _, c := range []struct {
+		f                 Fault
+		affinity          bool
+		timeout, nodePort int32
+	}{
+		{AffinityIgnored, false, 0, 30080},
+		{AffinityEarlyExpiry, true, 10, 30080},
+		{AffinityNeverExpires, true, core.DefaultStickyTimeoutSeconds, 30080},
+		{NodePortIgnored, true, 40, 0},
+		{StaleConntrackKept, true, 40, 30080},
+	} {
+		var f Filter
+		out := f.Apply(c.f, in)
+		sp := out.Services[spn]
+		if sp.ClientIPAffinity != c.affinity || sp.StickyTimeoutSeconds != c.timeout || sp.NodePort != c.nodePort {
+			t.Errorf("%s: got affinity %t timeout %d nodePort %d, want %t %d %d", c.f, sp.ClientIPAffinity, sp.StickyTimeoutSeconds, sp.NodePort, c.affinity, c.timeout, c.nodePort)
+		}
+		if in.Services[spn].StickyTimeoutSeconds != 40 || in.Services[spn].NodePort != 30080 || !in.Services[spn].ClientIPAffinity {
+			t.Fatalf("%s modified the tracker's snapshot", c.f)
+		}
+	}
+}
+
+func TestFilterEndpointFaults(t *testing.T) {
+	one := snapshot(false, 0, "198.18.1.2")
+	two := snapshot(false, 0, "198.18.1.2", "198.18.1.3")
+	moved := snapshot(false, 0, "198.18.1.3")
+	var kept Filter
+	kept.Apply(RemovedEndpointKept, two)
+	if got := ips(kept.Apply(RemovedEndpointKept, moved)); len(got) != 2 {
+		t.Errorf("removed-endpoint-kept: got %v, want both", got)
+	}
+	var ignored Filter
+	ignored.Apply(EndpointAddIgnored, one)
+	if got := ips(ignored.Apply(EndpointAddIgnored, two)); len(got) != 1 || got[0] != "198.18.1.2" {
+		t.Errorf("endpoint-add-ignored: got %v, want only the first", got)
+	}
+	var first Filter
+	if got := ips(first.Apply(EndpointAddIgnored, two)); len(got) != 2 {
+		t.Errorf("endpoint-add-ignored: a Service's first endpoints are taken, got %v", got)
+	}
+	var deleted Filter
+	deleted.Apply(ServiceDeleteIgnored, two)
+	if out := deleted.Apply(ServiceDeleteIgnored, core.NewSnapshot()); out.Services[spn] == nil || len(out.Endpoints[spn]) != 2 {
+		t.Errorf("service-delete-ignored: the deleted Service is gone: %v", out.Services)
+	}
+	var none Filter
+	none.Apply(AffinityIgnored, two)
+	if out := none.Apply(AffinityIgnored, core.NewSnapshot()); len(out.Services) != 0 {
+		t.Errorf("affinity-ignored kept a deleted Service")
+	}
+}
+
+func TestParse(t *testing.T) {
+	if _, err := Parse("affinity-ignored"); err != nil {
+		t.Error(err)
+	}
+	if _, err := Parse("nope"); err == nil {
+		t.Error("an unknown fault was accepted")
+	}
+}

@@ -1,0 +1,239 @@
+// Package selftest proves that the conformance suite fails a proxy that
+// breaks a promise. For each fault of the reference proxier
+// (proxier/fault) it declares the feature to run and the assessments that
+// must fail, per mode; then it judges the runs: every fault caught by its
+// assessment, and the unbroken proxier passing the same features.
+package selftest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/proxymodes/proxymodes/proxier/fault"
+	"github.com/proxymodes/proxymodes/suites/report"
+)
+
+// Case is one broken build and what must catch it.
+type Case struct {
+	Fault fault.Fault
+	// Feature is the e2e-framework label value (feature=...) to run.
+	Feature string
+	// Assessments must all fail.
+	Assessments []string
+}
+
+// Unbroken names the run of the shipped proxier over the same features.
+const Unbroken = "unbroken"
+
+const (
+	stick      = "one client sticks to one backend over 40 connections"
+	idle       = "an idle client keeps its backend until timeoutSeconds"
+	expiry     = "after timeoutSeconds a client can move"
+	added      = "an added endpoint is picked up"
+	removed    = "a removed endpoint is dropped"
+	rules      = "nothing in iptables, ipsets or proxy listeners refers to a deleted Service"
+	ipvsState  = "no IPVS virtual server or bound VIP remains"
+	staleUDP   = "stale UDP conntrack entries to a removed endpoint are cleared"
+	nodePortRW = "NodeIP:nodePort reaches every backend from another node (TCP and UDP)"
+)
+
+// Cases returns the cases for a mode: one per fault that breaks a promise
+// the mode makes.
+func Cases(mode string) ([]Case, error) {
+	cs := []Case{
+		{fault.AffinityIgnored, "affinity", []string{stick}},
+		{fault.AffinityEarlyExpiry, "affinity", []string{idle}},
+		{fault.AffinityNeverExpires, "affinity", []string{expiry}},
+		{fault.EndpointAddIgnored, "endpoints", []string{added}},
+		{fault.RemovedEndpointKept, "endpoints", []string{removed}},
+		{fault.ServiceDeleteIgnored, "cleanup", []string{rules}},
+		{fault.NodePortIgnored, "nodeport", []string{nodePortRW}},
+	}
+	switch mode {
+	case "userspace":
+		// Its UDP flows end at the proxy's socket: no conntrack entry
+		// leads to a backend, so there is nothing to keep.
+	case "iptables":
+		cs = append(cs, Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}})
+	case "ipvs":
+		cs = append(cs, Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}})
+		for i := range cs {
+			if cs[i].Fault == fault.ServiceDeleteIgnored {
+				cs[i].Assessments = append(cs[i].Assessments, ipvsState)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("no self-test cases for mode %q", mode)
+	}
+	return cs, nil
+}
+
+// Features lists the features the cases run, for the unbroken run.
+func Features(cs []Case) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range cs {
+		if !seen[c.Feature] {
+			seen[c.Feature] = true
+			out = append(out, c.Feature)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Runs lists the runs a self-test makes, in order: each fault's case with
+// the labels selecting its feature, then the unbroken proxier over all of
+// them. Lines are "<name> <labels>", for the Makefile.
+func Runs(cs []Case) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, fmt.Sprintf("%s feature=%s", c.Fault, c.Feature))
+	}
+	var labels []string
+	for _, f := range Features(cs) {
+		labels = append(labels, "feature="+f)
+	}
+	return append(out, Unbroken+" "+strings.Join(labels, ","))
+}
+
+// Row is one judged case.
+type Row struct {
+	Fault, Breaks, Mode, Feature, Assessment string
+	// Caught: the assessment failed. Evidence is its first failure.
+	Caught   bool
+	Evidence string
+}
+
+// Result is a judged self-test.
+type Result struct {
+	Mode string
+	Rows []Row
+	// UnbrokenFailures lists what failed for the shipped proxier; it must
+	// be empty.
+	UnbrokenFailures []string
+	// Broken lists runs that could not be judged.
+	Broken []string
+}
+
+// OK says whether every fault was caught and the unbroken run passed.
+func (r *Result) OK() bool {
+	if len(r.Broken) > 0 || len(r.UnbrokenFailures) > 0 {
+		return false
+	}
+	for _, row := range r.Rows {
+		if !row.Caught {
+			return false
+		}
+	}
+	return true
+}
+
+// Evaluate reads dir/<fault>/results.json for every case and
+// dir/unbroken/results.json.
+func Evaluate(dir, mode string) (*Result, error) {
+	cs, err := Cases(mode)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Mode: mode}
+	for _, c := range cs {
+		run, err := load(filepath.Join(dir, string(c.Fault)))
+		if err != nil {
+			res.Broken = append(res.Broken, fmt.Sprintf("%s: %v", c.Fault, err))
+		}
+		for _, name := range c.Assessments {
+			row := Row{Fault: string(c.Fault), Breaks: fault.Descriptions[c.Fault], Mode: mode, Feature: c.Feature, Assessment: name}
+			if run != nil {
+				a := find(run, name)
+				switch {
+				case a == nil:
+					row.Evidence = "the assessment did not run"
+				case a.Status == report.Fail && len(a.Failures) > 0:
+					row.Caught, row.Evidence = true, report.FirstLine(a.Failures[0])
+				case a.Status == report.Fail:
+					row.Caught, row.Evidence = true, "failed"
+				default:
+					row.Evidence = fmt.Sprintf("NOT CAUGHT: %s %s", a.Status, a.Reason)
+				}
+			}
+			res.Rows = append(res.Rows, row)
+		}
+		if run != nil {
+			for _, e := range run.Errors {
+				res.Broken = append(res.Broken, fmt.Sprintf("%s: %s", c.Fault, report.FirstLine(e)))
+			}
+		}
+		if run != nil && run.Settings["fault"] != string(c.Fault) {
+			res.Broken = append(res.Broken, fmt.Sprintf("%s: the run's settings name fault %q: it did not run the broken build", c.Fault, run.Settings["fault"]))
+		}
+	}
+	run, err := load(filepath.Join(dir, Unbroken))
+	if err != nil {
+		res.Broken = append(res.Broken, fmt.Sprintf("%s: %v", Unbroken, err))
+	} else {
+		if f := run.Settings["fault"]; f != "" {
+			res.Broken = append(res.Broken, fmt.Sprintf("%s: ran with fault %q", Unbroken, f))
+		}
+		for _, f := range run.Features {
+			for _, a := range f.Assessments {
+				if a.Status == report.Fail {
+					res.UnbrokenFailures = append(res.UnbrokenFailures, fmt.Sprintf("%s / %s: %s", f.Name, a.Name, strings.Join(a.Failures, "; ")))
+				}
+			}
+		}
+		for _, e := range run.Errors {
+			res.UnbrokenFailures = append(res.UnbrokenFailures, report.FirstLine(e))
+		}
+	}
+	return res, nil
+}
+
+func load(dir string) (*report.Run, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return nil, fmt.Errorf("no results: the run died before writing them (see %s.log): %w", dir, err)
+	}
+	var run report.Run
+	if err := json.Unmarshal(b, &run); err != nil {
+		return nil, err
+	}
+	return &run, nil
+}
+
+func find(run *report.Run, assessment string) *report.Assessment {
+	for _, f := range run.Features {
+		for _, a := range f.Assessments {
+			if a.Name == assessment {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
+// WriteMarkdown renders the table the README records.
+func (r *Result) WriteMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "| broken behaviour | mode | fault | assessment that caught it | evidence |\n|---|---|---|---|---|\n")
+	for _, row := range r.Rows {
+		caught := row.Assessment
+		if !row.Caught {
+			caught = "**NOT CAUGHT** by " + row.Assessment
+		}
+		fmt.Fprintf(w, "| %s | %s | `%s` | %s | %s |\n", row.Breaks, row.Mode, row.Fault, caught, strings.ReplaceAll(row.Evidence, "|", "\\|"))
+	}
+	if len(r.UnbrokenFailures) == 0 && len(r.Broken) == 0 {
+		fmt.Fprintf(w, "\nThe unbroken proxier passed the same features.\n")
+	}
+	for _, f := range r.UnbrokenFailures {
+		fmt.Fprintf(w, "\nUNBROKEN PROXIER FAILED: %s\n", f)
+	}
+	for _, b := range r.Broken {
+		fmt.Fprintf(w, "\nBROKEN RUN: %s\n", b)
+	}
+}

@@ -1,0 +1,108 @@
+package selftest
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/proxymodes/proxymodes/proxier/fault"
+	"github.com/proxymodes/proxymodes/suites/report"
+)
+
+func TestEveryFaultHasACaseInEveryModeWhereItApplies(t *testing.T) {
+	for _, mode := range []string{"userspace", "iptables", "ipvs"} {
+		cs, err := Cases(mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[fault.Fault]bool{}
+		for _, c := range cs {
+			have[c.Fault] = true
+			if len(c.Assessments) == 0 || c.Feature == "" {
+				t.Errorf("%s/%s: no feature or assessment", mode, c.Fault)
+			}
+		}
+		for _, name := range fault.Names() {
+			if f := fault.Fault(name); !have[f] && !(mode == "userspace" && f == fault.StaleConntrackKept) {
+				t.Errorf("%s: fault %s has no case", mode, f)
+			}
+		}
+	}
+	if _, err := Cases("nope"); err == nil {
+		t.Error("an unknown mode has cases")
+	}
+}
+
+func write(t *testing.T, dir string, run *report.Run) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(run)
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func run(f string, status report.Status, assessments ...string) *report.Run {
+	feat := &report.Feature{Name: "x", Label: "x"}
+	for _, a := range assessments {
+		feat.Assessments = append(feat.Assessments, &report.Assessment{Name: a, Status: status, Failures: []string{"the evidence\nmore"}})
+	}
+	return &report.Run{Settings: map[string]string{"fault": f}, Features: []*report.Feature{feat}}
+}
+
+func TestEvaluate(t *testing.T) {
+	dir := t.TempDir()
+	cs, _ := Cases("iptables")
+	for _, c := range cs {
+		write(t, filepath.Join(dir, string(c.Fault)), run(string(c.Fault), report.Fail, c.Assessments...))
+	}
+	write(t, filepath.Join(dir, Unbroken), run("", report.Pass, stick, removed))
+	res, err := Evaluate(dir, "iptables")
+	if err != nil || !res.OK() {
+		t.Fatalf("every fault caught, unbroken passed: OK()=false: %+v %v", res, err)
+	}
+	var b strings.Builder
+	res.WriteMarkdown(&b)
+	if !strings.Contains(b.String(), "| the evidence |") || !strings.Contains(b.String(), "unbroken proxier passed") {
+		t.Errorf("table:\n%s", b.String())
+	}
+
+	// A fault the suite does not catch fails the self-test.
+	write(t, filepath.Join(dir, string(fault.AffinityEarlyExpiry)), run(string(fault.AffinityEarlyExpiry), report.Pass, idle))
+	if res, _ := Evaluate(dir, "iptables"); res.OK() {
+		t.Error("an uncaught fault passed the self-test")
+	}
+	write(t, filepath.Join(dir, string(fault.AffinityEarlyExpiry)), run(string(fault.AffinityEarlyExpiry), report.Fail, idle))
+
+	// So does a run that did not run the broken build.
+	write(t, filepath.Join(dir, string(fault.NodePortIgnored)), run("", report.Fail, nodePortRW))
+	if res, _ := Evaluate(dir, "iptables"); res.OK() {
+		t.Error("a run without its fault counted as caught")
+	}
+	write(t, filepath.Join(dir, string(fault.NodePortIgnored)), run(string(fault.NodePortIgnored), report.Fail, nodePortRW))
+
+	// And an unbroken proxier that fails.
+	write(t, filepath.Join(dir, Unbroken), run("", report.Fail, stick))
+	if res, _ := Evaluate(dir, "iptables"); res.OK() {
+		t.Error("a failing unbroken proxier passed the self-test")
+	}
+	os.RemoveAll(filepath.Join(dir, Unbroken))
+	if res, _ := Evaluate(dir, "iptables"); res.OK() {
+		t.Error("a missing unbroken run passed the self-test")
+	}
+}
+
+func TestRuns(t *testing.T) {
+	cs, _ := Cases("userspace")
+	runs := Runs(cs)
+	if runs[0] != "affinity-ignored feature=affinity" {
+		t.Errorf("first run %q", runs[0])
+	}
+	if last := runs[len(runs)-1]; last != "unbroken feature=affinity,feature=cleanup,feature=endpoints,feature=nodeport" {
+		t.Errorf("unbroken run %q", last)
+	}
+}
