@@ -35,6 +35,17 @@ const (
 	ServiceDeleteIgnored Fault = "service-delete-ignored"
 	// NodePortIgnored programs no NodePorts.
 	NodePortIgnored Fault = "nodeport-ignored"
+	// RandomSkewed (iptables) gives every endpoint rule probability 1/n
+	// instead of 1/(n-i): with 3 endpoints they get 1/3, 2/9 and 4/9.
+	RandomSkewed Fault = "random-skewed"
+	// RoundRobinBroken picks at random (userspace) or by source hash
+	// (ipvs: the sh scheduler) instead of in turn.
+	RoundRobinBroken Fault = "round-robin-broken"
+	// RetryDisabled (userspace) gives up after the first failed dial.
+	RetryDisabled Fault = "retry-disabled"
+	// NoEndpointsDropped drops packets to a Service without endpoints
+	// instead of rejecting them.
+	NoEndpointsDropped Fault = "no-endpoints-dropped"
 )
 
 // Descriptions says what each fault breaks, for help texts and reports.
@@ -47,6 +58,19 @@ var Descriptions = map[Fault]string{
 	RemovedEndpointKept:  "removed endpoints keep getting traffic",
 	ServiceDeleteIgnored: "a deleted Service keeps its rules",
 	NodePortIgnored:      "NodePorts are not programmed",
+	RandomSkewed:         "random choice is skewed (1/3, 2/9, 4/9)",
+	RoundRobinBroken:     "round-robin is replaced by a random or hashed choice",
+	RetryDisabled:        "a failed dial is not retried on another endpoint",
+	NoEndpointsDropped:   "a Service without endpoints drops packets instead of rejecting",
+}
+
+// RejectTarget is the iptables target for traffic to a Service without
+// endpoints: REJECT, or DROP for NoEndpointsDropped.
+func RejectTarget() string {
+	if Current() == NoEndpointsDropped {
+		return "DROP"
+	}
+	return "REJECT"
 }
 
 // Parse checks a fault name.

@@ -32,6 +32,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
 )
 
@@ -425,15 +426,15 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		} else {
 			reason := quote(label + " has no endpoints")
 			filterRules.add("-A", servicesChain, "-m", "comment", "--comment", reason,
-				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", "REJECT")
+				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", fault.RejectTarget())
 			for _, eip := range svc.ExternalIPs {
 				filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
-					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", "REJECT")
+					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", fault.RejectTarget())
 			}
 			if svc.NodePort != 0 {
 				filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
 					"-m", "addrtype", "--dst-type", "LOCAL",
-					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", "REJECT")
+					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", fault.RejectTarget())
 			}
 			continue
 		}
@@ -487,6 +488,9 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		for i, ep := range eps {
 			args := comment([]string{"-A", svcChain}, quote(label+" -> "+ep.String()))
 			if n := len(eps) - i; n > 1 {
+				if fault.Current() == fault.RandomSkewed {
+					n = len(eps)
+				}
 				args = append(args, "-m", "statistic", "--mode", "random", "--probability", probability(n))
 			}
 			rules.add(append(args, "-j", epChains[i])...)

@@ -2,6 +2,7 @@ package userspace
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 )
 
 // ErrNoEndpoints is returned by Balancer.Next for a service port without
@@ -114,6 +116,9 @@ func (b *Balancer) Next(name core.ServicePortName, client netip.Addr, resetAffin
 	}
 	ep := st.endpoints[st.next%len(st.endpoints)]
 	st.next = (st.next + 1) % len(st.endpoints)
+	if fault.Current() == fault.RoundRobinBroken {
+		ep = st.endpoints[rand.IntN(len(st.endpoints))]
+	}
 	if st.affinity {
 		st.clients[client] = &stickyClient{endpoint: ep, lastUsed: now}
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 )
 
 // DialTimeouts are the dial timeouts of the successive attempts to reach a
@@ -60,6 +61,9 @@ func connect(ctx context.Context, lb *Balancer, dial DialFunc, name core.Service
 			break
 		}
 		resetAffinity = true
+		if fault.Current() == fault.RetryDisabled {
+			break
+		}
 	}
 	return nil, netip.AddrPort{}, fmt.Errorf("%s: no endpoint answered after %d attempts: %w", name, len(errs), errors.Join(errs...))
 }

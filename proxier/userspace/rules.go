@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
@@ -129,7 +130,7 @@ func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
 			match := []string{"-m", "comment", "--comment", quote(label + " " + d.what),
 				"-p", proto, "-m", proto, "-d", d.ip + "/32", "--dport", port}
 			if p.reject {
-				fmt.Fprintf(&filter, "-A %s %s -j REJECT\n", chainReject, strings.Join(match, " "))
+				fmt.Fprintf(&filter, "-A %s %s -j %s\n", chainReject, strings.Join(match, " "), fault.RejectTarget())
 				continue
 			}
 			args := append(match, to...)

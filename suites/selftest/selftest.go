@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -40,35 +41,51 @@ const (
 	ipvsState  = "no IPVS virtual server or bound VIP remains"
 	staleUDP   = "stale UDP conntrack entries to a removed endpoint are cleared"
 	nodePortRW = "NodeIP:nodePort reaches every backend from another node (TCP and UDP)"
+	uniform    = "900 connections are uniform over 3 backends (chi-square)"
+	cyclic     = "connections from one client follow a fixed cyclic order"
+	refuses    = "one of three backends refuses connections"
+	blackholes = "one of three backends black-holes packets"
+	refused    = "a Service without endpoints refuses TCP connections promptly"
 )
+
+// table lists every case with the modes whose promise it breaks (none:
+// all). A fault missing from a mode cannot be expressed there: ipvs
+// refuses a Service without real servers in the kernel, userspace's UDP
+// flows end at its own socket (no conntrack entry leads to a backend),
+// and only userspace retries.
+var table = []struct {
+	Case
+	modes []string
+}{
+	{Case{fault.AffinityIgnored, "affinity", []string{stick}}, nil},
+	{Case{fault.AffinityEarlyExpiry, "affinity", []string{idle}}, nil},
+	{Case{fault.AffinityNeverExpires, "affinity", []string{expiry}}, nil},
+	{Case{fault.EndpointAddIgnored, "endpoints", []string{added}}, nil},
+	{Case{fault.RemovedEndpointKept, "endpoints", []string{removed}}, nil},
+	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules}}, []string{"userspace", "iptables"}},
+	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules, ipvsState}}, []string{"ipvs"}},
+	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
+	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs"}},
+	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables"}},
+	{Case{fault.RoundRobinBroken, "round-robin", []string{cyclic}}, []string{"userspace", "ipvs"}},
+	{Case{fault.RetryDisabled, "retry", []string{refuses, blackholes}}, []string{"userspace"}},
+	{Case{fault.NoEndpointsDropped, "no-endpoints", []string{refused}}, []string{"userspace", "iptables"}},
+}
+
+// Modes the self-test knows.
+var Modes = []string{"userspace", "iptables", "ipvs"}
 
 // Cases returns the cases for a mode: one per fault that breaks a promise
 // the mode makes.
 func Cases(mode string) ([]Case, error) {
-	cs := []Case{
-		{fault.AffinityIgnored, "affinity", []string{stick}},
-		{fault.AffinityEarlyExpiry, "affinity", []string{idle}},
-		{fault.AffinityNeverExpires, "affinity", []string{expiry}},
-		{fault.EndpointAddIgnored, "endpoints", []string{added}},
-		{fault.RemovedEndpointKept, "endpoints", []string{removed}},
-		{fault.ServiceDeleteIgnored, "cleanup", []string{rules}},
-		{fault.NodePortIgnored, "nodeport", []string{nodePortRW}},
+	if !slices.Contains(Modes, mode) {
+		return nil, fmt.Errorf("no self-test cases for mode %q: use one of %s", mode, strings.Join(Modes, ", "))
 	}
-	switch mode {
-	case "userspace":
-		// Its UDP flows end at the proxy's socket: no conntrack entry
-		// leads to a backend, so there is nothing to keep.
-	case "iptables":
-		cs = append(cs, Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}})
-	case "ipvs":
-		cs = append(cs, Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}})
-		for i := range cs {
-			if cs[i].Fault == fault.ServiceDeleteIgnored {
-				cs[i].Assessments = append(cs[i].Assessments, ipvsState)
-			}
+	var cs []Case
+	for _, t := range table {
+		if len(t.modes) == 0 || slices.Contains(t.modes, mode) {
+			cs = append(cs, t.Case)
 		}
-	default:
-		return nil, fmt.Errorf("no self-test cases for mode %q", mode)
 	}
 	return cs, nil
 }

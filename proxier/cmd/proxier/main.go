@@ -184,6 +184,9 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 		klog.InfoS("Using iptables for userspace portals", "backend", v)
 		return userspace.New(userspace.Config{Backend: be})
 	case "ipvs":
+		if fault.Current() == fault.RoundRobinBroken {
+			o.ipvsScheduler = "sh"
+		}
 		sched, err := ipvs.ParseScheduler(o.ipvsScheduler)
 		if err != nil {
 			return nil, fmt.Errorf("--ipvs-scheduler: %w", err)
