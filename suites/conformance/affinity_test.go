@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -99,6 +100,9 @@ func clientIPAffinity() types.Feature {
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-idle", Affinity: idleTimeout})
 			cs := clients(a, spreadClients)
 			programmedFor(a, svc, cs)
+			if a.Promise.Has(promise.IPVS) {
+				checkPersistence(a, suite.VIP(svc, suite.TCPPort), idleTimeout)
+			}
 			before := make([]string, len(cs))
 			// from[i] is taken before client i's last connections, so the
 			// idle time measured after its next one is an upper bound.
@@ -210,4 +214,28 @@ func programmedFor(a *suite.A, svc *corev1.Service, cs []cluster.Pod) {
 			func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
 			func(s probe.Summary) bool { return len(s.Errors()) == 0 })
 	}
+}
+
+// checkPersistence: in IPVS, a persistence template lives as long as the
+// connections it controls, and a closed TCP connection stays in TIME_WAIT
+// for 2 minutes, so clients cannot tell a short persistence timeout from
+// the right one until long after it. Every node's virtual server must
+// carry timeoutSeconds itself.
+func checkPersistence(a *suite.A, vip netip.AddrPort, timeout time.Duration) {
+	a.Helper()
+	want := int(timeout / time.Second)
+	for _, n := range a.Cluster.Info().Nodes {
+		dump, err := suite.DumpIPVS(a.Ctx, a.Cluster, n.NS)
+		if err != nil {
+			a.Fatal(err)
+		}
+		secs, found := suite.IPVSPersistence(dump, "tcp", vip)
+		if !found {
+			a.Fatalf("%s: no IPVS virtual server TCP %s:\n%s", n.Name, vip, dump)
+		}
+		if secs != want {
+			a.Fatalf("%s: IPVS virtual server TCP %s has persistence timeout %d s, the Service's timeoutSeconds is %d", n.Name, vip, secs, want)
+		}
+	}
+	a.Evidence("every node's IPVS virtual server %s is persistent %d (timeoutSeconds)", vip, want)
 }

@@ -265,3 +265,26 @@ func AssuredUDPTTL(out string) (time.Duration, string, error) {
 	}
 	return time.Duration(secs) * time.Second, found[0], nil
 }
+
+// IPVSPersistence finds the virtual server proto vip in an ipvsadm -Ln
+// dump and returns its persistence timeout ("persistent N"), 0 when it
+// has none, and whether the virtual server was found.
+func IPVSPersistence(dump, proto string, vip netip.AddrPort) (int, bool) {
+	for _, line := range strings.Split(dump, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != strings.ToUpper(proto) || f[1] != vip.String() {
+			continue
+		}
+		for i := 2; i+1 < len(f); i++ {
+			if f[i] == "persistent" {
+				n, err := strconv.Atoi(f[i+1])
+				if err != nil {
+					return 0, true
+				}
+				return n, true
+			}
+		}
+		return 0, true
+	}
+	return 0, false
+}

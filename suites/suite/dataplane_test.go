@@ -1,6 +1,7 @@
 package suite
 
 import (
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -46,6 +47,31 @@ func TestAssuredUDPTTL(t *testing.T) {
 		}
 		if c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
 			t.Errorf("%s: got %s, %v; want an error with %q", c.name, ttl, err, c.err)
+		}
+	}
+}
+
+func TestIPVSPersistence(t *testing.T) {
+	dump := `IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  198.19.0.12:80 rr persistent 45
+  -> 198.18.1.2:8080              Masq    1      0          0
+TCP  198.19.0.13:80 rr
+UDP  198.19.0.12:53 rr persistent 45`
+	for _, c := range []struct {
+		proto, vip string
+		secs       int
+		found      bool
+	}{
+		{"tcp", "198.19.0.12:80", 45, true},
+		{"udp", "198.19.0.12:53", 45, true},
+		{"tcp", "198.19.0.13:80", 0, true},
+		{"tcp", "198.19.0.14:80", 0, false},
+	} {
+		secs, found := IPVSPersistence(dump, c.proto, netip.MustParseAddrPort(c.vip))
+		if secs != c.secs || found != c.found {
+			t.Errorf("%s %s: got %d %t, want %d %t", c.proto, c.vip, secs, found, c.secs, c.found)
 		}
 	}
 }
