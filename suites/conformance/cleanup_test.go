@@ -420,12 +420,7 @@ func dedupe(s []string) []string {
 // Other modes are probed over TCP.
 func waitDropped(a *suite.A, client, victim cluster.Pod, tg probe.Target) {
 	a.Helper()
-	ns := ""
-	for _, n := range a.Cluster.Info().Nodes {
-		if n.Name == client.Node {
-			ns = n.NS
-		}
-	}
+	ns := nodeNS(a, client.Node)
 	what := fmt.Sprintf("%s's node drops %s (%s)", client.Name, victim.Name, victim.IP)
 	e, _ := a.Cluster.(suite.Execer)
 	// The proxier clears conntrack after it has rewritten the rules, so
