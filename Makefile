@@ -44,7 +44,7 @@ existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-pro
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables mode (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does; ends with a table of step times
+test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables and ipvs modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does; ends with a table of step times
 	@k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); first=$$(date +%s); steps=(); \
 	step() { local name=$$1 s rc; shift; echo "proxymodes: $$name"; s=$$(date +%s); "$$@"; rc=$$?; \
 		steps+=("$$(printf '%-80s %5ss  %s' "$$name" $$(( $$(date +%s) - s )) $$([ $$rc = 0 ] && echo ok || echo FAILED))"); return $$rc; }; \
@@ -54,9 +54,11 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 	run "go vet ./..." $(GO) vet ./...; \
 	run "go test ./... (unit, lab, proxier; conformance for iptables)" \
 		env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...; \
+	run "the self-test build of the proxier (tag pm_selftest) compiles and its faults switch on" \
+		$(GO) test -count=1 -tags pm_selftest ./proxier/fault ./proxier/server ./proxier/cmd/proxier; \
 	run "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
 		env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep; \
-	for r in userspace/reference ipvs/reference iptables/kube-proxy; do \
+	for r in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
 		run "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')" \
 			env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; \
 	done; \
@@ -65,12 +67,10 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 	run "PROVIDER=existing against a kind cluster running kube-proxy" $(MAKE) --no-print-directory existing-e2e; \
 	table
 
-# kube-proxy's ipvs mode: about 12 min in UML guests (one per node) on a
-# 2-core machine, 3 of them a fixed wait for IPVS's persistence templates.
-# Not in make test until it has passed a soak (issue 19): its first
-# clean-clone run with the guest per node failed on a quiet-wait flaw,
-# fixed since, and has not been run clean again.
-test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipvs mode (in UML guests when the host has no ip_vs; ~12 min; not in make test yet)
+# kube-proxy's ipvs mode alone: about 12 min in UML guests (one per node)
+# on a 2-core machine, 3 of them a fixed wait for IPVS's persistence
+# templates. make test runs it too.
+test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipvs mode (in UML guests when the host has no ip_vs; ~12 min)
 	PROXYMODES_MODE=ipvs PROXYMODES_IMPL=kube-proxy PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/conformance
 
