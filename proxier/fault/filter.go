@@ -66,17 +66,26 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 	return out
 }
 
-// union is eps plus those of old that eps lacks (as they were), sorted.
+// union is eps with every endpoint that was ready in old kept ready: an
+// endpoint going away first turns not ready (its pod is terminating), then
+// leaves the slice, and the fault must survive both.
 func union(eps, old []core.Endpoint) []core.Endpoint {
-	have := map[string]bool{}
-	for _, e := range eps {
-		have[e.String()] = true
-	}
-	out := append([]core.Endpoint(nil), eps...)
+	keep := map[string]core.Endpoint{}
 	for _, e := range old {
-		if !have[e.String()] {
-			out = append(out, e)
+		if e.Ready {
+			keep[e.String()] = e
 		}
+	}
+	var out []core.Endpoint
+	for _, e := range eps {
+		if k, ok := keep[e.String()]; ok && !e.Ready {
+			e = k
+		}
+		delete(keep, e.String())
+		out = append(out, e)
+	}
+	for _, e := range keep {
+		out = append(out, e)
 	}
 	core.SortEndpoints(out)
 	return out

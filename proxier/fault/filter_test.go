@@ -64,6 +64,20 @@ func TestFilterEndpointFaults(t *testing.T) {
 	if got := ips(kept.Apply(RemovedEndpointKept, moved)); len(got) != 2 {
 		t.Errorf("removed-endpoint-kept: got %v, want both", got)
 	}
+	// A pod being deleted first turns not ready, then leaves the slice.
+	var terminating Filter
+	terminating.Apply(RemovedEndpointKept, two)
+	notReady := snapshot(false, 0, "198.18.1.2", "198.18.1.3")
+	notReady.Endpoints[spn][0].Ready = false
+	if out := terminating.Apply(RemovedEndpointKept, notReady); len(core.UsableEndpoints(out.Endpoints[spn])) != 2 {
+		t.Errorf("removed-endpoint-kept: a terminating endpoint stopped being used: %+v", out.Endpoints[spn])
+	}
+	if got := ips(terminating.Apply(RemovedEndpointKept, moved)); len(got) != 2 {
+		t.Errorf("removed-endpoint-kept: after terminating, then removed: got %v, want both", got)
+	}
+	if notReady.Endpoints[spn][0].Ready {
+		t.Error("the filter modified the tracker's snapshot")
+	}
 	var ignored Filter
 	ignored.Apply(EndpointAddIgnored, one)
 	if got := ips(ignored.Apply(EndpointAddIgnored, two)); len(got) != 1 || got[0] != "198.18.1.2" {
