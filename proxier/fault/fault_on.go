@@ -20,3 +20,6 @@ func Register(fs *flag.FlagSet) {
 
 // Current is the fault this process runs with, or "".
 func Current() Fault { return current }
+
+// Reset clears the fault, for tests that set one with Register.
+func Reset() { current = "" }

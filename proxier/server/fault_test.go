@@ -20,6 +20,7 @@ func setFault(t *testing.T, f fault.Fault) {
 	if err := fs.Parse([]string{"--selftest-fault=" + string(f)}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(fault.Reset) // the other tests of the package run unbroken
 }
 
 // In a self-test build the server hands the mode the faulty snapshot and,
