@@ -88,7 +88,7 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 	@$(GO) test -c -o $(SOAK_DIR)/conformance.test ./suites/conformance
 	@trap 'echo "proxymodes: soak interrupted" >&2; exit 130' INT TERM; \
 	k8s=$$($(if $(filter existing,$(PROVIDER)),true,clusters/k8s/build.sh controlplane kube-proxy)); \
-	for i in $$(seq -w 1 $(N)); do \
+	for i in $$(seq -f '%02g' 1 $(N)); do \
 		start=$$(date +%s); \
 		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
 			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SOAK_DIR)/run-$$i \
