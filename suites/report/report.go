@@ -223,6 +223,23 @@ func (r *Run) WriteJSON(w io.Writer) error {
 	return enc.Encode(out)
 }
 
+// ResultsFile is the name WriteFiles gives the JSON results.
+const ResultsFile = "results.json"
+
+// ReadDir reads the results.json that WriteFiles wrote into dir.
+func ReadDir(dir string) (*Run, error) {
+	path := filepath.Join(dir, ResultsFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var run Run
+	if err := json.Unmarshal(b, &run); err != nil {
+		return nil, fmt.Errorf("unreadable %s: %w", path, err)
+	}
+	return &run, nil
+}
+
 // JUnit types: the subset CI systems read.
 type junitSuites struct {
 	XMLName xml.Name     `xml:"testsuites"`
@@ -337,7 +354,7 @@ func (r *Run) WriteFiles(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	for name, write := range map[string]func(io.Writer) error{"results.json": r.WriteJSON, "junit.xml": r.WriteJUnit} {
+	for name, write := range map[string]func(io.Writer) error{ResultsFile: r.WriteJSON, "junit.xml": r.WriteJUnit} {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			return err

@@ -6,10 +6,10 @@
 package selftest
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -212,15 +212,11 @@ func Evaluate(dir, mode string) (*Result, error) {
 }
 
 func load(dir string) (*report.Run, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
-	if err != nil {
+	run, err := report.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no results: the run died before writing them (see %s.log): %w", dir, err)
 	}
-	var run report.Run
-	if err := json.Unmarshal(b, &run); err != nil {
-		return nil, err
-	}
-	return &run, nil
+	return run, err
 }
 
 func find(run *report.Run, assessment string) *report.Assessment {

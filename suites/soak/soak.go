@@ -5,9 +5,10 @@
 package soak
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -72,15 +73,13 @@ func Load(dir string) (*Tally, error) {
 	var order []string
 	for _, name := range names {
 		t.Runs++
-		path := filepath.Join(dir, name, "results.json")
-		b, err := os.ReadFile(path)
-		if err != nil {
+		run, err := report.ReadDir(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
 			t.Broken = append(t.Broken, fmt.Sprintf("%s: no results (%v): the run died before it wrote them; see %s", name, err, filepath.Join(dir, name+".log")))
 			continue
 		}
-		var run report.Run
-		if err := json.Unmarshal(b, &run); err != nil {
-			t.Broken = append(t.Broken, fmt.Sprintf("%s: unreadable %s: %v", name, path, err))
+		if err != nil {
+			t.Broken = append(t.Broken, fmt.Sprintf("%s: %v", name, err))
 			continue
 		}
 		if !run.Started.IsZero() && run.Finished.After(run.Started) {
