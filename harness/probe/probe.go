@@ -36,6 +36,10 @@ type Target struct {
 	Proto Proto
 	// Source optionally pins the local address (for affinity checks).
 	Source netip.Addr
+	// Settling marks a probe that only asks whether the proxier has
+	// programmed Addr yet; its connections take source ports from
+	// SettlingPorts (see there for why).
+	Settling bool `json:",omitempty"`
 }
 
 func (t Target) String() string {
@@ -142,12 +146,23 @@ func Once(ctx context.Context, t Target, timeout time.Duration) Result {
 // Dial connects from inside the target's namespace. The socket keeps that
 // namespace for its whole life, so only the dial itself runs there.
 func Dial(ctx context.Context, t Target, network string) (net.Conn, error) {
+	if t.Settling {
+		return dialSettling(ctx, t, network)
+	}
+	return dialFrom(ctx, t, network, 0)
+}
+
+func dialFrom(ctx context.Context, t Target, network string, port int) (net.Conn, error) {
 	d := net.Dialer{}
-	if t.Source.IsValid() {
+	if t.Source.IsValid() || port != 0 {
+		var ip net.IP
+		if t.Source.IsValid() {
+			ip = t.Source.AsSlice()
+		}
 		if network == "udp" {
-			d.LocalAddr = &net.UDPAddr{IP: t.Source.AsSlice()}
+			d.LocalAddr = &net.UDPAddr{IP: ip, Port: port}
 		} else {
-			d.LocalAddr = &net.TCPAddr{IP: t.Source.AsSlice()}
+			d.LocalAddr = &net.TCPAddr{IP: ip, Port: port}
 		}
 	}
 	return netlab.Dialer(t.NS, &d)(ctx, network, t.Addr.String())

@@ -138,6 +138,10 @@ type A struct {
 	snapshotPath string
 	// converged is when the last Eventually's check held.
 	converged time.Time
+	// settling is true while an Eventually's check runs: its probes only
+	// ask whether the proxier is done, and keep out of the measured
+	// connections' way (probe.SettlingPorts).
+	settling bool
 }
 
 // Evidence records a measurement for the summary and logs it.

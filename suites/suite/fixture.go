@@ -250,11 +250,12 @@ func Names(pods []cluster.Pod) []string {
 	return out
 }
 
-// Probe opens n connections through the cluster and logs a one-line summary.
+// Probe opens n connections through the cluster. Inside an Eventually's
+// check they are settling probes (probe.Target.Settling).
 func (a *A) Probe(t probe.Target, n int, timeout time.Duration) probe.Summary {
 	a.Helper()
-	s := a.Cluster.Probe(a.Ctx, t, n, timeout)
-	return s
+	t.Settling = t.Settling || a.settling
+	return a.Cluster.Probe(a.Ctx, t, n, timeout)
 }
 
 // Eventually repeats a probe until ok accepts its summary, and fails with
@@ -282,7 +283,7 @@ func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bo
 	deadline := start.Add(limit)
 	lastLog := start
 	for {
-		ok, last := check()
+		ok, last := a.settle(check)
 		if ok {
 			a.converged = time.Now()
 			a.Logf("%s: after %s", what, time.Since(start).Round(10*time.Millisecond))
@@ -298,6 +299,13 @@ func (a *A) EventuallyTrue(what string, limit time.Duration, check func() (ok bo
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// settle runs an Eventually's check with its probes marked as settling.
+func (a *A) settle(check func() (bool, string)) (bool, string) {
+	a.settling = true
+	defer func() { a.settling = false }()
+	return check()
 }
 
 // ConvergedSince is the time from start until the last Eventually's check
