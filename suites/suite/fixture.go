@@ -63,13 +63,31 @@ func (fx *Fixture) Selector() map[string]string { return map[string]string{"app"
 // nodes in turn (so local and remote endpoints are both exercised).
 func (fx *Fixture) Backends(a *A, n int) []cluster.Pod {
 	a.Helper()
+	return fx.backends(a, n, fx.Selector())
+}
+
+// GroupSelector selects the backends that BackendGroup added for group.
+func (fx *Fixture) GroupSelector(group string) map[string]string {
+	return map[string]string{"app": fx.slug, "group": group}
+}
+
+// BackendGroup adds n backend pods that only GroupSelector(group) selects
+// (and Selector too), for a Service whose backends no other Service of the
+// feature shares.
+func (fx *Fixture) BackendGroup(a *A, n int, group string) []cluster.Pod {
+	a.Helper()
+	return fx.backends(a, n, fx.GroupSelector(group))
+}
+
+func (fx *Fixture) backends(a *A, n int, labels map[string]string) []cluster.Pod {
+	a.Helper()
 	nodes := fx.c.Info().Nodes
 	fx.mu.Lock()
 	first := len(fx.pods)
 	fx.mu.Unlock()
 	var out []cluster.Pod
 	for i := first; i < first+n; i++ {
-		out = append(out, fx.AddPod(a, fmt.Sprintf("%s-%d", fx.slug, i), nodes[i%len(nodes)].Name))
+		out = append(out, fx.addPod(a, fmt.Sprintf("%s-%d", fx.slug, i), nodes[i%len(nodes)].Name, labels))
 	}
 	return out
 }
@@ -77,7 +95,12 @@ func (fx *Fixture) Backends(a *A, n int) []cluster.Pod {
 // AddPod adds one backend pod with the feature's selector on a node.
 func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
 	a.Helper()
-	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: fx.Namespace(), Name: name, Node: node, Labels: fx.Selector()})
+	return fx.addPod(a, name, node, fx.Selector())
+}
+
+func (fx *Fixture) addPod(a *A, name, node string, labels map[string]string) cluster.Pod {
+	a.Helper()
+	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: fx.Namespace(), Name: name, Node: node, Labels: labels})
 	if err != nil {
 		a.Fatalf("adding backend pod %s: %v", name, err)
 	}
