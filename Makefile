@@ -100,8 +100,9 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 
 # The self-test runs one feature against each deliberately broken build of
 # the reference proxier (proxier/fault, build tag pm_selftest), then the
-# shipped proxier over the same features: every fault must be caught by its
-# assessment, and the unbroken proxier must pass.
+# shipped proxier over the whole suite (so a self-test is also the mode's
+# conformance run): every fault must be caught by its assessment, and the
+# unbroken proxier must pass every assessment, those included.
 ifeq ($(SELFTEST_DIR),)
 SELFTEST_DIR := /tmp/proxymodes-selftests/$(shell date +%Y%m%d-%H%M%S)-$(MODE)
 endif
@@ -116,7 +117,7 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 		start=$$(date +%s); fault=$$name; [ "$$name" = unbroken ] && fault=; \
 		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=local PROXYMODES_IMPL=reference PROXYMODES_FAULT=$$fault \
 			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SELFTEST_DIR)/$$name \
-			$(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v -labels "$$labels" > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
+			$(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
 			&& res=passed || res=failed; \
 		[ "$$name" != unbroken ] && [ $$res = passed ] && res="passed: the suite did not notice the fault"; \
 		echo "proxymodes: self-test $$name ($$labels): the suite $$res in $$(( $$(date +%s) - start ))s"; \
