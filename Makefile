@@ -120,7 +120,7 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 			$(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
 			&& res=passed || res=failed; \
 		[ "$$name" != unbroken ] && [ $$res = passed ] && res="passed: the suite did not notice the fault"; \
-		echo "proxymodes: self-test $$name ($$labels): the suite $$res in $$(( $$(date +%s) - start ))s"; \
+		echo "proxymodes: self-test $$name ($${labels:-the whole suite}): the suite $$res in $$(( $$(date +%s) - start ))s"; \
 	done < $(SELFTEST_DIR)/runs
 	@$(PROXYMODES) selftest report $(SELFTEST_DIR) $(MODE)
 
