@@ -33,6 +33,10 @@ const (
 	RemovedEndpointKept Fault = "removed-endpoint-kept"
 	// ServiceDeleteIgnored keeps a deleted Service's rules.
 	ServiceDeleteIgnored Fault = "service-delete-ignored"
+	// IPVSStateKept (ipvs) never deletes a virtual server or unbinds a
+	// VIP, while the iptables rules and ipsets follow the Services: it
+	// breaks only what the IPVS cleanup assessment looks at.
+	IPVSStateKept Fault = "ipvs-state-kept"
 	// NodePortIgnored programs no NodePorts.
 	NodePortIgnored Fault = "nodeport-ignored"
 	// RandomSkewed (iptables) gives every endpoint rule probability 1/n
@@ -57,6 +61,7 @@ var Descriptions = map[Fault]string{
 	EndpointAddIgnored:   "endpoints added to a Service port that has some are ignored",
 	RemovedEndpointKept:  "removed endpoints keep getting traffic",
 	ServiceDeleteIgnored: "a deleted Service keeps its rules",
+	IPVSStateKept:        "a deleted Service's IPVS virtual servers and VIPs are kept",
 	NodePortIgnored:      "NodePorts are not programmed",
 	RandomSkewed:         "random choice is skewed (1/3, 2/9, 4/9)",
 	RoundRobinBroken:     "round-robin is replaced by a random or hashed choice",

@@ -30,6 +30,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
 )
@@ -451,6 +452,10 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 		}
 	}
 	sort.Slice(stale, func(i, j int) bool { return lessKey(stale[i], stale[j]) })
+	keepIPVS := fault.Current() == fault.IPVSStateKept
+	if keepIPVS {
+		stale = nil
+	}
 	for _, k := range stale {
 		// The whole Service (or this address of it) is gone: nothing
 		// can reach it any more, so there is nothing to drain.
@@ -471,7 +476,7 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 
 	// Unbind VIPs only after their virtual servers are gone.
 	for _, a := range bound {
-		if _, found := slices.BinarySearchFunc(vips, a, netip.Addr.Compare); !found {
+		if _, found := slices.BinarySearchFunc(vips, a, netip.Addr.Compare); !found && !keepIPVS {
 			errs.add(p.links.DelAddr(p.dummy, a))
 			st.AddrsUnbound++
 		}

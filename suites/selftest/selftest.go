@@ -37,6 +37,7 @@ const (
 	added      = "an added endpoint is picked up"
 	removed    = "a removed endpoint is dropped"
 	rules      = "nothing in iptables, ipsets or proxy listeners refers to a deleted Service"
+	ipvsState  = "no IPVS virtual server or bound VIP remains"
 	staleUDP   = "stale UDP conntrack entries to a removed endpoint are cleared"
 	nodePortRW = "NodeIP:nodePort reaches every backend from another node (TCP and UDP)"
 	uniform    = "900 connections are uniform over 3 backends (chi-square)"
@@ -63,6 +64,7 @@ var table = []struct {
 	// A feature stops at its first failed assessment, so a fault is caught
 	// by the first assessment it breaks; the IPVS-state one comes after.
 	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules}}, nil},
+	{Case{fault.IPVSStateKept, "cleanup", []string{ipvsState}}, []string{"ipvs"}},
 	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
 	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs"}},
 	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables"}},
