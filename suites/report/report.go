@@ -157,7 +157,7 @@ func (r *Run) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\n=== %s summary (%s)\n", r.Suite, strings.Join(head, " "))
 	fmt.Fprintf(w, "promise: %s\n", r.Promise)
-	if v := r.Settings["proxier syncs"]; v != "" {
+	if v := r.Settings[SettingProxierSyncs]; v != "" {
 		// How slow the proxiers were explains how long the waits were.
 		fmt.Fprintf(w, "proxier syncs: %s\n", v)
 	}
@@ -222,6 +222,10 @@ func (r *Run) WriteJSON(w io.Writer) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
 }
+
+// SettingProxierSyncs is the setting in which a run records each node's
+// proxier sync count and slowest sync, read by the summary and by soaks.
+const SettingProxierSyncs = "proxier syncs"
 
 // ResultsFile is the name WriteFiles gives the JSON results.
 const ResultsFile = "results.json"

@@ -32,9 +32,21 @@ type Row struct {
 	Slowest time.Duration
 }
 
+// RunLine is one run's wall time and what its proxiers' syncs took (the
+// "proxier syncs" setting the suite records; each sync is in the run's
+// proxier-syncs.log). A slow sync is what stretched the convergence
+// deadlines of that run, so a soak keeps them beside its counts.
+type RunLine struct {
+	Name  string
+	Wall  time.Duration
+	Syncs string
+}
+
 // Tally is a soak's result.
 type Tally struct {
 	Runs int
+	// PerRun has one line per run with results, in order.
+	PerRun []RunLine
 	// Broken lists runs without a readable results.json, or with
 	// run-level errors (setup, teardown, leak check): a soak counts them
 	// as failures, never drops them.
@@ -82,9 +94,12 @@ func Load(dir string) (*Tally, error) {
 			t.Broken = append(t.Broken, fmt.Sprintf("%s: %v", name, err))
 			continue
 		}
+		line := RunLine{Name: name, Syncs: run.Settings[report.SettingProxierSyncs]}
 		if !run.Started.IsZero() && run.Finished.After(run.Started) {
-			t.Wall += run.Finished.Sub(run.Started)
+			line.Wall = run.Finished.Sub(run.Started)
+			t.Wall += line.Wall
 		}
+		t.PerRun = append(t.PerRun, line)
 		for _, e := range run.Errors {
 			t.Broken = append(t.Broken, fmt.Sprintf("%s: %s", name, report.FirstLine(e)))
 		}
@@ -134,6 +149,17 @@ func (t *Tally) WriteMarkdown(w io.Writer, title string) {
 	for _, r := range t.Rows {
 		fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %d | %s |\n",
 			r.Feature, r.Assessment, r.Pass, r.Fail, r.Skip, r.NotRn, r.Slowest.Round(100*time.Millisecond))
+	}
+	if len(t.PerRun) > 0 {
+		fmt.Fprintln(w, "\n## Runs: wall time and proxier syncs (each sync in the run's proxier-syncs.log)")
+		fmt.Fprintln(w, "\n| run | wall | proxier syncs |\n|---|---|---|")
+		for _, l := range t.PerRun {
+			syncs := l.Syncs
+			if syncs == "" {
+				syncs = "not recorded"
+			}
+			fmt.Fprintf(w, "| %s | %s | %s |\n", l.Name, l.Wall.Round(time.Second), syncs)
+		}
 	}
 	var fails []string
 	for _, r := range t.Rows {

@@ -42,6 +42,7 @@ func run(rrStatus report.Status, failure string, errs ...string) *report.Run {
 	r.Add(f, a)
 	r.Add(r.Feature("random choice", "random", ""), &report.Assessment{Name: "uniform", Status: report.Skip})
 	r.Errors = errs
+	r.Settings = map[string]string{report.SettingProxierSyncs: "node-1: 12 syncs, slowest 3.500s"}
 	return r
 }
 
@@ -85,6 +86,7 @@ func TestTallyCountsEveryRunAndKeepsEveryFailure(t *testing.T) {
 		"run-03: no results",
 		"run-04: leak check: namespace pm-conf-node-1 remains",
 		"4 runs, 1 failed assessments, 2 broken runs",
+		"| run-02 | 10m0s | node-1: 12 syncs, slowest 3.500s |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, out)

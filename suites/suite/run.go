@@ -190,7 +190,7 @@ func (r *Run) DestroyCluster(ctx context.Context, _ *envconf.Config) (context.Co
 	}
 	if r.stopSyncs != nil {
 		r.stopSyncs()
-		r.Report.Settings["proxier syncs"] = r.syncs.Summary()
+		r.Report.Settings[report.SettingProxierSyncs] = r.syncs.Summary()
 	}
 	start := time.Now()
 	err := r.cluster.Down(context.Background())
