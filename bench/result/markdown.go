@@ -36,6 +36,11 @@ var columns = []column{
 	{Rules, UnitIPVSDests, "IPVS dests"},
 }
 
+// ratioNote says how to read a ratio cell.
+const ratioNote = "In brackets, the ratio's 95% confidence interval (distribution-free: the interval that inverts " +
+	"benchstat's Mann-Whitney U test, on log ratios). \"~\" means no significant difference: the U test's p > 0.05 " +
+	"or the interval includes 1×. Counts of programmed state are exact."
+
 // directColumns are the data-plane metrics compared against direct.
 var directColumns = columns[6:10]
 
@@ -295,7 +300,9 @@ func implCell(p *Point) string {
 
 func writeMedians(b *bytes.Buffer, pts []*Point, all []column) {
 	cols := present(all, pts)
-	b.WriteString("### Medians\n\nMedian of the repetitions; " + missing + " means not measured.\n\n")
+	b.WriteString("### Medians\n\nMedian of the repetitions ± its 95% confidence interval, computed as benchstat does " +
+		"(order statistics, no assumption about the distribution; ±∞ with fewer than " + strconv.Itoa(MinRepeatsForMedianCI) +
+		" repetitions); " + missing + " means not measured.\n\n")
 	for _, z := range sizes(pts) {
 		fmt.Fprintf(b, "#### %d Services, %d endpoints each\n\n", z.services, z.endpoints)
 		head := []string{"mode", "impl"}
@@ -309,8 +316,8 @@ func writeMedians(b *bytes.Buffer, pts []*Point, all []column) {
 			}
 			row := []string{p.Mode, implCell(p)}
 			for _, c := range cols {
-				if v, ok := p.Median(c.bench, c.unit); ok {
-					row = append(row, formatValue(c.unit, v))
+				if sum, ok := Summarize(p.Samples(c.bench, c.unit)); ok {
+					row = append(row, medianCell(c, sum))
 				} else {
 					row = append(row, missing)
 				}
@@ -321,15 +328,34 @@ func writeMedians(b *bytes.Buffer, pts []*Point, all []column) {
 	}
 }
 
-// ratio is num's median over den's, and false when either is missing or
-// den's is zero.
-func ratio(num, den *Point, c column) (float64, bool) {
-	n, ok1 := num.Median(c.bench, c.unit)
-	d, ok2 := den.Median(c.bench, c.unit)
-	if !ok1 || !ok2 || d == 0 {
-		return 0, false
+// exact says whether a column counts programmed state: every repetition
+// gives the same number, so it has no interval and its ratio is exact.
+func exact(c column) bool { return c.bench == Rules }
+
+func medianCell(c column, s Summary) string {
+	if exact(c) {
+		return formatValue(c.unit, s.Median)
 	}
-	return n / d, true
+	return s.CIString(c.unit)
+}
+
+// ratio renders num ÷ den for a table: with its 95% interval, and "~" when
+// the difference is not significant (CompareSamples); exact columns get
+// the plain ratio. False when either side is missing or not positive.
+func ratio(num, den *Point, c column) (string, bool) {
+	if exact(c) {
+		n, ok1 := num.Median(c.bench, c.unit)
+		d, ok2 := den.Median(c.bench, c.unit)
+		if !ok1 || !ok2 || d == 0 {
+			return "", false
+		}
+		return formatRatio(n / d), true
+	}
+	r, ok := CompareSamples(num.Samples(c.bench, c.unit), den.Samples(c.bench, c.unit))
+	if !ok {
+		return "", false
+	}
+	return r.String(), true
 }
 
 func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
@@ -351,7 +377,7 @@ func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
 		return
 	}
 	b.WriteString("The reference proxier's median divided by kube-proxy's, in the same kernel, mode and size. " +
-		"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more.\n\n")
+		"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more. " + ratioNote + "\n\n")
 	var cols []column
 	for _, c := range all {
 		if slices.ContainsFunc(pairs, func(p pair) bool { _, ok := ratio(p.ref, p.kp, c); return ok }) {
@@ -367,7 +393,7 @@ func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
 		row := []string{p.ref.Mode, size{p.ref.Services, p.ref.EndpointsPerService}.String()}
 		for _, c := range cols {
 			if r, ok := ratio(p.ref, p.kp, c); ok {
-				row = append(row, formatRatio(r))
+				row = append(row, r)
 			} else {
 				row = append(row, missing)
 			}
@@ -401,7 +427,7 @@ func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
 		any := false
 		for _, c := range directColumns {
 			if r, ok := ratio(p, direct, c); ok {
-				row = append(row, formatRatio(r))
+				row = append(row, r)
 				any = true
 			} else {
 				row = append(row, missing)
@@ -416,7 +442,7 @@ func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
 		return
 	}
 	b.WriteString("Each mode's data-plane median divided by direct's (load sent straight to a pod IP, no proxy) " +
-		"at the same size: what the proxy adds. Latency above 1× is slower than direct; req/s below 1× serves less.\n\n")
+		"at the same size: what the proxy adds. Latency above 1× is slower than direct; req/s below 1× serves less. " + ratioNote + "\n\n")
 	writeTable(b, 3, head, rows)
 }
 

@@ -62,7 +62,10 @@ func Defaults() Config {
 		Label: "default", Counts: []int{100, 1000, 5000, 10000}, Endpoints: 2,
 		Modes:  []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS},
 		Impls:  []string{result.ImplReference, result.ImplKubeProxy},
-		Direct: true, Repeats: 3, Changes: 15,
+		// Six repetitions: the fewest whose median has a finite 95%
+		// interval (result.MinRepeatsForMedianCI); five would already
+		// let a ratio be significant, but not bound its medians.
+		Direct: true, Repeats: result.MinRepeatsForMedianCI, Changes: 15,
 		Load:    load.Options{Requests: 2000, Concurrency: 8},
 		Workers: 32, Limit: 15 * time.Minute, LabName: "bench", PointBudget: 20 * time.Minute,
 	}
