@@ -38,7 +38,8 @@ var plotGroups = []plotGroup{
 	{"latency", "Data-plane latency", DataPlane, []plotLine{{UnitP50Sec, "p50", false}, {UnitP99Sec, "p99", true}}, true},
 }
 
-// plotSpec is one plot file: a group drawn for one kernel.
+// plotSpec is one plot file: a group drawn for one kernel, or (group nil)
+// the data-plane latency by rule position at one size.
 type plotSpec struct {
 	file, kernel, title string
 	group               *plotGroup
@@ -73,8 +74,37 @@ func plotPlan(s *Set) []plotSpec {
 				})
 			}
 		}
+		if spec, ok := positionPlan(kernel, slugs[kernel], kernelPoints(s, kernel)); ok {
+			plan = append(plan, spec)
+		}
 	}
 	return plan
+}
+
+// positionPlan plots, at the largest size that has them, each point's
+// per-target latencies against their rule positions.
+func positionPlan(kernel, slug string, pts []*Point) (plotSpec, bool) {
+	size := 0
+	for _, p := range pts {
+		if p.Error == "" && len(p.Positions) > 0 {
+			size = max(size, p.Services)
+		}
+	}
+	var at []*Point
+	for _, p := range pts {
+		if p.Error == "" && len(p.Positions) > 0 && p.Services == size {
+			at = append(at, p)
+		}
+	}
+	if len(at) == 0 {
+		return plotSpec{}, false
+	}
+	return plotSpec{
+		file:   "position-" + slug + ".svg",
+		kernel: kernel,
+		title:  fmt.Sprintf("Latency by rule position, %d Services, %s", size, kernel),
+		points: at,
+	}, true
 }
 
 // Plot draws the set's plots into dir as SVG and returns their paths: per
@@ -112,17 +142,12 @@ func drawPlot(spec plotSpec, format string) (out []byte, err error) {
 			err = fmt.Errorf("gonum/plot: %v", r)
 		}
 	}()
-	g := spec.group
-	p := plot.New()
-	for _, f := range []*font.Font{&p.Title.TextStyle.Font, &p.X.Label.TextStyle.Font, &p.Y.Label.TextStyle.Font,
-		&p.X.Tick.Label.Font, &p.Y.Tick.Label.Font, &p.Legend.TextStyle.Font} {
-		f.Variant = "Sans"
+	if spec.group == nil {
+		return drawPositions(spec, format)
 	}
-	p.Title.Text = spec.title
+	g := spec.group
+	p := newPlot(spec.title)
 	p.X.Label.Text = "Services (log scale)"
-	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.TextStyle.Font.Size = vg.Points(9)
-	p.Add(plotter.NewGrid())
 
 	multiEndpoints := len(endpointCounts(spec.points)) > 1
 	type seriesKey struct {
@@ -210,6 +235,60 @@ func drawPlot(spec plotSpec, format string) (out []byte, err error) {
 		p.Y.Label.Text = "time"
 	}
 
+	return encode(p, format)
+}
+
+// newPlot is a plot with the set's fonts, a legend at the top left and a
+// grid.
+func newPlot(title string) *plot.Plot {
+	p := plot.New()
+	for _, f := range []*font.Font{&p.Title.TextStyle.Font, &p.X.Label.TextStyle.Font, &p.Y.Label.TextStyle.Font,
+		&p.X.Tick.Label.Font, &p.Y.Tick.Label.Font, &p.Legend.TextStyle.Font} {
+		f.Variant = "Sans"
+	}
+	p.Title.Text = title
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
+	p.Add(plotter.NewGrid())
+	return p
+}
+
+// drawPositions scatters each target's median latency against its
+// Service's rule position, one colour per mode and implementation: a
+// linear walk shows as a slope.
+func drawPositions(spec plotSpec, format string) ([]byte, error) {
+	p := newPlot(spec.title)
+	p.X.Label.Text = "position of the Service's rule in the dispatch chain"
+	p.Y.Label.Text = "p50 latency of the Service's requests"
+	p.Y.Tick.Marker = linearSecondTicks{}
+	xmax, ymax := 0.0, 0.0
+	for i, pt := range spec.points {
+		var xy plotter.XYs
+		for _, pos := range pt.Positions {
+			if pos.P50Sec > 0 {
+				xy = append(xy, plotter.XY{X: float64(pos.Index), Y: pos.P50Sec})
+				xmax, ymax = max(xmax, float64(pos.Index)), max(ymax, pos.P50Sec)
+			}
+		}
+		if len(xy) == 0 {
+			continue
+		}
+		sc, err := plotter.NewScatter(xy)
+		if err != nil {
+			return nil, err
+		}
+		sc.Color = plotutil.Color(i)
+		sc.Shape = plotutil.Shape(i)
+		sc.Radius = vg.Points(2.5)
+		p.Add(sc)
+		p.Legend.Add(pt.series(), sc)
+	}
+	p.X.Min, p.X.Max, p.Y.Min, p.Y.Max = 0, xmax*1.05+1, 0, ymax*1.15
+	return encode(p, format)
+}
+
+// encode renders a plot in a gonum/plot format ("svg", "png").
+func encode(p *plot.Plot, format string) ([]byte, error) {
 	wt, err := p.WriterTo(8*vg.Inch, 5*vg.Inch, format)
 	if err != nil {
 		return nil, err

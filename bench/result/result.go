@@ -144,8 +144,21 @@ type Point struct {
 	Services            int      `json:"services"`
 	EndpointsPerService int      `json:"endpointsPerService"`
 	Metrics             []Metric `json:"metrics"`
+	// Positions are the data-plane latency of each load target by its
+	// Service's place in the rules a packet walks (iptables and userspace
+	// modes), so that the cost of a linear walk shows.
+	Positions []Position `json:"positions,omitempty"`
 	// Error is why the point failed; it keeps whatever metrics it got.
 	Error string `json:"error,omitempty"`
+}
+
+// Position is one load target's share of one repetition: where its
+// Service's dispatch rule sits (0 is the first rule a packet meets in the
+// chain that dispatches Services) and the median latency of its requests.
+type Position struct {
+	Rep    int     `json:"rep"`
+	Index  int     `json:"index"`
+	P50Sec float64 `json:"p50Sec"`
 }
 
 // Metric is every repetition's value of one unit of one benchmark family.

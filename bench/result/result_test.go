@@ -48,6 +48,10 @@ func testSet() *Set {
 		k := float64(services) / 1000
 		add(Point{Kernel: host, Mode: ModeIPTables, Impl: ImplKubeProxy, Services: services, EndpointsPerService: 2}, func(p *Point) {
 			p.Add(DataPlane, UnitP50Sec, 110e-6, 112e-6, 111e-6)
+			for i := range 4 { // a linear walk: 10 ns more per rule
+				idx := (2*i + 1) * services / 8
+				p.Positions = append(p.Positions, Position{Rep: 0, Index: idx, P50Sec: 100e-6 + float64(idx)*1e-8})
+			}
 			p.Add(DataPlane, UnitP90Sec, 150e-6, 151e-6, 149e-6)
 			p.Add(DataPlane, UnitP99Sec, 300e-6*k, 310e-6*k, 290e-6*k)
 			p.Add(DataPlane, UnitReqPerSec, 41000/k, 40500/k, 40800/k)
@@ -289,7 +293,7 @@ func TestPlot(t *testing.T) {
 			t.Errorf("%s is not an SVG plot (%d bytes)", f, len(b))
 		}
 	}
-	want := []string{"sync-host.svg", "programming-host.svg", "connect-host.svg", "latency-host.svg", "sync-uml.svg", "latency-uml.svg"}
+	want := []string{"sync-host.svg", "programming-host.svg", "connect-host.svg", "latency-host.svg", "position-host.svg", "sync-uml.svg", "latency-uml.svg"}
 	if !slices.Equal(names, want) {
 		t.Errorf("plots = %q, want %q", names, want)
 	}

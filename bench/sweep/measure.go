@@ -191,6 +191,52 @@ func ruleCounts(ctx context.Context, lab labAPI, ns string, ipvs bool) (iptables
 	return iptablesRules, services, dests, nil
 }
 
+// dispatchPositions finds, in an iptables-save dump, the chain that
+// dispatches Services (the one whose rules match the most of the given
+// VIPs: KUBE-SERVICES, PM-SERVICES, a userspace portal chain), and the
+// index of each VIP's first rule in it. A VIP without a rule there is
+// left out.
+func dispatchPositions(dump string, vips []netip.Addr) map[netip.Addr]int {
+	want := map[string]netip.Addr{}
+	for _, v := range vips {
+		want[v.String()+"/32"] = v
+	}
+	type hit struct {
+		vip   netip.Addr
+		index int
+	}
+	chains := map[string][]hit{}
+	count := map[string]int{}
+	for _, l := range strings.Split(dump, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "-A" {
+			continue
+		}
+		chain := f[1]
+		index := count[chain]
+		count[chain]++
+		for i := 2; i+1 < len(f); i++ {
+			if v, ok := want[f[i+1]]; ok && f[i] == "-d" {
+				chains[chain] = append(chains[chain], hit{v, index})
+				break
+			}
+		}
+	}
+	best := ""
+	for c, hits := range chains {
+		if len(hits) > len(chains[best]) || (len(hits) == len(chains[best]) && c < best) {
+			best = c
+		}
+	}
+	out := map[netip.Addr]int{}
+	for _, h := range chains[best] {
+		if _, seen := out[h.vip]; !seen {
+			out[h.vip] = h.index
+		}
+	}
+	return out
+}
+
 // directURL is a backend pod's own address: the physical floor every
 // proxy mode is compared with.
 func directURL(p cluster.Pod) string {

@@ -3,6 +3,7 @@ package sweep
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -65,7 +66,13 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 		if err := b.lab.SwitchProxiers(ctx, nil); err != nil {
 			return err
 		}
-		return b.dataPlane(ctx, pt, directURL(b.fleet.sets[0][0]))
+		var urls []string
+		for _, set := range b.fleet.sets {
+			for _, p := range set {
+				urls = append(urls, directURL(p))
+			}
+		}
+		return b.dataPlane(ctx, pt, urls, nil)
 	}
 	// A proxier is healthy after its first full sync, which for
 	// iptables-nft at 10k Services takes minutes.
@@ -91,8 +98,15 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 	if err := b.changes(ctx, pt); err != nil {
 		return err
 	}
-	n := b.fleet.size()
-	if err := b.dataPlane(ctx, pt, vipURL(b.fleet.vip(n/2))); err != nil {
+	vips := b.loadTargets()
+	var urls []string
+	for _, v := range vips {
+		urls = append(urls, vipURL(v))
+	}
+	if p.mode == result.ModeIPVS {
+		vips = nil // a hash lookup: no position to record
+	}
+	if err := b.dataPlane(ctx, pt, urls, vips); err != nil {
 		return err
 	}
 	if s, err := read(ctx, b.lab, b.node); err == nil {
@@ -143,22 +157,64 @@ func (b *bench) changes(ctx context.Context, pt *result.Point) error {
 	return nil
 }
 
-// dataPlane sends Repeats load runs from the client pod to url.
-func (b *bench) dataPlane(ctx context.Context, pt *result.Point, url string) error {
+// loadTargets are the Services the data-plane load goes to: LoadTargets
+// of them (all, in smaller fleets) at evenly spaced places in creation
+// order. One Service would measure one place in an iptables chain, which
+// a proxier that orders its rules differently puts elsewhere; the mean
+// over evenly spaced ones is the expected cost over places.
+func (b *bench) loadTargets() []netip.Addr {
+	n := b.fleet.size()
+	k := min(LoadTargets, n)
+	var out []netip.Addr
+	for j := 0; j < k; j++ {
+		out = append(out, b.fleet.vip((2*j+1)*n/(2*k)))
+	}
+	return out
+}
+
+// LoadTargets is how many Services the data-plane load is spread over.
+const LoadTargets = 16
+
+// dataPlane sends Repeats load runs from the client pod over urls, in
+// turn. With vips (the Services behind urls, in order) it also records
+// where each Service's dispatch rule sits on the client's node, read
+// after each run, and that target's median latency.
+func (b *bench) dataPlane(ctx context.Context, pt *result.Point, urls []string, vips []netip.Addr) error {
 	for r := 0; r < b.c.Repeats; r++ {
 		o := b.c.Load
-		o.URL = url
+		o.URLs = urls
 		res, err := load.Run(ctx, b.lab, b.client.NS, o)
 		if err != nil {
 			return err
 		}
 		if res.Errors > 0 {
-			return fmt.Errorf("load to %s: %d of %d requests got no response", url, res.Errors, res.Requests)
+			return fmt.Errorf("load to %d targets (%s, ...): %d of %d requests got no response", len(urls), urls[0], res.Errors, res.Requests)
+		}
+		if len(vips) > 0 {
+			if err := b.recordPositions(ctx, pt, r, vips, res.Targets); err != nil {
+				return err
+			}
 		}
 		pt.Add(result.DataPlane, result.UnitP50Sec, res.P50.Seconds())
 		pt.Add(result.DataPlane, result.UnitP90Sec, res.P90.Seconds())
 		pt.Add(result.DataPlane, result.UnitP99Sec, res.P99.Seconds())
 		pt.Add(result.DataPlane, result.UnitReqPerSec, res.RPS)
+	}
+	return nil
+}
+
+func (b *bench) recordPositions(ctx context.Context, pt *result.Point, rep int, vips []netip.Addr, targets []load.Target) error {
+	dump, err := b.lab.IPTables(ctx, b.lab.Info().Nodes[0].NS)
+	if err != nil {
+		return fmt.Errorf("reading rule positions: %w", err)
+	}
+	at := dispatchPositions(dump, vips)
+	for i, v := range vips {
+		idx, ok := at[v]
+		if !ok || i >= len(targets) {
+			return fmt.Errorf("no dispatch rule for load target %s on %s: the position plot would miss it", v, b.node)
+		}
+		pt.Positions = append(pt.Positions, result.Position{Rep: rep, Index: idx, P50Sec: targets[i].P50.Seconds()})
 	}
 	return nil
 }

@@ -60,8 +60,8 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Label: "default", Counts: []int{100, 1000, 5000, 10000}, Endpoints: 2,
-		Modes:  []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS},
-		Impls:  []string{result.ImplReference, result.ImplKubeProxy},
+		Modes: []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS},
+		Impls: []string{result.ImplReference, result.ImplKubeProxy},
 		// Six repetitions: the fewest whose median has a finite 95%
 		// interval (result.MinRepeatsForMedianCI); five would already
 		// let a ratio be significant, but not bound its medians.

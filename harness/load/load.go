@@ -8,6 +8,7 @@ package load
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,7 +33,10 @@ func init() { agent.Register(Role, main) }
 
 // Options bound one load run in count and in time.
 type Options struct {
-	URL         string
+	// URLs are the targets, taken in turn by successive requests: a load
+	// over many Services measures the expected cost over their positions
+	// in the proxy's rules, not the cost of one position.
+	URLs        []string
 	Requests    int           // total requests (default 2000)
 	Concurrency int           // parallel workers (default 8)
 	Timeout     time.Duration // per request (default 2s)
@@ -60,8 +64,18 @@ func (o *Options) defaults() {
 	}
 }
 
+// Target is one URL's share of a run.
+type Target struct {
+	URL      string        `json:"url"`
+	Requests int           `json:"requests"`
+	Errors   int           `json:"errors"`
+	P50      time.Duration `json:"p50"`
+}
+
 // Result is one run's outcome. Latencies are over successful requests.
 type Result struct {
+	// Targets has one entry per URL, in the order given.
+	Targets  []Target      `json:"targets"`
 	Requests int           `json:"requests"` // completed, with or without error
 	Errors   int           `json:"errors"`   // requests that got no response
 	Duration time.Duration `json:"duration"`
@@ -87,18 +101,21 @@ func Run(ctx context.Context, ex Execer, ns string, o Options) (Result, error) {
 		return Result{}, err
 	}
 	argv := append([]string{"env"}, agent.Env("", Role)...)
+	if len(o.URLs) == 0 {
+		return Result{}, errors.New("load: no target URL")
+	}
 	argv = append(argv, self,
-		"-url", o.URL, "-n", strconv.Itoa(o.Requests), "-c", strconv.Itoa(o.Concurrency),
+		"-url", strings.Join(o.URLs, ","), "-n", strconv.Itoa(o.Requests), "-c", strconv.Itoa(o.Concurrency),
 		"-timeout", o.Timeout.String(), "-max", o.MaxDuration.String(), "-keepalive="+strconv.FormatBool(o.KeepAlive))
 	ctx, cancel := context.WithTimeout(ctx, o.MaxDuration+30*time.Second)
 	defer cancel()
 	out, err := ex.Exec(ctx, ns, argv...)
 	if err != nil {
-		return Result{}, fmt.Errorf("load from %s to %s: %w", ns, o.URL, err)
+		return Result{}, fmt.Errorf("load from %s to %s: %w", ns, targets(o.URLs), err)
 	}
 	i := strings.LastIndex(out, marker)
 	if i < 0 {
-		return Result{}, fmt.Errorf("load from %s to %s: no result in its output:\n%s", ns, o.URL, out)
+		return Result{}, fmt.Errorf("load from %s to %s: no result in its output:\n%s", ns, targets(o.URLs), out)
 	}
 	var r Result
 	line, _, _ := strings.Cut(out[i+len(marker):], "\n")
@@ -108,10 +125,21 @@ func Run(ctx context.Context, ex Execer, ns string, o Options) (Result, error) {
 	return r, nil
 }
 
+// targets names a run's URLs in an error: the first and how many.
+func targets(urls []string) string {
+	if len(urls) == 1 {
+		return urls[0]
+	}
+	return fmt.Sprintf("%s and %d more", urls[0], len(urls)-1)
+}
+
 func main(args []string) int {
 	fs := flag.NewFlagSet(Role, flag.ContinueOnError)
 	var o Options
-	fs.StringVar(&o.URL, "url", "", "target URL")
+	fs.Func("url", "target URLs, comma-separated, taken in turn", func(s string) error {
+		o.URLs = strings.Split(s, ",")
+		return nil
+	})
 	fs.IntVar(&o.Requests, "n", 2000, "requests")
 	fs.IntVar(&o.Concurrency, "c", 8, "concurrency")
 	fs.DurationVar(&o.Timeout, "timeout", 2*time.Second, "per-request timeout")
@@ -138,16 +166,19 @@ func generate(o Options) (Result, error) {
 	if o.Requests < 1 || o.Concurrency < 1 || o.Concurrency > o.Requests {
 		return Result{}, fmt.Errorf("need 1 <= concurrency (%d) <= requests (%d)", o.Concurrency, o.Requests)
 	}
-	template, err := http.NewRequest(http.MethodGet, o.URL, nil)
+	if len(o.URLs) == 0 || len(o.URLs) > o.Requests {
+		return Result{}, fmt.Errorf("need 1 <= targets (%d) <= requests (%d)", len(o.URLs), o.Requests)
+	}
+	template, err := http.NewRequest(http.MethodGet, o.URLs[0], nil)
 	if err != nil {
 		return Result{}, err
 	}
-	var rec recorder
+	rec := newRecorder(o.URLs)
 	w := &requester.Work{
 		// The requester reads Request's host even when RequestFunc makes
 		// the requests.
 		Request:     template,
-		RequestFunc: func() *http.Request { return rec.request(o.URL) },
+		RequestFunc: rec.next,
 		N:           o.Requests, C: o.Concurrency,
 		Timeout:           int((o.Timeout + time.Second - 1) / time.Second),
 		DisableKeepAlives: !o.KeepAlive, DisableCompression: true, DisableRedirects: true,
@@ -162,40 +193,58 @@ func generate(o Options) (Result, error) {
 	return rec.result(elapsed)
 }
 
-// recorder collects per-request latencies from the requester's workers.
+// recorder collects per-request latencies from the requester's workers,
+// per target.
 type recorder struct {
+	urls []string
+
 	mu      sync.Mutex
-	started int
-	lats    []time.Duration
+	turn    int
+	started []int
+	lats    [][]time.Duration
 }
 
-func (rec *recorder) request(url string) *http.Request {
+func newRecorder(urls []string) *recorder {
+	return &recorder{urls: urls, started: make([]int, len(urls)), lats: make([][]time.Duration, len(urls))}
+}
+
+// next makes the next request, to the next target in turn.
+func (rec *recorder) next() *http.Request {
+	rec.mu.Lock()
+	t := rec.turn % len(rec.urls)
+	rec.turn++
+	rec.started[t]++
+	rec.mu.Unlock()
 	var t0 time.Time
 	trace := &httptrace.ClientTrace{
 		GetConn: func(string) { t0 = time.Now() },
 		GotFirstResponseByte: func() {
 			d := time.Since(t0)
 			rec.mu.Lock()
-			rec.lats = append(rec.lats, d)
+			rec.lats[t] = append(rec.lats[t], d)
 			rec.mu.Unlock()
 		},
 	}
-	rec.mu.Lock()
-	rec.started++
-	rec.mu.Unlock()
-	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, rec.urls[t], nil)
 	return req
 }
 
 func (rec *recorder) result(elapsed time.Duration) (Result, error) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	r := Result{Requests: rec.started, Errors: rec.started - len(rec.lats), Duration: elapsed}
-	if len(rec.lats) == 0 {
-		return r, fmt.Errorf("none of %d requests got a response", rec.started)
+	r := Result{Duration: elapsed}
+	var all []time.Duration
+	for i, u := range rec.urls {
+		r.Targets = append(r.Targets, Target{URL: u, Requests: rec.started[i], Errors: rec.started[i] - len(rec.lats[i]), P50: Quantile(rec.lats[i], 0.50)})
+		r.Requests += rec.started[i]
+		all = append(all, rec.lats[i]...)
 	}
-	r.P50, r.P90, r.P99 = Quantile(rec.lats, 0.50), Quantile(rec.lats, 0.90), Quantile(rec.lats, 0.99)
-	r.RPS = float64(len(rec.lats)) / elapsed.Seconds()
+	r.Errors = r.Requests - len(all)
+	if len(all) == 0 {
+		return r, fmt.Errorf("none of %d requests got a response", r.Requests)
+	}
+	r.P50, r.P90, r.P99 = Quantile(all, 0.50), Quantile(all, 0.90), Quantile(all, 0.99)
+	r.RPS = float64(len(all)) / elapsed.Seconds()
 	return r, nil
 }
 

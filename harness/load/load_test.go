@@ -33,7 +33,7 @@ func TestRunMeasuresEveryRequest(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	defer srv.Close()
-	r, err := Run(context.Background(), hostExec{}, "", Options{URL: srv.URL, Requests: 200, Concurrency: 4})
+	r, err := Run(context.Background(), hostExec{}, "", Options{URLs: []string{srv.URL}, Requests: 200, Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,16 +56,16 @@ func TestRunCountsRequestsWithoutResponse(t *testing.T) {
 	l := httptest.NewServer(http.NotFoundHandler())
 	url := l.URL
 	l.Close()
-	_, err := Run(context.Background(), hostExec{}, "", Options{URL: url, Requests: 20, Concurrency: 2, Timeout: time.Second})
+	_, err := Run(context.Background(), hostExec{}, "", Options{URLs: []string{url}, Requests: 20, Concurrency: 2, Timeout: time.Second})
 	if err == nil {
 		t.Fatal("load against a closed port succeeded")
 	}
 }
 
 func TestRecorderKeepsMicroseconds(t *testing.T) {
-	var rec recorder
-	rec.started = 4
-	rec.lats = []time.Duration{210 * time.Microsecond, 230 * time.Microsecond, 250 * time.Microsecond}
+	rec := newRecorder([]string{"u"})
+	rec.started[0] = 4
+	rec.lats[0] = []time.Duration{210 * time.Microsecond, 230 * time.Microsecond, 250 * time.Microsecond}
 	r, err := rec.result(time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestRecorderKeepsMicroseconds(t *testing.T) {
 }
 
 func TestBadOptions(t *testing.T) {
-	if _, err := generate(Options{URL: "http://198.18.0.1/", Requests: 2, Concurrency: 3}); err == nil {
+	if _, err := generate(Options{URLs: []string{"http://198.18.0.1/"}, Requests: 2, Concurrency: 3}); err == nil {
 		t.Error("concurrency above requests was accepted")
 	}
 }
@@ -93,5 +93,43 @@ func TestQuantileIsNearestRank(t *testing.T) {
 	}
 	if Quantile(nil, 0.5) != 0 {
 		t.Error("Quantile of nothing is not 0")
+	}
+}
+
+// Requests take the targets in turn, and each target's share is reported
+// on its own: a slower target shows in its p50, not only in the pooled one.
+func TestRunSpreadsOverTargets(t *testing.T) {
+	server := func(delay time.Duration) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(delay)
+			w.Write([]byte("ok"))
+		}))
+	}
+	fast, slow := server(time.Millisecond), server(8*time.Millisecond)
+	defer fast.Close()
+	defer slow.Close()
+	r, err := Run(context.Background(), hostExec{}, "", Options{URLs: []string{fast.URL, slow.URL}, Requests: 100, Concurrency: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Targets) != 2 || r.Targets[0].URL != fast.URL || r.Targets[1].URL != slow.URL {
+		t.Fatalf("targets %+v", r.Targets)
+	}
+	for _, tg := range r.Targets {
+		if tg.Requests != 50 || tg.Errors != 0 {
+			t.Errorf("%s: %d requests, %d errors; want 50 and 0 (taken in turn)", tg.URL, tg.Requests, tg.Errors)
+		}
+	}
+	if r.Targets[1].P50 < 8*time.Millisecond || r.Targets[0].P50 >= r.Targets[1].P50 {
+		t.Errorf("p50 fast %v, slow %v: want the slow target's own p50 >= 8ms and above the fast one's", r.Targets[0].P50, r.Targets[1].P50)
+	}
+	if r.Requests != 100 {
+		t.Errorf("requests %d, want 100", r.Requests)
+	}
+	if _, err := Run(context.Background(), hostExec{}, "", Options{Requests: 10}); err == nil {
+		t.Error("a run without targets was accepted")
+	}
+	if _, err := generate(Options{URLs: []string{"a", "b", "c"}, Requests: 2, Concurrency: 1}); err == nil {
+		t.Error("more targets than requests was accepted")
 	}
 }
