@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 60m
 # When make started: make test's step table counts its prerequisites from it.
 MAKE_START := $(shell date +%s)
 
-.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro soak selftest
+.PHONY: test-kube-proxy-ipvs help deps kind-deps kind-image kind-e2e existing-e2e k8s cli test unit conformance bench lab-up lab-down lab-status clean-lab check-mode report bench-micro bench-aa soak selftest
 
 help: ## show this help
 	@echo "usage: make <target> [MODE=$(subst $() ,|,$(MODES))] [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]"
@@ -139,6 +139,13 @@ LABEL ?= default
 BENCH_ARGS ?=
 bench: deps k8s ## run the load benchmark sweep (100..10k Services, every mode and impl) into results/<date>-$(LABEL) [BENCH_ARGS="--services 100,1000,30000"]
 	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(PROXYMODES) bench --label $(LABEL) $(BENCH_ARGS)
+
+# The A/A check measures the reference proxier twice in a row as if it were
+# two implementations: every ratio must come out "~" (Holm-corrected over
+# the set), or the method, not a proxy, is what differs.
+AA_ARGS ?= --services 100,1000 --modes userspace,iptables --kernels host
+bench-aa: deps k8s ## A/A check of the benchmark method: the reference proxier against itself; fails on any significant difference [AA_ARGS=…]
+	PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(PROXYMODES) bench --label aa --impls reference,reference-twin --direct=false $(AA_ARGS)
 
 bench-micro: ## run the proxiers' Go micro-benchmarks (rule rendering and syncs over fakes)
 	$(GO) test -count=1 -run '^$$' -bench . ./proxier/...

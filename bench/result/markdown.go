@@ -358,49 +358,75 @@ func ratio(num, den *Point, c column) (string, bool) {
 	return r.String(), true
 }
 
-func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
-	type pair struct{ ref, kp *Point }
-	var pairs []pair
+// implPair is a reference point and another implementation's point of
+// the same mode and size, both successful.
+type implPair struct{ ref, other *Point }
+
+func implPairs(pts []*Point, other string) []implPair {
+	var pairs []implPair
 	for _, ref := range pts {
 		if ref.Impl != ImplReference || ref.Error != "" {
 			continue
 		}
-		for _, kp := range pts {
-			if kp.Impl == ImplKubeProxy && kp.Error == "" && kp.Mode == ref.Mode && kp.Services == ref.Services && kp.EndpointsPerService == ref.EndpointsPerService {
-				pairs = append(pairs, pair{ref, kp})
+		for _, o := range pts {
+			if o.Impl == other && o.Error == "" && o.Mode == ref.Mode && o.Services == ref.Services && o.EndpointsPerService == ref.EndpointsPerService {
+				pairs = append(pairs, implPair{ref, o})
 			}
 		}
 	}
-	b.WriteString("### reference ÷ kube-proxy\n\n")
-	if len(pairs) == 0 {
-		b.WriteString("No mode has a reference and a kube-proxy point that both succeeded in this kernel.\n\n")
-		return
-	}
-	b.WriteString("The reference proxier's median divided by kube-proxy's, in the same kernel, mode and size. " +
-		"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more. " + ratioNote + "\n\n")
-	var cols []column
-	for _, c := range all {
-		if slices.ContainsFunc(pairs, func(p pair) bool { _, ok := ratio(p.ref, p.kp, c); return ok }) {
-			cols = append(cols, c)
+	return pairs
+}
+
+// writeImplRatios writes reference ÷ kube-proxy, and reference ÷ its twin
+// where the set is an A/A check.
+func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
+	twins := implPairs(pts, ImplReferenceTwin)
+	for _, other := range []string{ImplKubeProxy, ImplReferenceTwin} {
+		pairs := implPairs(pts, other)
+		if other == ImplReferenceTwin && len(pairs) == 0 {
+			continue
 		}
-	}
-	head := []string{"mode", "Services × endpoints"}
-	for _, c := range cols {
-		head = append(head, c.head)
-	}
-	var rows [][]string
-	for _, p := range pairs {
-		row := []string{p.ref.Mode, size{p.ref.Services, p.ref.EndpointsPerService}.String()}
+		if other == ImplKubeProxy && len(pairs) == 0 && len(twins) > 0 {
+			continue // an A/A set: no kube-proxy to compare with
+		}
+		fmt.Fprintf(b, "### reference ÷ %s\n\n", other)
+		if len(pairs) == 0 {
+			b.WriteString("No mode has a reference and a kube-proxy point that both succeeded in this kernel.\n\n")
+			continue
+		}
+		if other == ImplReferenceTwin {
+			b.WriteString("The A/A check: the same reference proxier measured twice in a row, as if it were two " +
+				"implementations. Every ratio should be ~; a significant one is a flaw of the method, not a difference of proxies. ")
+			b.WriteString(aaCheck(pairs, all).String() + "\n\n")
+		} else {
+			b.WriteString("The reference proxier's median divided by kube-proxy's, in the same kernel, mode and size. " +
+				"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more. ")
+		}
+		b.WriteString(ratioNote + "\n\n")
+		var cols []column
+		for _, c := range all {
+			if slices.ContainsFunc(pairs, func(p implPair) bool { _, ok := ratio(p.ref, p.other, c); return ok }) {
+				cols = append(cols, c)
+			}
+		}
+		head := []string{"mode", "Services × endpoints"}
 		for _, c := range cols {
-			if r, ok := ratio(p.ref, p.kp, c); ok {
-				row = append(row, r)
-			} else {
-				row = append(row, missing)
-			}
+			head = append(head, c.head)
 		}
-		rows = append(rows, row)
+		var rows [][]string
+		for _, p := range pairs {
+			row := []string{p.ref.Mode, size{p.ref.Services, p.ref.EndpointsPerService}.String()}
+			for _, c := range cols {
+				if r, ok := ratio(p.ref, p.other, c); ok {
+					row = append(row, r)
+				} else {
+					row = append(row, missing)
+				}
+			}
+			rows = append(rows, row)
+		}
+		writeTable(b, 2, head, rows)
 	}
-	writeTable(b, 2, head, rows)
 }
 
 func writeDirectRatios(b *bytes.Buffer, pts []*Point) {

@@ -76,6 +76,10 @@ const (
 
 	ImplReference = "reference"
 	ImplKubeProxy = "kube-proxy"
+	// ImplReferenceTwin is the reference proxier measured a second time,
+	// right after itself, as if it were another implementation: the A/A
+	// check. Any significant difference it shows is the method's.
+	ImplReferenceTwin = "reference-twin"
 )
 
 // Set is one benchmark run: what was asked (Sweep), where it ran (Env) and
@@ -306,7 +310,7 @@ func (s *Set) sorted() *Set {
 
 var (
 	modeOrder   = []string{ModeUserspace, ModeIPTables, ModeIPVS, ModeDirect}
-	implOrder   = []string{ImplReference, ImplKubeProxy}
+	implOrder   = []string{ImplReference, ImplKubeProxy, ImplReferenceTwin}
 	familyOrder = []string{Sync, Programming, DataPlane, Resources, Rules}
 	unitOrder   = []string{
 		UnitFullSec, UnitPartialSec,

@@ -121,3 +121,88 @@ func (r Ratio) String() string {
 func (s Summary) CIString(unit string) string {
 	return formatValue(unit, s.Median) + " ±" + benchmath.Summary{Center: s.Median, Lo: s.Lo, Hi: s.Hi}.PctRangeString()
 }
+
+// AACheck is the verdict of an A/A comparison: with m ratios each tested
+// at Alpha, about m·Alpha come out significant by chance, so the verdict
+// uses Holm's correction for the m comparisons (family-wise error at
+// Alpha). The check passes when none is significant after it.
+type AACheck struct {
+	Compared, Significant, AfterHolm int
+	// Worst names the smallest p-value's ratio.
+	Worst string
+}
+
+// OK says whether the A/A check found no difference.
+func (a AACheck) OK() bool { return a.AfterHolm == 0 }
+
+func (a AACheck) String() string {
+	if a.Compared == 0 {
+		return "A/A check: no ratio had samples on both sides."
+	}
+	verdict := "PASS: no difference after Holm's correction"
+	if !a.OK() {
+		verdict = fmt.Sprintf("FAIL: %d significant after Holm's correction", a.AfterHolm)
+	}
+	return fmt.Sprintf("A/A check, %s: %d ratios compared, %d significant at %.2f each (about %.1f expected by chance); smallest p: %s.",
+		verdict, a.Compared, a.Significant, Alpha, float64(a.Compared)*Alpha, a.Worst)
+}
+
+func aaCheck(pairs []implPair, cols []column) AACheck {
+	type test struct {
+		p    float64
+		name string
+	}
+	var tests []test
+	var out AACheck
+	for _, pr := range pairs {
+		for _, c := range cols {
+			if exact(c) {
+				continue
+			}
+			r, ok := CompareSamples(pr.ref.Samples(c.bench, c.unit), pr.other.Samples(c.bench, c.unit))
+			if !ok {
+				continue
+			}
+			tests = append(tests, test{r.P, fmt.Sprintf("%s %s, %d Services: p=%.3g", pr.ref.Mode, c.head, pr.ref.Services, r.P)})
+			if r.Significant() {
+				out.Significant++
+			}
+		}
+	}
+	out.Compared = len(tests)
+	slices.SortStableFunc(tests, func(a, b test) int { return cmpFloat(a.p, b.p) })
+	if len(tests) > 0 {
+		out.Worst = tests[0].name
+	}
+	// Holm: reject the i-th smallest while p <= Alpha/(m-i).
+	for i, t := range tests {
+		if t.p > Alpha/float64(len(tests)-i) {
+			break
+		}
+		out.AfterHolm++
+	}
+	return out
+}
+
+// AA runs the A/A check over every kernel of the set: reference against
+// its twin. ok is false when the set has no twin points.
+func (s *Set) AA() (AACheck, bool) {
+	var pts []*Point
+	for i := range s.Points {
+		pts = append(pts, &s.Points[i])
+	}
+	var pairs []implPair
+	for _, k := range s.Kernels() {
+		var kp []*Point
+		for _, p := range pts {
+			if p.Kernel == k {
+				kp = append(kp, p)
+			}
+		}
+		pairs = append(pairs, implPairs(kp, ImplReferenceTwin)...)
+	}
+	if len(pairs) == 0 {
+		return AACheck{}, false
+	}
+	return aaCheck(pairs, setColumns(s)), true
+}

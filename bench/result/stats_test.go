@@ -111,3 +111,62 @@ func TestCompareSamplesCoverage(t *testing.T) {
 		}
 	}
 }
+
+func TestAACheck(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	draw := func(scale float64) []float64 {
+		out := make([]float64, 6)
+		for i := range out {
+			out[i] = scale * math.Exp(0.2*rng.NormFloat64())
+		}
+		return out
+	}
+	// The twin gets the reference's own samples, reversed and scaled: with
+	// scale 1 the U test cannot see a difference (p = 1), so the pass does
+	// not rest on a lucky seed.
+	set := func(twinScale float64) *Set {
+		s := &Set{}
+		for _, n := range []int{100, 1000} {
+			ref := Point{Kernel: host, Mode: ModeIPTables, Impl: ImplReference, Services: n, EndpointsPerService: 2}
+			twin := ref
+			twin.Impl = ImplReferenceTwin
+			for _, m := range []struct {
+				bench, unit string
+				scale       float64
+			}{{Sync, UnitFullSec, 1}, {DataPlane, UnitP50Sec, 1e-3}} {
+				v := draw(m.scale)
+				ref.Add(m.bench, m.unit, v...)
+				w := make([]float64, len(v))
+				for i := range v {
+					w[len(v)-1-i] = v[i] * twinScale
+				}
+				twin.Add(m.bench, m.unit, w...)
+			}
+			for _, p := range []*Point{&ref, &twin} {
+				p.Add(Rules, UnitIPTablesRules, 820, 820, 820, 820, 820, 820)
+				s.Points = append(s.Points, *p)
+			}
+		}
+		return s
+	}
+	aa, ok := set(1).AA()
+	if !ok || !aa.OK() || aa.Compared != 4 {
+		t.Errorf("A/A of one distribution: %+v (ok %v), want 4 ratios compared (rules are exact) and a pass", aa, ok)
+	}
+	aa, _ = set(2).AA()
+	if aa.OK() || aa.AfterHolm != 4 || !strings.Contains(aa.String(), "FAIL") {
+		t.Errorf("a twin twice as slow passed the A/A check: %s", aa)
+	}
+	if _, ok := testSet().AA(); ok {
+		t.Error("a set without twin points has an A/A check")
+	}
+
+	var b strings.Builder
+	if err := WriteMarkdown(&b, set(1)); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	if !strings.Contains(md, "### reference ÷ reference-twin") || !strings.Contains(md, "A/A check, PASS") || strings.Contains(md, "reference ÷ kube-proxy") {
+		t.Errorf("A/A set's README:\n%s", md)
+	}
+}

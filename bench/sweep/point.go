@@ -76,7 +76,7 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 	}
 	// A proxier is healthy after its first full sync, which for
 	// iptables-nft at 10k Services takes minutes.
-	po := &local.ProxierOptions{Mode: p.mode, Impl: p.impl, StartTimeout: b.c.Limit}
+	po := &local.ProxierOptions{Mode: p.mode, Impl: p.labImpl(), StartTimeout: b.c.Limit}
 	if err := b.lab.SwitchProxiers(ctx, po); err != nil {
 		return err
 	}

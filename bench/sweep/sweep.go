@@ -102,9 +102,12 @@ func (c *Config) complete() error {
 		c.Impls = d.Impls
 	}
 	for _, i := range c.Impls {
-		if i != result.ImplReference && i != result.ImplKubeProxy {
-			return fmt.Errorf("implementation %q is unknown: use reference or kube-proxy", i)
+		if i != result.ImplReference && i != result.ImplKubeProxy && i != result.ImplReferenceTwin {
+			return fmt.Errorf("implementation %q is unknown: use reference, kube-proxy, or reference-twin (the reference again, for an A/A check)", i)
 		}
+	}
+	if slices.Contains(c.Impls, result.ImplReferenceTwin) && !slices.Contains(c.Impls, result.ImplReference) {
+		return fmt.Errorf("implementation %s is the A/A twin of reference: list reference too", result.ImplReferenceTwin)
 	}
 	for _, k := range c.Kernels {
 		if k != local.KernelHost && k != local.KernelUML {
@@ -144,6 +147,15 @@ func (c *Config) complete() error {
 // proxier is one configuration measured at every count; nil Impl-less
 // entries are the direct baseline.
 type proxier struct{ mode, impl string }
+
+// labImpl is the implementation the lab runs: the A/A twin is the
+// reference proxier itself.
+func (p proxier) labImpl() string {
+	if p.impl == result.ImplReferenceTwin {
+		return result.ImplReference
+	}
+	return p.impl
+}
 
 func (p proxier) String() string {
 	if p.mode == result.ModeDirect {

@@ -54,7 +54,8 @@ func TestConfigErrorsNameTheFix(t *testing.T) {
 		{Config{Counts: []int{1000, 100}}, "ascending"},
 		{Config{Counts: []int{70000}}, "65534"},
 		{Config{Modes: []string{"nftables"}}, "use userspace, iptables or ipvs"},
-		{Config{Impls: []string{"cilium"}}, "use reference or kube-proxy"},
+		{Config{Impls: []string{"cilium"}}, "use reference, kube-proxy, or reference-twin"},
+		{Config{Impls: []string{"kube-proxy", "reference-twin"}}, "list reference too"},
 		{Config{Kernels: []string{"qemu"}}, "use host or uml"},
 	} {
 		err := tc.c.complete()
@@ -184,5 +185,23 @@ func TestPredictorSkipsWhatWouldBlowTheBudget(t *testing.T) {
 	pr.record(q, 8000, time.Second, true)
 	if why := pr.skip(q, 9000, time.Hour); !strings.Contains(why, "failed") {
 		t.Errorf("after a failed point: %q", why)
+	}
+}
+
+// The A/A twin runs right after the reference, in the same lab, as the
+// reference proxier itself.
+func TestPlanRunsTheTwinAsTheReference(t *testing.T) {
+	c := Config{Counts: []int{100}, Modes: []string{"userspace", "iptables"}, Impls: []string{"reference", "reference-twin"}, Kernels: []string{"host"}}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	ps := plan(c, false)[0].proxiers
+	if got := names(ps); !reflect.DeepEqual(got, []string{"userspace/reference", "userspace/reference-twin", "iptables/reference", "iptables/reference-twin"}) {
+		t.Errorf("plan %v", got)
+	}
+	for _, p := range ps {
+		if p.labImpl() != "reference" {
+			t.Errorf("%s runs %s in the lab, want reference", p, p.labImpl())
+		}
 	}
 }

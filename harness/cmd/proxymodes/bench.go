@@ -22,7 +22,7 @@ func benchCmd(ctx context.Context, args []string, out io.Writer) error {
 	label := fs.String("label", d.Label, "result set label: the directory is <out>/<date>-<label>")
 	outDir := fs.String("out", "results", "where result sets go")
 	modes := fs.String("modes", strings.Join(d.Modes, ","), "proxy modes")
-	impls := fs.String("impls", strings.Join(d.Impls, ","), "implementations: reference, kube-proxy")
+	impls := fs.String("impls", strings.Join(d.Impls, ","), "implementations: reference, kube-proxy, and reference-twin (the reference again, right after itself: an A/A check)")
 	kernels := fs.String("kernels", "", "host and/or uml; empty: the host kernel, plus a user-mode Linux lab for every mode when the host has no ip_vs")
 	endpoints := fs.Int("endpoints", d.Endpoints, "endpoints per Service")
 	repeats := fs.Int("repeats", d.Repeats, "full syncs (proxier restarts) and load runs per point")
@@ -77,6 +77,12 @@ func benchCmd(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if failed > 0 && runErr == nil {
 		runErr = fmt.Errorf("%d of %d points failed; their errors are in %s/README.md", failed, len(set.Points), dir)
+	}
+	if aa, ok := set.AA(); ok {
+		fmt.Fprintln(out, aa)
+		if !aa.OK() && runErr == nil {
+			runErr = fmt.Errorf("the A/A check found a difference between the reference proxier and itself: the method, not a proxy, differs (see %s/README.md)", dir)
+		}
 	}
 	return runErr
 }
