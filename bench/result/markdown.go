@@ -20,6 +20,7 @@ type column struct {
 // a column of their own after these (see setColumns).
 var columns = []column{
 	{Sync, UnitFullSec, "sync full"},
+	{Sync, UnitColdFullSec, "sync cold"},
 	{Sync, UnitPartialSec, "sync partial"},
 	{Programming, UnitRulesP50Sec, "rules p50"},
 	{Programming, UnitRulesP99Sec, "rules p99"},
@@ -42,9 +43,9 @@ const ratioNote = "In brackets, the ratio's 95% confidence interval (distributio
 	"or the interval includes 1×. Counts of programmed state are exact."
 
 // directColumns are the data-plane metrics compared against direct.
-var directColumns = columns[6:10]
+var directColumns = columns[7:11]
 
-const glossary = `Columns: **sync full** / **sync partial**: one proxier sync of every Service / after one Service changed.
+const glossary = `Columns: **sync full**: the first sync of a proxier restarted over its own rules; **sync cold**: the first sync of a proxier started on a node its --cleanup has just cleared, the same starting state for every implementation; **sync partial**: one sync after one Service changed.
 **rules p50/p99**: from an EndpointSlice change to the node's proxier having applied it (its last-sync timestamp); **conn p50/p99**: to the first connection through the VIP that reaches the new endpoints (percentiles over the changes of one point, each made with the proxier idle; with fewer than 100 changes p99 is the slowest).
 **p50/p90/p99** and **req/s**: request latency and throughput through a Service.
 **CPU** and **RSS**: CPU time and peak resident memory of the proxier.

@@ -32,7 +32,7 @@ type plotGroup struct {
 }
 
 var plotGroups = []plotGroup{
-	{"sync", "Sync time", Sync, []plotLine{{UnitFullSec, "full", false}, {UnitPartialSec, "partial", true}}, false},
+	{"sync", "Sync time", Sync, []plotLine{{UnitFullSec, "full", false}, {UnitColdFullSec, "cold", false}, {UnitPartialSec, "partial", true}}, false},
 	{"programming", "Programming latency: rules in the kernel", Programming, []plotLine{{UnitRulesP50Sec, "p50", false}, {UnitRulesP99Sec, "p99", true}}, false},
 	{"connect", "Programming latency: first connection", Programming, []plotLine{{UnitConnP50Sec, "p50", false}, {UnitConnP99Sec, "p99", true}}, false},
 	{"latency", "Data-plane latency", DataPlane, []plotLine{{UnitP50Sec, "p50", false}, {UnitP99Sec, "p99", true}}, true},

@@ -40,8 +40,12 @@ const (
 // the "-sec" and "-B" suffixes let benchstat scale them (ms, MiB, ...).
 const (
 	// Sync
-	UnitFullSec    = "full-sec"    // one full resync of every Service
-	UnitPartialSec = "partial-sec" // one sync after a single Service changed
+	UnitFullSec = "full-sec" // the first (full) sync after a restart over the proxier's own rules
+	// UnitColdFullSec is the first sync of a proxier started on a node
+	// that its --cleanup has just cleared: the state a fresh node has,
+	// the same for every implementation.
+	UnitColdFullSec = "cold-full-sec"
+	UnitPartialSec  = "partial-sec" // one sync after a single Service changed
 
 	// Programming: per-Service latency percentiles over one repetition.
 	UnitRulesP50Sec = "rules-p50-sec" // EndpointSlice changed until the proxier applied it
@@ -313,7 +317,7 @@ var (
 	implOrder   = []string{ImplReference, ImplKubeProxy, ImplReferenceTwin}
 	familyOrder = []string{Sync, Programming, DataPlane, Resources, Rules}
 	unitOrder   = []string{
-		UnitFullSec, UnitPartialSec,
+		UnitFullSec, UnitColdFullSec, UnitPartialSec,
 		UnitRulesP50Sec, UnitRulesP99Sec, UnitConnP50Sec, UnitConnP99Sec,
 		UnitP50Sec, UnitP90Sec, UnitP99Sec, UnitReqPerSec,
 		UnitCPUSec, UnitRSSBytes,

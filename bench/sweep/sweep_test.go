@@ -125,10 +125,15 @@ func TestSmoke(t *testing.T) {
 		}
 		want := [][2]string{{result.DataPlane, result.UnitP50Sec}, {result.DataPlane, result.UnitReqPerSec}}
 		if p.Mode != result.ModeDirect {
-			want = append(want, [][2]string{{result.Sync, result.UnitFullSec}, {result.Sync, result.UnitPartialSec},
+			want = append(want, [][2]string{{result.Sync, result.UnitFullSec}, {result.Sync, result.UnitColdFullSec}, {result.Sync, result.UnitPartialSec},
 				{result.Programming, result.UnitRulesP99Sec}, {result.Programming, result.UnitConnP99Sec},
 				{result.Resources, result.UnitCPUSec}, {result.Resources, result.UnitRSSBytes},
 				{result.Rules, result.UnitIPTablesRules}}...)
+		}
+		if p.Mode == result.ModeIPTables || p.Mode == result.ModeUserspace {
+			if got, want := len(p.Positions), min(LoadTargets, p.Services)*c.Repeats; got != want {
+				t.Errorf("%s: %d rule positions recorded, want %d (one per load target and repetition)", p.Name(), got, want)
+			}
 		}
 		if p.Mode == result.ModeIPVS {
 			want = append(want, [2]string{result.Rules, result.UnitIPVSServices})
