@@ -50,6 +50,9 @@ var Required = map[string]string{
 	// (host and guest): without it that check waited out its deadline on
 	// "executable file not found" on a fresh machine.
 	"conntrack": "conntrack",
+	// The nftables mode applies its transactions with nft (through
+	// knftables); the host kernel has nf_tables, the UML guest does not.
+	"nft": "nftables",
 	// The savers and restorers of both flavours: harness/rules reads every
 	// flavour, and the proxier restores with the node's.
 	"iptables-nft-save":       "iptables",
