@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/knftables"
 
 	"github.com/proxymodes/proxymodes/proxier/conntrack"
 	"github.com/proxymodes/proxymodes/proxier/core"
@@ -35,12 +36,13 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 	"github.com/proxymodes/proxymodes/proxier/ipvs"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
+	"github.com/proxymodes/proxymodes/proxier/nftables"
 	"github.com/proxymodes/proxymodes/proxier/server"
 	"github.com/proxymodes/proxymodes/proxier/userspace"
 )
 
 // Modes lists the valid --proxy-mode values.
-var Modes = []string{"userspace", "iptables", "ipvs"}
+var Modes = []string{"userspace", "iptables", "ipvs", "nftables"}
 
 type options struct {
 	mode               string
@@ -155,8 +157,23 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 	if !slices.Contains(Modes, o.mode) {
 		return nil, fmt.Errorf("--proxy-mode=%q is not a proxy mode: valid modes are %s", o.mode, strings.Join(Modes, ", "))
 	}
-	// Every mode needs iptables: for its rules (iptables), its portals
-	// (userspace) or its masquerade marks (ipvs).
+	var cidr netip.Prefix
+	if o.clusterCIDR != "" {
+		var err error
+		if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
+			return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
+		}
+	}
+	if o.mode == "nftables" {
+		nft, err := knftables.New(knftables.IPv4Family, nftables.TableName)
+		if err != nil {
+			return nil, fmt.Errorf("nftables mode: %w (it needs nft, Debian package nftables, and a kernel with nf_tables)", err)
+		}
+		klog.InfoS("Using nftables", "table", "ip "+nftables.TableName)
+		return nftables.New(nftables.Config{NFT: nft, ClusterCIDR: cidr, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit})
+	}
+	// Every other mode needs iptables: for its rules (iptables), its
+	// portals (userspace) or its masquerade marks (ipvs).
 	v, err := iptables.ParseVariant(o.iptablesBackend)
 	if err != nil {
 		return nil, fmt.Errorf("--iptables-backend: %w", err)
@@ -167,12 +184,6 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 	be, err := iptables.NewBackend(ex, v)
 	if err != nil {
 		return nil, err
-	}
-	var cidr netip.Prefix
-	if o.clusterCIDR != "" {
-		if cidr, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
-			return nil, fmt.Errorf("--cluster-cidr=%q: %v (want e.g. 198.18.64.0/18)", o.clusterCIDR, err)
-		}
 	}
 	switch o.mode {
 	case "iptables":
@@ -273,10 +284,18 @@ func serve(ctx context.Context, o options) error {
 }
 
 // cleanupAll removes what any mode can have created in this network
-// namespace: iptables rules of both flavours (a flavour whose tools are
-// missing or unusable here is skipped).
+// namespace: iptables rules of both flavours and the nftables mode's table
+// (tools that are missing or unusable here are skipped).
 func cleanupAll(ex iptables.Exec) error {
 	var errs []error
+	if _, err := ex.LookPath("nft"); err != nil {
+		klog.V(2).InfoS("Skipping nftables cleanup: nft not installed")
+	} else if nft, err := knftables.New(knftables.IPv4Family, nftables.TableName); err != nil {
+		// e.g. a kernel without nf_tables.
+		klog.InfoS("Skipping nftables cleanup: nft unusable here", "err", err)
+	} else if err := nftables.CleanupTable(context.Background(), nft); err != nil {
+		errs = append(errs, err)
+	}
 	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
 		if _, err := ex.LookPath(fmt.Sprintf("iptables-%s-restore", v)); err != nil {
 			klog.V(2).InfoS("Skipping iptables cleanup: tools not installed", "backend", v)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 	"github.com/proxymodes/proxymodes/proxier/ipvs"
+	"github.com/proxymodes/proxymodes/proxier/nftables"
 )
 
 func TestUnknownModeListsValidModes(t *testing.T) {
@@ -64,12 +66,26 @@ func TestCleanupFlag(t *testing.T) {
 				return
 			}
 		}
+		// And the nftables mode's table, built as --proxy-mode=nftables
+		// builds it.
+		mode, err := buildMode(options{mode: "nftables", clusterCIDR: "198.18.64.0/18"}, nil, ex)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := mode.Sync(testsnap.Synthetic(3, 2), fullChanges()); err != nil || mode.Name() != "nftables" {
+			t.Errorf("nftables mode %q: sync: %v", mode.Name(), err)
+			return
+		}
 		saved := newExec
 		newExec = func() iptables.Exec { return ex }
 		defer func() { newExec = saved }()
 		var out bytes.Buffer
 		if code := run([]string{"--cleanup"}, &out); code != 0 {
 			t.Errorf("--cleanup exit %d: %s", code, out.String())
+		}
+		if tables, err := exec.Command("nft", "list", "tables").CombinedOutput(); err != nil || strings.Contains(string(tables), nftables.TableName) {
+			t.Errorf("nftables after --cleanup: %s (%v)", tables, err)
 		}
 		for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
 			be, _ := iptables.NewBackend(ex, v)
@@ -96,6 +112,7 @@ func TestInitOnly(t *testing.T) {
 		{"ipvs", 0, true},
 		{"iptables", 0, false},
 		{"userspace", 0, false},
+		{"nftables", 0, false},
 		{"kernelspace", 1, false},
 	} {
 		fake := ipvs.NewFakeSysctl()
