@@ -8,9 +8,9 @@ import (
 
 	"sigs.k8s.io/knftables"
 
-	"github.com/proxymodes/proxymodes/proxier/iptables"
 	"github.com/proxymodes/proxymodes/proxier/internal/netnstest"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
+	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
 // TestRealKernel applies the rules with the real nft in a scratch network

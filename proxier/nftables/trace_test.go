@@ -1,0 +1,132 @@
+package nftables
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+)
+
+func traced(t *testing.T, fake *knftables.Fake, base string, p Packet) []string {
+	t.Helper()
+	if p.Protocol == "" {
+		p.Protocol = "tcp"
+	}
+	outs, err := Trace(fake, base, p)
+	if err != nil {
+		t.Fatalf("trace %+v from %s: %v", p, base, err)
+	}
+	var got []string
+	for _, o := range outs {
+		s := o.Verdict
+		if o.DNAT != "" {
+			s += " " + o.DNAT
+		}
+		if o.Mark != 0 {
+			s += " masq"
+		}
+		got = append(got, s)
+	}
+	slices.Sort(got)
+	return got
+}
+
+func tableFor(t *testing.T) *knftables.Fake {
+	t.Helper()
+	p, fake := newFakeProxier(t)
+	sync(t, p, webSnap().Snap, fullSync())
+	return fake
+}
+
+var (
+	pod     = netip.MustParseAddr("198.18.70.5")  // in the cluster CIDR, no endpoint
+	outside = netip.MustParseAddr("198.18.0.99")  // a node address, off the pod CIDR
+	nodeIP  = netip.MustParseAddr("198.18.0.11")  // this node
+	webVIP  = netip.MustParseAddr("198.19.0.10")  // 3 endpoints
+	npVIP   = netip.MustParseAddr("198.19.0.30")  // NodePort 30080, external IP
+	extIP   = netip.MustParseAddr("198.19.200.1") // np's external IP
+	emptyIP = netip.MustParseAddr("198.19.0.40")  // no endpoints, NodePort 30090
+)
+
+// Where packets go, for each kind of destination the mode handles.
+func TestTrace(t *testing.T) {
+	fake := tableFor(t)
+	web := []string{"dnat 198.18.64.10:8080", "dnat 198.18.65.10:8080", "dnat 198.18.66.10:8080"}
+	for _, tc := range []struct {
+		name string
+		base string
+		p    Packet
+		want []string
+	}{
+		{"a pod reaches each endpoint, unmarked", "nat-prerouting", Packet{Src: pod, Dst: webVIP, DstPort: 80}, web},
+		{"an off-cluster source is marked for SNAT", "nat-prerouting", Packet{Src: outside, Dst: webVIP, DstPort: 80},
+			[]string{"dnat 198.18.64.10:8080 masq", "dnat 198.18.65.10:8080 masq", "dnat 198.18.66.10:8080 masq"}},
+		{"hairpin: an endpoint reaching itself is marked", "nat-prerouting", Packet{Src: netip.MustParseAddr("198.18.65.10"), Dst: webVIP, DstPort: 80},
+			[]string{"dnat 198.18.64.10:8080", "dnat 198.18.65.10:8080 masq", "dnat 198.18.66.10:8080"}},
+		{"the wrong port is not a Service", "nat-prerouting", Packet{Src: pod, Dst: webVIP, DstPort: 81}, []string{"accept"}},
+		{"the wrong protocol is not a Service", "nat-prerouting", Packet{Protocol: "udp", Src: pod, Dst: webVIP, DstPort: 80}, []string{"accept"}},
+		{"a NodePort on a local address, marked", "nat-prerouting", Packet{Src: pod, Dst: nodeIP, DstPort: 30080, LocalDst: true}, []string{"dnat 198.18.64.30:8080 masq"}},
+		{"a NodePort port on a remote address is not", "nat-prerouting", Packet{Src: pod, Dst: nodeIP, DstPort: 30080}, []string{"accept"}},
+		{"a NodePort on loopback is not", "nat-output", Packet{Src: pod, Dst: netip.MustParseAddr("127.0.0.1"), DstPort: 30080, LocalDst: true}, []string{"accept"}},
+		{"an external IP, marked", "nat-prerouting", Packet{Src: pod, Dst: extIP, DstPort: 80}, []string{"dnat 198.18.64.30:8080 masq"}},
+		{"UDP", "nat-output", Packet{Protocol: "udp", Src: nodeIP, Dst: netip.MustParseAddr("198.19.0.53"), DstPort: 53}, []string{"dnat 198.18.64.53:53 masq"}},
+		{"no endpoints: not DNATed", "nat-prerouting", Packet{Src: pod, Dst: emptyIP, DstPort: 80}, []string{"accept"}},
+		{"no endpoints: rejected when forwarded", "filter-forward", Packet{Src: pod, Dst: emptyIP, DstPort: 80}, []string{"reject"}},
+		{"no endpoints: rejected from the node itself", "filter-output", Packet{Src: nodeIP, Dst: emptyIP, DstPort: 80}, []string{"reject"}},
+		{"no endpoints: a NodePort is rejected", "filter-input", Packet{Src: outside, Dst: nodeIP, DstPort: 30090, LocalDst: true}, []string{"reject"}},
+		{"an established flow is not checked again", "filter-forward", Packet{Src: pod, Dst: emptyIP, DstPort: 80, Established: true}, []string{"accept"}},
+		{"a Service with endpoints passes the filter", "filter-forward", Packet{Src: pod, Dst: webVIP, DstPort: 80}, []string{"accept"}},
+		{"masquerading: a marked packet", "nat-postrouting", Packet{Src: pod, Dst: webVIP, DstPort: 80, Mark: 0x4000}, []string{"masquerade"}},
+		{"masquerading: an unmarked one", "nat-postrouting", Packet{Src: pod, Dst: webVIP, DstPort: 80}, []string{"accept"}},
+	} {
+		if got := traced(t, fake, tc.base, tc.p); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// With ClientIP affinity a client may be sent by its set straight to its
+// endpoint, or, when it has none yet, picked at random; either way only
+// the Service's endpoints, and the pick refreshes the set.
+func TestTraceAffinity(t *testing.T) {
+	fake := tableFor(t)
+	outs, err := Trace(fake, "nat-prerouting", Packet{Protocol: "tcp", Src: pod, Dst: netip.MustParseAddr("198.19.0.20"), DstPort: 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	viaSet, viaNumgen := 0, 0
+	for _, o := range outs {
+		if o.Verdict != "dnat" || !strings.HasSuffix(o.DNAT, ":8443") || !o.Random {
+			t.Errorf("outcome %s", o)
+		}
+		ep := o.Chains[len(o.Chains)-1]
+		rules := fake.Table.Chains[ep].Rules
+		if !slices.ContainsFunc(rules, func(r *knftables.Rule) bool { return strings.HasPrefix(r.Rule, "update @affinity-") }) {
+			t.Errorf("%s: endpoint chain %s does not refresh the affinity set", o, ep)
+		}
+		if len(o.Chains) == 4 { // nat-prerouting, services, svc, ep: the set sent it
+			viaSet++
+		} else {
+			viaNumgen++
+		}
+	}
+	if viaSet == 0 || len(outs) != 2 {
+		t.Errorf("outcomes %v: want the 2 endpoints, reached through their affinity sets too", outs)
+	}
+}
+
+// The tracer refuses rules it does not know, so a new rule form cannot
+// slip past the trace tests unexamined.
+func TestTraceRefusesUnknownRules(t *testing.T) {
+	fake := tableFor(t)
+	tx := fake.NewTransaction()
+	tx.Add(&knftables.Rule{Chain: servicesChain, Rule: "ip daddr 198.19.0.99 counter accept"})
+	if err := fake.Run(t.Context(), tx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Trace(fake, "nat-prerouting", Packet{Protocol: "tcp", Src: pod, Dst: webVIP, DstPort: 81}); err == nil {
+		t.Error("an unknown rule form was traced")
+	}
+}
