@@ -56,7 +56,7 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 		env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...; \
 	run "the self-test build of the proxier (tag pm_selftest) compiles and its faults switch on" \
 		bash -c '$(GO) test -count=1 -tags pm_selftest ./proxier/fault ./proxier/server ./proxier/cmd/proxier && \
-			$(GO) test -count=1 -tags pm_selftest -run Fault ./proxier/ipvs'; \
+			$(GO) test -count=1 -tags pm_selftest -run Fault ./proxier/ipvs ./proxier/nftables'; \
 	run "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
 		env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep; \
 	for r in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \

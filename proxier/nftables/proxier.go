@@ -444,12 +444,16 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	for i := range eps {
 		vmap = append(vmap, fmt.Sprintf("%d : goto %s", i, epChains[i]))
 	}
+	if fault.Current() == fault.RandomSkewed && len(eps) > 1 {
+		// The last endpoint gets two of n+1 picks.
+		vmap = append(vmap, fmt.Sprintf("%d : goto %s", len(eps), epChains[len(eps)-1]))
+	}
 	if len(eps) == 1 {
 		rule(svcChain, "goto", epChains[0])
 	} else {
 		// The spaces around the commas keep "goto <chain>" a word of its
 		// own (the Fake checks such references by splitting on spaces).
-		rule(svcChain, "numgen random mod", len(eps), "vmap {", strings.Join(vmap, " , "), "}")
+		rule(svcChain, "numgen random mod", len(vmap), "vmap {", strings.Join(vmap, " , "), "}")
 	}
 
 	for i, ep := range eps {
