@@ -54,15 +54,6 @@ const (
 	// NetworkName is the network kind attaches its nodes to; kind uses an
 	// existing one as it is.
 	NetworkName = "kind"
-
-	// Debian's docker.io binaries. The CLI is chosen by path, not PATH:
-	// /usr/local/bin/docker on these machines is a Docker 28 CLI, whose
-	// `docker build` wants buildx, which the 20.10 daemon cannot serve.
-	dockerd    = "/usr/sbin/dockerd"
-	containerd = "/usr/bin/containerd"
-	runc       = "/usr/sbin/runc"
-	// CLI is the docker client that matches the daemon.
-	CLI = "/usr/bin/docker"
 )
 
 // DefaultDataRoot is the persistent data root under the cache directory.
@@ -83,6 +74,7 @@ type Options struct {
 
 // Daemon is a running private dockerd.
 type Daemon struct {
+	engine   Engine
 	dataRoot string
 	log      Logger
 	lock     *os.File
@@ -106,14 +98,15 @@ func Start(ctx context.Context, o Options) (_ *Daemon, err error) {
 	if o.DataRoot == "" {
 		o.DataRoot = DefaultDataRoot()
 	}
-	if err := Installed(); err != nil {
+	engine, err := Installed()
+	if err != nil {
 		return nil, err
 	}
 	lock, err := acquire(ctx, o.Logger)
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{dataRoot: o.DataRoot, log: o.Logger, lock: lock, exited: make(chan struct{})}
+	d := &Daemon{engine: engine, dataRoot: o.DataRoot, log: o.Logger, lock: lock, exited: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.Stop(context.WithoutCancel(ctx))
@@ -128,7 +121,7 @@ func Start(ctx context.Context, o Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	if err := writeFiles(binDir, o.DataRoot); err != nil {
+	if err := writeFiles(binDir, o.DataRoot, engine); err != nil {
 		return nil, err
 	}
 	// Cleanup of a killed run must find mounts under a non-default root.
@@ -143,7 +136,7 @@ func Start(ctx context.Context, o Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	defer ctrdLog.Close()
-	d.ctrd = exec.Command(containerd, "--config", filepath.Join(StateDir, "containerd.toml"))
+	d.ctrd = exec.Command(engine.Containerd, "--config", filepath.Join(StateDir, "containerd.toml"))
 	d.ctrd.Env, d.ctrd.Stdout, d.ctrd.Stderr = env, ctrdLog, ctrdLog
 	// Its own process group: a Ctrl-C in the terminal must reach the
 	// harness, which stops the daemon in order, not the daemon directly.
@@ -162,7 +155,7 @@ func Start(ctx context.Context, o Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	defer dLog.Close()
-	d.dockerd = exec.Command(dockerd, dockerdArgs(o.DataRoot)...)
+	d.dockerd = exec.Command(engine.Dockerd, dockerdArgs(o.DataRoot)...)
 	d.dockerd.Env, d.dockerd.Stdout, d.dockerd.Stderr = env, dLog, dLog
 	d.dockerd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.dockerd.Start(); err != nil {
@@ -180,23 +173,21 @@ func Start(ctx context.Context, o Options) (_ *Daemon, err error) {
 	if err := d.ensureNetwork(ctx); err != nil {
 		return nil, err
 	}
-	d.log.Logf("proxymodes: private docker daemon up on %s (data root %s)", sock, o.DataRoot)
+	d.log.Logf("proxymodes: private docker daemon up on %s (data root %s; %s)", sock, o.DataRoot, engine.Source)
 	return d, nil
 }
 
-// Installed reports whether Debian's docker.io and the wrapper's jq are
-// installed, with the fix when they are not.
-func Installed() error {
-	var missing []string
-	for _, p := range []string{dockerd, containerd, runc, CLI, "/usr/bin/jq"} {
-		if _, err := os.Stat(p); err != nil {
-			missing = append(missing, p)
-		}
+// Installed returns the machine's container engine (LocalEngine) once it
+// and the wrapper's jq are there, or the fix when they are not.
+func Installed() (Engine, error) {
+	e, ok := LocalEngine()
+	if !ok {
+		return e, errors.New("no container engine (dockerd, containerd, runc and a docker CLI beside dockerd): run `make kind-deps` (proxymodes preflight --install --kind), which installs Debian's docker.io, containerd and runc, or install Docker Engine")
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%s missing: Debian's docker.io (and jq) are not installed: run `make deps` (proxymodes preflight --install --kind) or `apt-get install -y docker.io jq`", strings.Join(missing, ", "))
+	if _, err := os.Stat("/usr/bin/jq"); err != nil {
+		return e, errors.New("/usr/bin/jq missing: run `make kind-deps` or `apt-get install -y jq`")
 	}
-	return nil
+	return e, nil
 }
 
 func dockerdArgs(dataRoot string) []string {
@@ -243,12 +234,14 @@ for a in "$@"; do
 done
 if [ -n "$bundle" ]; then strip "$bundle/config.json" .process.capabilities || exit 1; fi
 if [ -n "$process" ]; then strip "$process" .capabilities || exit 1; fi
-exec ` + runc + ` "$@"
+exec %s "$@"
 `
 
-func writeFiles(binDir, dataRoot string) error {
+func runcWrapperFor(e Engine) string { return fmt.Sprintf(runcWrapper, e.Runc) }
+
+func writeFiles(binDir, dataRoot string, engine Engine) error {
 	files := map[string]string{
-		filepath.Join(binDir, "pm-runc"): runcWrapper,
+		filepath.Join(binDir, "pm-runc"): runcWrapperFor(engine),
 		// kind and scripts run `docker` from PATH; this one comes first.
 		filepath.Join(StateDir, "daemon.json"): "{}\n",
 		filepath.Join(StateDir, "containerd.toml"): fmt.Sprintf(`version = 2
@@ -271,7 +264,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	}
 	link := filepath.Join(binDir, "docker")
 	os.Remove(link)
-	return os.Symlink(CLI, link)
+	return os.Symlink(engine.CLI, link)
 }
 
 func waitSocket(ctx context.Context, path string, d time.Duration) error {
@@ -368,7 +361,7 @@ func (d *Daemon) Setenv() (restore func()) {
 
 // Command prepares a docker CLI call against this daemon.
 func (d *Daemon) Command(ctx context.Context, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, CLI, args...)
+	cmd := exec.CommandContext(ctx, d.engine.CLI, args...)
 	cmd.Env = append(os.Environ(), d.Env()...)
 	return cmd
 }

@@ -30,7 +30,7 @@ func need(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	if err := docker.Installed(); err != nil {
+	if _, err := docker.Installed(); err != nil {
 		t.Skip(err)
 	}
 }

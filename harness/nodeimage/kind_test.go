@@ -41,7 +41,7 @@ func needE2E(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	if err := docker.Installed(); err != nil {
+	if _, err := docker.Installed(); err != nil {
 		t.Fatal(err)
 	}
 }

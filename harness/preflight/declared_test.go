@@ -199,3 +199,24 @@ func stringLit(e ast.Expr) (string, bool) {
 	s, err := strconv.Unquote(b.Value)
 	return s, err == nil
 }
+
+// With an engine of its own (Docker CE on an Ubuntu runner, say) the
+// machine gets none of Debian's engine packages, which would conflict;
+// without one it gets them all, and the rest of the kind tools either way.
+func TestKindToolsLeaveAnExistingEngineAlone(t *testing.T) {
+	with, without := kindTools(true), kindTools(false)
+	if len(without) != len(KindRequired) {
+		t.Errorf("without an engine: %d tools, want all %d", len(without), len(KindRequired))
+	}
+	for _, e := range engineTools {
+		if _, ok := with[e]; ok {
+			t.Errorf("with an engine, preflight still asks for %s (%s)", e, KindRequired[e])
+		}
+		if _, ok := KindRequired[e]; !ok {
+			t.Errorf("engine tool %s is not in KindRequired", e)
+		}
+	}
+	if len(with) != len(KindRequired)-len(engineTools) || with["/usr/sbin/debootstrap"] == "" {
+		t.Errorf("with an engine: %v", with)
+	}
+}

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"net/netip"
 )
@@ -86,7 +88,9 @@ var Base = map[string]string{
 
 // KindRequired maps what kind clusters and the offline node image need to
 // Debian packages. Paths name Debian's own binaries where PATH may find
-// another (/usr/local/bin/docker is a Docker 28 CLI on some machines).
+// another (/usr/local/bin/docker is a Docker 28 CLI on some machines). The
+// container engine's entries (engineTools) are asked for only when the
+// machine has no engine of its own (docker.LocalEngine).
 var KindRequired = map[string]string{
 	"/usr/sbin/dockerd":                "docker.io",
 	"/usr/bin/docker":                  "docker.io",
@@ -97,6 +101,23 @@ var KindRequired = map[string]string{
 	"gcc":                              "gcc",         // kubernetes' pause.c, linked statically
 	"/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
 	"unshare":                          "util-linux",
+}
+
+// engineTools are KindRequired's container engine: Debian's docker.io,
+// containerd and runc. Another engine (Docker's docker-ce and
+// containerd.io, as hosted Ubuntu runners have) conflicts with them.
+var engineTools = []string{"/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd", "/usr/sbin/runc"}
+
+// kindTools is KindRequired, without the engine when the machine has one.
+func kindTools(haveEngine bool) map[string]string {
+	out := map[string]string{}
+	for t, p := range KindRequired {
+		if haveEngine && slices.Contains(engineTools, t) {
+			continue
+		}
+		out[t] = p
+	}
+	return out
 }
 
 // Check runs every check and returns the first problem with its fix.
@@ -111,8 +132,12 @@ func Check(ctx context.Context, o Options) error {
 			tools[t] = p
 		}
 		if o.Kind {
-			for t, p := range KindRequired {
+			engine, ok := docker.LocalEngine()
+			for t, p := range kindTools(ok) {
 				tools[t] = p
+			}
+			if ok && o.Logger != nil {
+				o.Logger.Logf("preflight: using the container engine already here (%s): installing none", engine.Source)
 			}
 		}
 	}
