@@ -19,6 +19,10 @@ import (
 // host's glibc run in it.
 const Suite = "bookworm"
 
+// DebianKeyring verifies the Debian archive; Debian has it installed, and
+// Ubuntu's package debian-archive-keyring puts it there too.
+const DebianKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
 // basePackages are what a proxy's image needs: the rule tools of every
 // mode. minbase already has bash, coreutils, util-linux and mount.
 var basePackages = []string{"iptables", "nftables", "ipset", "ipvsadm", "conntrack", "iproute2", "kmod", "procps"}
@@ -67,9 +71,11 @@ func ensureRootfs(ctx context.Context, name string, pkgs []string, progress io.W
 	// Its own mount and PID namespaces: the /proc and /sys that debootstrap
 	// mounts in the tree, and any daemon a maintainer script starts, end
 	// with it even when this run is killed.
+	// Debian's keyring named outright: on an Ubuntu host (a hosted CI
+	// runner) debootstrap would otherwise look for Ubuntu's.
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--pid", "--fork", "--kill-child",
 		"debootstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","),
-		"--cache-dir="+debs, Suite, work, mirror)
+		"--keyring="+DebianKeyring, "--cache-dir="+debs, Suite, work, mirror)
 	logPath := filepath.Join(CacheDir(), "rootfs", key+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -117,7 +123,7 @@ func debianMirror() (string, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("no Debian %s mirror in apt's sources: set PROXYMODES_DEBIAN_MIRROR to one", Suite)
+	return "", fmt.Errorf("no Debian %s mirror in apt's sources (an Ubuntu host has none): set PROXYMODES_DEBIAN_MIRROR to one, e.g. http://deb.debian.org/debian", Suite)
 }
 
 // mirrorFromDeb822 reads a .sources file for a stanza with Suites: <Suite>

@@ -92,13 +92,15 @@ var Base = map[string]string{
 // container engine's entries (engineTools) are asked for only when the
 // machine has no engine of its own (docker.LocalEngine).
 var KindRequired = map[string]string{
-	"/usr/sbin/dockerd":                "docker.io",
-	"/usr/bin/docker":                  "docker.io",
-	"/usr/bin/containerd":              "containerd",
-	"/usr/sbin/runc":                   "runc",
-	"/usr/bin/jq":                      "jq",          // the runc wrapper edits OCI specs with it
-	"/usr/sbin/debootstrap":            "debootstrap", // the node image's root file system
-	"gcc":                              "gcc",         // kubernetes' pause.c, linked statically
+	"/usr/sbin/dockerd":     "docker.io",
+	"/usr/bin/docker":       "docker.io",
+	"/usr/bin/containerd":   "containerd",
+	"/usr/sbin/runc":        "runc",
+	"/usr/bin/jq":           "jq",          // the runc wrapper edits OCI specs with it
+	"/usr/sbin/debootstrap": "debootstrap", // the node image's root file system
+	// debootstrap verifies Debian's archive with it (Ubuntu hosts too).
+	"/usr/share/keyrings/debian-archive-keyring.gpg": "debian-archive-keyring",
+	"gcc":                              "gcc", // kubernetes' pause.c, linked statically
 	"/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
 	"unshare":                          "util-linux",
 }
