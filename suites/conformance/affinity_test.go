@@ -162,7 +162,19 @@ func clientIPAffinity() types.Feature {
 			}
 			moved := 0
 			var moves []string
-			for i, c := range cs {
+			// The clients come back in the reverse order. Under round-robin
+			// their first picks were a cycle in client order on each node;
+			// once affinity expires, coming back in the same order repeats
+			// that cycle exactly whenever the node's pointer has moved by a
+			// multiple of 3 in between (settling probes vary that), so no
+			// client moved although nothing stuck: soak run 4 of
+			// 2026-12-03, ipvs/kube-proxy, all 7 clients on each node back
+			// on their old backends in the same cycle. In reverse order the
+			// new picks form the opposite cycle, which differs from the old
+			// one for about two thirds of the clients whatever the
+			// pointer's position.
+			for i := len(cs) - 1; i >= 0; i-- {
+				c := cs[i]
 				s := a.Probe(tcpTo(c.NS, svc), 1, quick)
 				if e := s.Errors(); len(e) > 0 {
 					a.Fatalf("client %s: %v", c.Name, e[0])

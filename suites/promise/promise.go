@@ -75,8 +75,12 @@ var Table = []Promise{
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
 		// (net.ipv4.vs timeouts), and the template's own timer re-arms
 		// for the timeout each time it finds one. In the UML guest 2m5s
-		// was not always enough (once 0 of 14 clients had moved after
-		// 2m10s; otherwise all had), so the check waits 3 minutes.
+		// looked not always enough (once 0 of 14 clients had moved after
+		// 2m10s; otherwise all had), so the check waits 3 minutes. That
+		// all-or-none pattern is the round-robin alignment the expiry
+		// check now avoids (clients come back in reverse order; see
+		// affinity_test.go), so 2m5s may do: to be measured before the
+		// slack is cut.
 		AffinityExpirySlack: 3 * time.Minute,
 		CleanupChecks:       []Inspection{IPTables, IPVS, BoundVIPs},
 		Basis: "IPVS rr scheduler (exact cyclic order); ClientIP affinity is IPVS persistence with the timeout; " +
