@@ -2,7 +2,7 @@
 # Every target that needs the lab checks and installs what it needs first.
 
 SHELL := /bin/bash
-MODES := userspace iptables ipvs
+MODES := userspace iptables ipvs nftables
 MODE ?= iptables
 PROVIDER ?= local
 # Empty: reference (our proxier), or kube-proxy on PROVIDER=existing.

@@ -16,10 +16,10 @@ const (
 )
 
 // implModes lists the modes each implementation has. Upstream removed
-// userspace in v1.26; nftables is not in the suites' promise table yet.
+// userspace in v1.26.
 var implModes = map[string][]string{
-	ImplReference: {"userspace", "iptables", "ipvs"},
-	ImplKubeProxy: {"iptables", "ipvs"},
+	ImplReference: {"userspace", "iptables", "ipvs", "nftables"},
+	ImplKubeProxy: {"iptables", "ipvs", "nftables"},
 }
 
 // CheckImpl reports, as an error naming the fix, whether impl is known and

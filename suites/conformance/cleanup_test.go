@@ -42,7 +42,7 @@ func ruleCleanup() types.Feature {
 			nodes := a.Cluster.Info().Nodes
 			baseline := map[string]map[string]bool{}
 			for _, n := range nodes {
-				dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
+				dump, err := dumpRules(a, n.NS)
 				if err != nil {
 					a.Fatal(err)
 				}
@@ -78,7 +78,7 @@ func ruleCleanup() types.Feature {
 				var lines []string
 				a.EventuallyTrue(n.Name+": some iptables rule or ipset member refers to the Service", a.Converge(), func() (bool, string) {
 					var err error
-					if dump, err = suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS); err != nil {
+					if dump, err = dumpRules(a, n.NS); err != nil {
 						return false, err.Error()
 					}
 					lines = suite.Refers(dump, addrs, nil, d.nodePorts, []string{comment})
@@ -114,7 +114,7 @@ func ruleCleanup() types.Feature {
 			deadline := start.Add(a.Converge())
 			for _, n := range nodes {
 				for {
-					dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, n.NS)
+					dump, err := dumpRules(a, n.NS)
 					if err != nil {
 						a.Fatal(err)
 					}
@@ -467,9 +467,9 @@ func waitDropped(a *suite.A, client, victim cluster.Pod, tg probe.Target) {
 			}
 			return noEntries()
 		})
-	case "iptables":
+	case "iptables", "nftables":
 		a.EventuallyTrue(what+" from its rules and conntrack", a.Converge(), func() (bool, string) {
-			dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, ns)
+			dump, err := dumpRules(a, ns)
 			ip := victim.IP.String()
 			if err != nil || strings.Contains(dump, ip+":") || strings.Contains(dump, ip+"/32") {
 				return false, fmt.Sprintf("%v: rules still name %s", err, ip)
@@ -539,4 +539,15 @@ func flowState(a *suite.A, node, proto string, dst netip.AddrPort) {
 			a.Evidence("%s IPVS virtual server: %s (err %v)", node, strings.TrimSpace(vs), err)
 		}
 	}
+}
+
+// dumpRules is a node's iptables rules and ipset members, and its nftables
+// ruleset where the mode keeps its Services there.
+func dumpRules(a *suite.A, ns string) (string, error) {
+	dump, err := suite.DumpNetfilter(a.Ctx, a.Cluster, ns)
+	if err != nil || !a.Promise.Has(promise.NFTables) {
+		return dump, err
+	}
+	nft, err := suite.DumpNFTables(a.Ctx, a.Cluster, ns)
+	return dump + "\n" + nft, err
 }

@@ -28,6 +28,7 @@ type Inspection string
 
 const (
 	IPTables  Inspection = "iptables"  // iptables-save of every node
+	NFTables  Inspection = "nftables"  // nft list ruleset of every node
 	IPVS      Inspection = "ipvs"      // virtual servers of every node
 	BoundVIPs Inspection = "vips"      // VIPs bound to the dummy device
 	Listeners Inspection = "listeners" // proxy sockets on the node
@@ -85,6 +86,13 @@ var Table = []Promise{
 		CleanupChecks:       []Inspection{IPTables, IPVS, BoundVIPs},
 		Basis: "IPVS rr scheduler (exact cyclic order); ClientIP affinity is IPVS persistence with the timeout; " +
 			"no retry; VIPs bound to a dummy device",
+	},
+	{
+		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false,
+		AffinityExpirySlack: 2 * time.Second,
+		CleanupChecks:       []Inspection{IPTables, NFTables},
+		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
+			"ClientIP affinity is a set with the Service's timeout; no retry; Services without endpoints are rejected",
 	},
 }
 

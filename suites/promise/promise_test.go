@@ -14,6 +14,7 @@ func TestTable(t *testing.T) {
 		"userspace": {RoundRobin, true, true},
 		"iptables":  {Random, true, false},
 		"ipvs":      {RoundRobin, true, false},
+		"nftables":  {Random, true, false},
 	}
 	if len(Table) != len(want) {
 		t.Fatalf("table has %d modes, want %d", len(Table), len(want))
@@ -33,8 +34,8 @@ func TestTable(t *testing.T) {
 }
 
 func TestUnknownModeListsValidOnes(t *testing.T) {
-	_, err := For("nftables")
-	if err == nil || !strings.Contains(err.Error(), "userspace, iptables, ipvs") {
+	_, err := For("ebpf")
+	if err == nil || !strings.Contains(err.Error(), "userspace, iptables, ipvs, nftables") {
 		t.Fatalf("got %v", err)
 	}
 }

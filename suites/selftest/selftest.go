@@ -66,15 +66,15 @@ var table = []struct {
 	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules}}, nil},
 	{Case{fault.IPVSStateKept, "cleanup", []string{ipvsState}}, []string{"ipvs"}},
 	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
-	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs"}},
-	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables"}},
+	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables", "nftables"}},
 	{Case{fault.RoundRobinBroken, "round-robin", []string{cyclic}}, []string{"userspace", "ipvs"}},
 	{Case{fault.RetryDisabled, "retry", []string{refuses, blackholes}}, []string{"userspace"}},
-	{Case{fault.NoEndpointsDropped, "no-endpoints", []string{refused}}, []string{"userspace", "iptables"}},
+	{Case{fault.NoEndpointsDropped, "no-endpoints", []string{refused}}, []string{"userspace", "iptables", "nftables"}},
 }
 
 // Modes the self-test knows.
-var Modes = []string{"userspace", "iptables", "ipvs"}
+var Modes = []string{"userspace", "iptables", "ipvs", "nftables"}
 
 // Cases returns the cases for a mode: one per fault that breaks a promise
 // the mode makes.

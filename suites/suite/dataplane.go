@@ -176,11 +176,26 @@ func DumpNetfilter(ctx context.Context, c cluster.Cluster, ns string) (string, e
 	return dump + "\n" + sets, nil
 }
 
+// DumpNFTables returns a namespace's whole nftables ruleset (nft list
+// ruleset): the nftables mode keeps its Services in verdict maps there.
+func DumpNFTables(ctx context.Context, c cluster.Cluster, ns string) (string, error) {
+	e, ok := c.(Execer)
+	if !ok {
+		return "", fmt.Errorf("listing nftables in %s: %w (implement suite.Execer)", ns, ErrUnsupported)
+	}
+	out, err := e.Exec(ctx, ns, "nft", "list", "ruleset")
+	if err != nil {
+		return "", fmt.Errorf("nft list ruleset in %s: %w", ns, err)
+	}
+	return out, nil
+}
+
 // Refers returns the lines of a dump that refer to a Service: lines with a
 // field equal to one of the addresses (bare, /32 or with a port), a field
 // equal to one of the names (chains), "--dport P"/"--to-ports P" for one of
 // the ports, or one of the comment substrings. ipset members count too:
-// "add SET ADDR,proto:port" and "add SET PORT".
+// "add SET ADDR,proto:port" and "add SET PORT", and so do nftables map
+// elements ("ADDR . tcp . 80", "tcp . PORT").
 func Refers(dump string, addrs, names, ports, comments []string) []string {
 	var out []string
 	for _, line := range strings.Split(dump, "\n") {
@@ -212,7 +227,8 @@ func refers(line string, addrs, names, ports, comments []string) bool {
 				return true
 			}
 		}
-		if i > 0 && (f[i-1] == "--dport" || f[i-1] == "--to-ports" || f[i-1] == "--dports") || (i == 2 && f[0] == "add") {
+		// "." joins the parts of an nftables map key: "tcp . 30080".
+		if i > 0 && (f[i-1] == "--dport" || f[i-1] == "--to-ports" || f[i-1] == "--dports" || f[i-1] == ".") || (i == 2 && f[0] == "add") {
 			for _, p := range ports {
 				if w == p {
 					return true

@@ -52,6 +52,9 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 // chooseKernel honours Options.Kernel, and otherwise uses a guest only when
 // the proxy mode needs what the host kernel lacks.
 func (l *Lab) chooseKernel() (string, error) {
+	if l.opts.Proxier != nil && l.opts.Proxier.Mode == "nftables" && l.opts.Kernel == KernelUML {
+		return "", fmt.Errorf("the nftables mode needs nf_tables, which the user-mode Linux guest's kernel lacks: run it in the host kernel (leave LAB_KERNEL unset)")
+	}
 	if l.opts.Kernel != "" {
 		return l.opts.Kernel, nil
 	}
