@@ -9,6 +9,7 @@ package kind
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -75,6 +76,9 @@ func (o Options) complete() (Options, error) {
 	}
 	if err := cluster.CheckImpl(o.Impl, o.Mode); err != nil {
 		return o, err
+	}
+	if o.Mode == "nftables" {
+		return o, errors.New("MODE=nftables on kind is not built yet: the offline node image and the proxier image have no nft (issue 15); run it on the local lab (PROVIDER=local)")
 	}
 	if o.Name == "" {
 		o.Name = DefaultName

@@ -183,7 +183,8 @@ func TestRenderRejects(t *testing.T) {
 	}{
 		{Options{Mode: "userspace", Impl: ImplKubeProxy}, "use one of iptables, ipvs"},
 		{Options{Mode: "ipvs", Impl: "cilium"}, "unknown"},
-		{Options{Mode: "nftables"}, "use one of userspace, iptables, ipvs"},
+		{Options{Mode: "nftables"}, "not built yet"},
+		{Options{Mode: "ebpf"}, "use one of userspace, iptables, ipvs, nftables"},
 		{Options{Mode: "iptables", Nodes: addrplan.MaxNodes + 1}, "pod /24s for 1 to"},
 		{Options{Mode: "iptables", Nodes: -1}, "pod /24s for 1 to"},
 		{Options{Mode: "iptables", CNIDir: "cni"}, "must be absolute"},
