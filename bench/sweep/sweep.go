@@ -54,6 +54,10 @@ type Config struct {
 	PointBudget time.Duration
 	// MaxServices caps the Service count per kernel ("uml": 1000, say).
 	MaxServices map[string]int
+	// GuestModes limits the modes measured in the UML lab; nil measures
+	// every mode there, so that IPVS is compared with the others in one
+	// kernel.
+	GuestModes []string
 }
 
 // Defaults is the default sweep (`make bench`).
@@ -187,6 +191,9 @@ func plan(c Config, hostIPVS bool) []kernelPlan {
 		for _, m := range c.Modes {
 			if m == result.ModeIPVS && k == local.KernelHost && !hostIPVS {
 				continue // measured in the UML lab
+			}
+			if k == local.KernelUML && c.GuestModes != nil && !slices.Contains(c.GuestModes, m) {
+				continue
 			}
 			for _, i := range c.Impls {
 				if i == result.ImplKubeProxy && m == result.ModeUserspace {

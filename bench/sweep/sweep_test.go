@@ -86,6 +86,9 @@ func TestSmoke(t *testing.T) {
 	// guest, which makes its 1k point take over 10 minutes: the smoke
 	// check stays at 100 there.
 	c.MaxServices = map[string]int{local.KernelUML: 100}
+	// The other modes' pipeline runs on the host already; in the guest
+	// they cost 2-3 minutes of make test.
+	c.GuestModes = []string{result.ModeIPVS}
 	c.Log = t.Logf
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -208,5 +211,25 @@ func TestPlanRunsTheTwinAsTheReference(t *testing.T) {
 		if p.labImpl() != "reference" {
 			t.Errorf("%s runs %s in the lab, want reference", p, p.labImpl())
 		}
+	}
+}
+
+func TestGuestModesLimitTheUMLLab(t *testing.T) {
+	c := Defaults()
+	c.Counts = []int{100}
+	c.GuestModes = []string{"ipvs"}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, kp := range plan(c, false) {
+		got[kp.kernel] = names(kp.proxiers)
+	}
+	want := map[string][]string{
+		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
+		"uml":  {"direct", "ipvs/reference", "ipvs/kube-proxy"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("plan with GuestModes ipvs:\n got %v\nwant %v", got, want)
 	}
 }
