@@ -26,10 +26,7 @@ func TestPlanPutsIPVSInUMLWhenTheHostLacksIt(t *testing.T) {
 	if err := c.complete(); err != nil {
 		t.Fatal(err)
 	}
-	got := map[string][]string{}
-	for _, kp := range plan(c, false) {
-		got[kp.kernel] = names(kp.proxiers)
-	}
+	got := planNames(c, false)
 	want := map[string][]string{
 		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
 		"uml":  {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy", "ipvs/reference", "ipvs/kube-proxy"},
@@ -37,10 +34,7 @@ func TestPlanPutsIPVSInUMLWhenTheHostLacksIt(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("plan without host ip_vs:\n got %v\nwant %v", got, want)
 	}
-	got = map[string][]string{}
-	for _, kp := range plan(c, true) {
-		got[kp.kernel] = names(kp.proxiers)
-	}
+	got = planNames(c, true)
 	if len(got) != 1 || len(got["host"]) != 6 {
 		t.Errorf("plan with host ip_vs: got %v, want every mode in the host kernel only", got)
 	}
@@ -221,10 +215,7 @@ func TestGuestModesLimitTheUMLLab(t *testing.T) {
 	if err := c.complete(); err != nil {
 		t.Fatal(err)
 	}
-	got := map[string][]string{}
-	for _, kp := range plan(c, false) {
-		got[kp.kernel] = names(kp.proxiers)
-	}
+	got := planNames(c, false)
 	want := map[string][]string{
 		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
 		"uml":  {"direct", "ipvs/reference", "ipvs/kube-proxy"},
@@ -232,4 +223,13 @@ func TestGuestModesLimitTheUMLLab(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("plan with GuestModes ipvs:\n got %v\nwant %v", got, want)
 	}
+}
+
+// planNames is the plan as kernel -> proxiers in order.
+func planNames(c Config, hostIPVS bool) map[string][]string {
+	got := map[string][]string{}
+	for _, kp := range plan(c, hostIPVS) {
+		got[kp.kernel] = names(kp.proxiers)
+	}
+	return got
 }
