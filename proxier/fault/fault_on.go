@@ -23,3 +23,11 @@ func Current() Fault { return current }
 
 // Reset clears the fault, for tests that set one with Register.
 func Reset() { current = "" }
+
+// Set makes f the current fault and returns Reset, so that a test can
+// write t.Cleanup(fault.Set(f)) and leave the package's other tests
+// unbroken.
+func Set(f Fault) (reset func()) {
+	current = f
+	return Reset
+}

@@ -3,7 +3,6 @@
 package ipvs
 
 import (
-	"flag"
 	"slices"
 	"strings"
 	"testing"
@@ -19,12 +18,7 @@ import (
 // in the kernel while its iptables rules go: the self-test needs a fault
 // that only the IPVS cleanup assessment can see.
 func TestIPVSStateKeptFault(t *testing.T) {
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	fault.Register(fs)
-	if err := fs.Parse([]string{"--selftest-fault=" + string(fault.IPVSStateKept)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fault.Reset)
+	t.Cleanup(fault.Set(fault.IPVSStateKept))
 
 	e := newEnv(t)
 	b, _ := webSnap()

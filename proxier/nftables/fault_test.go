@@ -3,37 +3,24 @@
 package nftables
 
 import (
-	"flag"
 	"strings"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/proxier/fault"
 )
 
-func setFault(t *testing.T, f fault.Fault) {
-	t.Helper()
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	fault.Register(fs)
-	if err := fs.Parse([]string{"--selftest-fault=" + string(f)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fault.Reset)
-}
-
 // The faults this mode implements itself: random-skewed gives the last
 // endpoint two of n+1 numgen picks, no-endpoints-dropped drops instead of
 // rejecting.
 func TestFaults(t *testing.T) {
-	setFault(t, fault.RandomSkewed)
+	t.Cleanup(fault.Set(fault.RandomSkewed))
 	p, fake := newFakeProxier(t)
 	sync(t, p, webSnap().Snap, fullSync())
 	dump := fake.Dump()
 	if !strings.Contains(dump, "numgen random mod 4 vmap { 0 : goto ep-likvol2cx4mqxqi2 , 1 : goto ep-qmif6eyxntmtudfy , 2 : goto ep-zimgzvi5wmqaujrq , 3 : goto ep-zimgzvi5wmqaujrq }") {
 		t.Errorf("random-skewed: web's picks are not 1/4, 1/4, 1/2:\n%s", dump)
 	}
-	fault.Reset()
-
-	setFault(t, fault.NoEndpointsDropped)
+	fault.Set(fault.NoEndpointsDropped)
 	p, fake = newFakeProxier(t)
 	sync(t, p, webSnap().Snap, fullSync())
 	got := traced(t, fake, "filter-forward", Packet{Src: pod, Dst: emptyIP, DstPort: 80})

@@ -3,7 +3,6 @@
 package server
 
 import (
-	"flag"
 	"testing"
 	"time"
 
@@ -12,16 +11,6 @@ import (
 	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/metrics"
 )
-
-func setFault(t *testing.T, f fault.Fault) {
-	t.Helper()
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	fault.Register(fs)
-	if err := fs.Parse([]string{"--selftest-fault=" + string(f)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fault.Reset) // the other tests of the package run unbroken
-}
 
 // In a self-test build the server hands the mode the faulty snapshot and,
 // for stale-conntrack-kept, never calls the conntrack cleaner; the
@@ -35,7 +24,7 @@ func TestFaultsReachTheMode(t *testing.T) {
 		{fault.StaleConntrackKept, false, 30080},
 		{fault.NodePortIgnored, true, 0},
 	} {
-		setFault(t, c.f)
+		t.Cleanup(fault.Set(c.f)) // the other tests of the package run unbroken
 		clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 		mode := &recordingMode{}
 		ct := &stubCleaner{}
