@@ -36,7 +36,7 @@ const (
 	expiry     = "after timeoutSeconds a client can move"
 	added      = "an added endpoint is picked up"
 	removed    = "a removed endpoint is dropped"
-	rules      = "nothing in iptables, ipsets or proxy listeners refers to a deleted Service"
+	rules      = "nothing in iptables, nftables, ipsets or proxy listeners refers to a deleted Service"
 	ipvsState  = "no IPVS virtual server or bound VIP remains"
 	staleUDP   = "stale UDP conntrack entries to a removed endpoint are cleared"
 	nodePortRW = "NodeIP:nodePort reaches every backend from another node (TCP and UDP)"

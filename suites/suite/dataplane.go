@@ -119,9 +119,8 @@ type AddrDumper interface {
 }
 
 // DumpIPVS reads a node's IPVS table through the provider: IPVSDumper if
-// it has one, else `ipvsadm -Ln` through Execer.
-// TODO(lead): give the UML lab an IPVSDumper (moby/ipvs in the guest agent)
-// if ipvsadm is not in the guest.
+// it has one, else `ipvsadm -Ln` through Execer (the UML guest has
+// ipvsadm: it runs the host's root, where preflight installs it).
 func DumpIPVS(ctx context.Context, c cluster.Cluster, ns string) (string, error) {
 	if d, ok := c.(IPVSDumper); ok {
 		return d.IPVS(ctx, ns)
