@@ -11,6 +11,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/load"
 	"github.com/proxymodes/proxymodes/harness/probe"
+	"github.com/proxymodes/proxymodes/harness/syncstate"
 )
 
 // labAPI is what the measurements need from a lab.
@@ -24,15 +25,15 @@ type labAPI interface {
 // waitSynced polls a node's proxier until it has completed at least
 // minSyncs syncs and none for quiet, so that the next change starts from
 // an idle proxier. It returns the last reading.
-func waitSynced(ctx context.Context, lab labAPI, node string, minSyncs uint64, quiet, limit time.Duration) (scrape, error) {
+func waitSynced(ctx context.Context, lab labAPI, node string, minSyncs uint64, quiet, limit time.Duration) (syncstate.Metrics, error) {
 	deadline := time.Now().Add(limit)
-	var last scrape
+	var last syncstate.Metrics
 	var lastCount uint64
 	lastChange := time.Now()
 	for {
 		s, err := read(ctx, lab, node)
 		if err == nil {
-			if n := s.syncs(); n != lastCount {
+			if n := syncs(s); n != lastCount {
 				lastCount, lastChange = n, time.Now()
 			}
 			last = s
@@ -58,9 +59,9 @@ func waitSynced(ctx context.Context, lab labAPI, node string, minSyncs uint64, q
 // full sync over every Service. The reference proxier and kube-proxy's
 // iptables mode split full and partial syncs; kube-proxy's ipvs mode only
 // does full ones, so its plain histogram is the same thing.
-func fullSync(s scrape) (float64, bool) {
+func fullSync(s syncstate.Metrics) (float64, bool) {
 	for _, name := range []string{mSyncFull, mSync} {
-		if n, sum, ok := s.histogram(name); ok && n > 0 {
+		if n, sum, ok := s.Histogram(name); ok && n > 0 {
 			// Startup may run a second, cheap sync; the first is the
 			// expensive one, and the mean hides nothing at n=1.
 			if n == 1 {
@@ -83,8 +84,8 @@ type change struct {
 // measureChange swaps Service i's endpoints and times, concurrently, the
 // node's proxier and the data plane. "Rules applied" is the proxier's own
 // last-sync timestamp (both implementations set it once the kernel has the
-// rules, before conntrack cleanup), read from the first scrape that shows
-// a new sync: polling alone would add the scrape interval and lag behind
+// rules, before conntrack cleanup), read from the first syncstate.Metrics that shows
+// a new sync: polling alone would add the syncstate.Metrics interval and lag behind
 // the first connection.
 func measureChange(ctx context.Context, lab labAPI, f *fleet, i int, node string, client cluster.Pod, limit time.Duration) (change, error) {
 	before, err := read(ctx, lab, node)
@@ -105,15 +106,15 @@ func measureChange(ctx context.Context, lab labAPI, f *fleet, i int, node string
 		want[p.Name] = true
 	}
 	var c change
-	var after scrape
+	var after syncstate.Metrics
 	rulesDone := make(chan error, 1)
 	go func() {
 		for {
 			s, err := read(ctx, lab, node)
-			if err == nil && s.syncs() > before.syncs() {
+			if err == nil && syncs(s) > syncs(before) {
 				seen := time.Since(t0)
 				c.rules = seen
-				if ts, ok := s.value(mLastSync); ok {
+				if ts, ok := s.Latest(mLastSync); ok {
 					// The proxier's clock is this host's (a UML guest
 					// reads the host's too); trust it only when sane.
 					if d := time.Unix(0, int64(ts*1e9)).Sub(t0); d > 0 && d <= seen {

@@ -122,10 +122,10 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 		return err
 	}
 	if s, err := read(ctx, b.lab, b.node); err == nil {
-		if v, ok := s.value(mCPU); ok {
+		if v, ok := s.Total(mCPU); ok {
 			pt.Add(result.Resources, result.UnitCPUSec, v)
 		}
-		if v, ok := s.value(mRSS); ok {
+		if v, ok := s.Total(mRSS); ok {
 			pt.Add(result.Resources, result.UnitRSSBytes, v)
 		}
 	}

@@ -23,7 +23,51 @@ const (
 	MetricSvcPending = "kubeproxy_sync_proxy_rules_service_changes_pending"
 	MetricEpPending  = "kubeproxy_sync_proxy_rules_endpoint_changes_pending"
 	MetricCPU        = "process_cpu_seconds_total"
+	// Only the benchmarks read these: the split of syncs into full and
+	// partial ones (kube-proxy's ipvs mode has none), and memory.
+	MetricSyncFull    = "kubeproxy_sync_full_proxy_rules_duration_seconds"
+	MetricSyncPartial = "kubeproxy_sync_partial_proxy_rules_duration_seconds"
+	MetricRSS         = "process_resident_memory_bytes"
 )
+
+// Metrics is one parsed reading of a proxier's metrics, for readers that
+// need more than State (the benchmarks).
+type Metrics map[string]*dto.MetricFamily
+
+// ParseMetrics parses the Prometheus text format.
+func ParseMetrics(text string) (Metrics, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("parsing proxier metrics: %w", err)
+	}
+	return Metrics(fams), nil
+}
+
+// Histogram returns a histogram's sample count and sum over all its
+// series (kube-proxy labels them by ip_family); ok is false when the
+// proxier does not export it.
+func (m Metrics) Histogram(name string) (count uint64, sum float64, ok bool) {
+	for _, s := range m[name].GetMetric() {
+		if h := s.GetHistogram(); h != nil {
+			count += h.GetSampleCount()
+			sum += h.GetSampleSum()
+			ok = true
+		}
+	}
+	return count, sum, ok
+}
+
+// Total is the sum of a gauge's or counter's series; Latest their
+// largest value (for timestamps). ok is false when it is not exported.
+func (m Metrics) Total(name string) (float64, bool) {
+	return total(m[name]), len(m[name].GetMetric()) > 0
+}
+
+// Latest: see Total.
+func (m Metrics) Latest(name string) (float64, bool) {
+	return latest(m[name]), len(m[name].GetMetric()) > 0
+}
 
 // State is one reading of a proxier's sync loop. Timestamps are Unix
 // seconds on the proxier's own clock (a guest's clock when it runs in one).
@@ -48,10 +92,9 @@ type State struct {
 // labels (kube-proxy's ip_family) are combined: the latest timestamp, the
 // sum of counts and pending changes.
 func Parse(text string) (State, error) {
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	fams, err := ParseMetrics(text)
 	if err != nil {
-		return State{}, fmt.Errorf("parsing proxier metrics: %w", err)
+		return State{}, err
 	}
 	proxier := false
 	for name := range fams {
@@ -64,12 +107,7 @@ func Parse(text string) (State, error) {
 	// sync there is no histogram and no last-sync time, which reads as a
 	// proxier that has not synced yet.
 	var s State
-	for _, m := range fams[MetricSync].GetMetric() {
-		if h := m.GetHistogram(); h != nil {
-			s.Syncs += h.GetSampleCount()
-			s.SyncSeconds += h.GetSampleSum()
-		}
-	}
+	s.Syncs, s.SyncSeconds, _ = fams.Histogram(MetricSync)
 	s.LastSync = latest(fams[MetricLastSync])
 	s.LastQueued = latest(fams[MetricLastQueued])
 	s.Pending = total(fams[MetricSvcPending]) + total(fams[MetricEpPending])

@@ -133,3 +133,40 @@ func TestSince(t *testing.T) {
 		t.Fatalf("got %+v, want one sync of 14s and 7s of CPU", d)
 	}
 }
+
+// The benchmarks read histograms and gauges by name: a dual-stack
+// kube-proxy's two ip_family series add up, and what the proxier does not
+// export (kube-proxy's ipvs mode has no full/partial split) says so.
+func TestMetricsSumSeriesAndSayWhatIsMissing(t *testing.T) {
+	m, err := ParseMetrics(`# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} 3
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"} 1.5
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 3
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv6",le="+Inf"} 2
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv6"} 0.5
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv6"} 2
+# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 100
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"} 102
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 4096
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, sum, ok := m.Histogram(MetricSync); n != 5 || sum != 2 || !ok {
+		t.Errorf("sync histogram: %d syncs, %g s, %v; want 5, 2, true", n, sum, ok)
+	}
+	if _, _, ok := m.Histogram(MetricSyncFull); ok {
+		t.Error("a histogram the proxier does not export reads as exported")
+	}
+	if v, ok := m.Latest(MetricLastSync); v != 102 || !ok {
+		t.Errorf("last sync %g %v, want the later series, 102", v, ok)
+	}
+	if v, ok := m.Total(MetricRSS); v != 4096 || !ok {
+		t.Errorf("rss %g %v, want 4096", v, ok)
+	}
+	if _, ok := m.Total(MetricCPU); ok {
+		t.Error("a gauge the proxier does not export reads as exported")
+	}
+}
