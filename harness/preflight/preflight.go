@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/proxymodes/proxymodes/harness/docker"
 	"github.com/proxymodes/proxymodes/harness/netlab"
@@ -231,10 +232,14 @@ func aptInstall(ctx context.Context, pkgs []string, log Logger) error {
 	return nil
 }
 
+var kernelChecks atomic.Int64
+
 // Kernel proves the kernel features the lab needs by using them in a
 // scratch namespace: network namespaces, veth pairs and bridges.
 func Kernel() error {
-	ns := "pm-preflight-" + strconv.Itoa(os.Getpid())
+	// Unique per call: labs that come up side by side in one process
+	// check at the same time.
+	ns := "pm-preflight-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(kernelChecks.Add(1), 10)
 	if err := netlab.CreateNS(ns); err != nil {
 		return fmt.Errorf("cannot create a network namespace (%v): the kernel needs CONFIG_NET_NS, and a container needs --privileged", err)
 	}
