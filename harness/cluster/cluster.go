@@ -34,6 +34,9 @@ type Info struct {
 	Provider   string
 	APIServer  string // URL
 	Kubeconfig string // path
+	// APINetNS is the network namespace the API server is reachable from,
+	// when it is not the host's (an isolated local lab).
+	APINetNS string
 	// Namespace is where the suites create their objects ("default" when
 	// empty: the whole cluster is the run's).
 	Namespace string

@@ -29,6 +29,7 @@ import (
 	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/proxymodes/proxymodes/harness/logs"
+	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/proc"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	ServiceCIDR netip.Prefix
 	// ExtraEnv is added to the process environment (the lab's tag).
 	ExtraEnv []string
+	// NetNS, if set, is the network namespace the process runs in and
+	// clients dial from (an isolated lab's own); "" is this process's.
+	NetNS string
 }
 
 // ControlPlane is a running control plane.
@@ -120,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	// Its own process group: Ctrl-C reaches only us, and we stop it in
 	// order (apiserver before etcd) instead of racing the terminal.
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
+	if err := c.start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cfg.Binary, err)
 	}
 	go func() { c.cmd.Wait(); close(c.exited) }()
@@ -129,6 +133,23 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, logs.Tail(c.LogPath, 25))
 	}
 	return c, nil
+}
+
+// start forks inside the configured namespace: a child inherits the
+// namespace of the thread that forks it.
+func (c *ControlPlane) start() error {
+	if c.cfg.NetNS == "" {
+		return c.cmd.Start()
+	}
+	return netlab.Do(c.cfg.NetNS, c.cmd.Start)
+}
+
+// dial is nil (dial from here) or dials from the control plane's namespace.
+func (c *ControlPlane) dial() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.cfg.NetNS == "" {
+		return nil
+	}
+	return netlab.Dialer(c.cfg.NetNS, nil)
 }
 
 func (c *ControlPlane) args(etcdPort int) []string {
@@ -220,6 +241,7 @@ func (c *ControlPlane) writeKubeconfig(token string) error {
 	}
 	// Bulk Service creation in benchmarks needs more than client-go's 5 qps.
 	rc.QPS, rc.Burst = 500, 1000
+	rc.Dial = c.dial()
 	c.rest = rc
 	return nil
 }
@@ -229,7 +251,7 @@ func (c *ControlPlane) waitReady(ctx context.Context, limit time.Duration) error
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, DialContext: c.dial()}}
 	deadline := time.After(limit)
 	var last string
 	for {

@@ -119,6 +119,9 @@ func (r *Run) CreateCluster(ctx context.Context, _ *envconf.Config) (context.Con
 	switch r.Settings.Provider {
 	case "local":
 		r.labName = r.Name
+		if r.Settings.LabName != "" {
+			r.labName = r.Settings.LabName
+		}
 		upCtx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 		var lab *local.Lab
 		lab, err = local.Up(upCtx, local.Options{

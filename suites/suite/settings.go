@@ -31,6 +31,10 @@ const (
 	// one promise on purpose (proxier/fault, make selftest): the run must
 	// then fail.
 	EnvFault = "PROXYMODES_FAULT"
+	// EnvLabName names the local lab (default: the suite's name). Runs
+	// side by side need distinct names, and isolated labs (LAB_ISOLATED=1,
+	// harness/cluster/local) to share the host.
+	EnvLabName = "PROXYMODES_LAB_NAME"
 )
 
 // Providers and implementations the suite knows.
@@ -49,6 +53,8 @@ type Settings struct {
 	// ResultsDir receives summary.txt, results.json, junit.xml and, when
 	// something failed, the lab's logs.
 	ResultsDir string
+	// LabName, if set, names the local lab instead of the suite.
+	LabName string
 }
 
 // SettingsFromEnv reads and validates the settings. Errors say what to set.
@@ -60,6 +66,7 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 		Claim:      os.Getenv(EnvClaim),
 		Fault:      strings.TrimSpace(os.Getenv(EnvFault)),
 		ResultsDir: os.Getenv(EnvResultsDir),
+		LabName:    strings.TrimSpace(os.Getenv(EnvLabName)),
 	}
 	if s.Mode == "" {
 		s.Mode = "iptables"

@@ -85,7 +85,7 @@ func startGuests(ctx context.Context, l *Lab) (_ *guests, err error) {
 		return nil, err
 	}
 	gs := &guests{ns: l.prefix + "uml", prefix: l.prefix, nodes: make([]*guest, n), pods: map[string]int{}}
-	if err := gs.buildLinks(l.prefix, n); err != nil {
+	if err := gs.buildLinks(l.prefix, l.outer, n); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -121,8 +121,9 @@ func startGuests(ctx context.Context, l *Lab) (_ *guests, err error) {
 }
 
 // buildLinks makes the lab namespace on the host with its uplink to the
-// host, the fabric bridge and every guest's two taps.
-func (gs *guests) buildLinks(prefix string, n int) error {
+// outer namespace (the host's, or an isolated lab's sandbox), the fabric
+// bridge and every guest's two taps.
+func (gs *guests) buildLinks(prefix, outer string, n int) error {
 	ns := gs.ns
 	if err := netlab.CreateNS(ns); err != nil {
 		return err
@@ -130,7 +131,7 @@ func (gs *guests) buildLinks(prefix string, n int) error {
 	// The host end of block 0 is the API server's address, as in a
 	// host-kernel lab.
 	if err := netlab.Veth(netlab.End{NS: ns, Name: guestUplink, Addr: addrplan.MgmtNode(0)},
-		netlab.End{NS: netlab.HostNS, Name: prefix + "u", Addr: addrplan.MgmtHost(0)}); err != nil {
+		netlab.End{NS: outer, Name: prefix + "u", Addr: addrplan.MgmtHost(0)}); err != nil {
 		return err
 	}
 	if err := netlab.Bridge(ns, guestBridge, netip.Prefix{}); err != nil {
@@ -226,6 +227,8 @@ func (gs *guests) Build(ctx context.Context, t plane.Topology) error {
 	return gs.each(func(g *guest) error {
 		gt := t
 		gt.Local, gt.FabricLink = []int{g.index}, guestFabric
+		// Inside a guest its own root namespace is the outer one.
+		gt.Outer = ""
 		gt.StateDir = g.stateDir()
 		// Nodes reach the API server through their guest's uplink, which
 		// takes block 0's place.

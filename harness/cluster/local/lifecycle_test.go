@@ -53,13 +53,15 @@ func holderMain(args []string) int {
 	select {} // until a signal arrives
 }
 
-// startHolder runs a lab in a child process and waits until it is up.
-func startHolder(t *testing.T, kernel string) *os.Process {
+// startHolder runs a lab in a child process and waits until it is up;
+// env is added to the child's environment.
+func startHolder(t *testing.T, kernel string, env ...string) *os.Process {
 	t.Helper()
 	cmd, err := agent.Command("", holderRole, kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmd.Env = append(cmd.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -233,5 +235,36 @@ func TestKilledGuestRunIsCleanedByDown(t *testing.T) {
 	if err := local.Down(ctx, holderLab, tlog{t}); err != nil {
 		t.Fatal(err)
 	}
+	expectNoLeftovers(t, holderLab)
+}
+
+// A lab in the host namespace leaves a live isolated lab alone (they share
+// nothing), and removes one whose owner was killed.
+func TestHostLabSparesLiveIsolatedLabAndCleansKilledOne(t *testing.T) {
+	downShared()
+	p := startHolder(t, local.KernelHost, "LAB_ISOLATED=1")
+	up := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		l, err := local.Up(ctx, local.Options{Name: "lhost", Nodes: 1, Logger: tlog{t}})
+		if err != nil {
+			p.Kill()
+			t.Fatalf("a host-namespace lab beside an isolated one: %v", err)
+		}
+		if err := l.Down(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up()
+	if left := leak.Check(holderLab); len(left) == 0 || !strings.Contains(strings.Join(left, " "), "namespace "+leak.Prefix(holderLab)+"host") {
+		p.Kill()
+		t.Fatalf("the isolated lab beside a host-namespace one: left %v, want it whole, its sandbox namespace included", left)
+	}
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	up()
 	expectNoLeftovers(t, holderLab)
 }

@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/gofrs/flock"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -59,6 +59,13 @@ type Options struct {
 	// `lab up`); others belong to their creator, and a later run treats
 	// them as stale once that process is gone.
 	Persistent bool
+	// Isolated runs the lab's host side (the control plane and the host
+	// ends of the management links) in a namespace of its own instead of
+	// the host's. Isolated labs share nothing but the kernel, so several
+	// run side by side, each under its own name; the API server is then
+	// reachable only from inside that namespace (`ip netns exec
+	// pm-<name>-host kubectl ...`). $LAB_ISOLATED=1 sets it.
+	Isolated bool
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
@@ -81,6 +88,14 @@ func (o *Options) complete() error {
 	}
 	if o.Kernel == "" {
 		o.Kernel = os.Getenv("LAB_KERNEL")
+	}
+	switch v := os.Getenv("LAB_ISOLATED"); v {
+	case "":
+	case "1":
+		o.Isolated = true
+	case "0":
+	default:
+		return fmt.Errorf("LAB_ISOLATED=%q: use 1 (each lab in its own namespace, side by side) or 0 (the host namespace, one lab at a time)", v)
 	}
 	switch o.Kernel {
 	case "", KernelHost, KernelUML:
@@ -124,9 +139,13 @@ type Lab struct {
 	cp     *controlplane.ControlPlane
 	client kubernetes.Interface
 
-	// lock is held while this process owns the lab: labs share the host's
-	// address plan, so only one runs at a time.
-	lock *os.File
+	// lock is held while this process owns the lab: the host lock for a
+	// lab in the host namespace (labs there share the address plan, so
+	// one runs at a time), the lab's own name lock for an isolated one.
+	lock *flock.Flock
+	// outer holds the lab's host side: the host namespace, or an
+	// isolated lab's sandbox.
+	outer string
 
 	plane plane.Plane
 
@@ -145,6 +164,9 @@ type state struct {
 	Pods       []podState     `json:"pods"`
 	// Kernel is the kernel the nodes run in.
 	Kernel string `json:"kernel"`
+	// Isolated labs live in their own namespaces and never conflict with
+	// others (Options.Isolated).
+	Isolated bool `json:"isolated,omitempty"`
 }
 
 type podState struct {
@@ -176,7 +198,11 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 			return nil, err
 		}
 	}
-	lock, err := lockHost(ctx, log)
+	lockPath := hostLockPath
+	if opts.Isolated {
+		lockPath = nameLockPath(opts.Name)
+	}
+	lock, err := lockLab(ctx, lockPath, log)
 	if err != nil {
 		return nil, err
 	}
@@ -184,8 +210,11 @@ func Up(ctx context.Context, opts Options) (lab *Lab, err error) {
 		lock.Close()
 		return nil, err
 	}
-	l := &Lab{opts: opts, prefix: leak.Prefix(opts.Name), dir: leak.StateDir(opts.Name), log: log, lock: lock}
-	l.st = state{Name: opts.Name, OwnerPID: os.Getpid()}
+	l := &Lab{opts: opts, prefix: leak.Prefix(opts.Name), dir: leak.StateDir(opts.Name), log: log, lock: lock, outer: netlab.HostNS}
+	if opts.Isolated {
+		l.outer = plane.SandboxNS(l.prefix)
+	}
+	l.st = state{Name: opts.Name, OwnerPID: os.Getpid(), Isolated: opts.Isolated}
 	if opts.Persistent {
 		l.st.OwnerPID = 0
 	}
@@ -236,42 +265,45 @@ var ErrHostBusy = errors.New("another run's lab held this host for the whole wai
 // hostLockPath is a variable so that tests can lock a file of their own.
 var hostLockPath = filepath.Join(leak.StateRoot, "host.lock")
 
+// nameLockPath is held by the owner of an isolated lab: it keeps two runs
+// from taking the same name, and tells a later run whether the lab of that
+// name is live or a leftover. It lives beside, not in, the state directory,
+// which Down removes.
+func nameLockPath(name string) string { return filepath.Join(leak.StateRoot, "lab-"+name+".lock") }
+
 // lockPoll is how often a waiting run retries the lock. It must be short:
 // a soak starts its next run within a few hundred milliseconds of the last
 // one's release, and a waiter that polled every 200 ms lost that race for
 // 20 minutes.
 const lockPoll = 10 * time.Millisecond
 
-// lockHost waits for the host-wide lab lock.
-func lockHost(ctx context.Context, log cluster.Logger) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(hostLockPath), 0o755); err != nil {
+// lockLab waits for a lab lock: the host-wide one, or an isolated lab's
+// name lock.
+func lockLab(ctx context.Context, path string, log cluster.Logger) (*flock.Flock, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(hostLockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	fl := flock.New(path, flock.SetPermissions(0o600))
+	ok, err := fl.TryLock()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	waiting := false
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-		}
-		if !waiting {
-			log.Logf("waiting for another run's lab to finish (labs share one address plan, so one runs at a time)")
-			waiting = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
+	if ok {
+		return fl, nil
+	}
+	if path == hostLockPath {
+		log.Logf("waiting for another run's lab to finish (labs in the host namespace share one address plan, so one runs at a time)")
+	} else {
+		log.Logf("waiting for another run's lab of the same name to finish")
+	}
+	if ok, err = fl.TryLockContext(ctx, lockPoll); !ok {
+		fl.Close()
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %w", ErrHostBusy, ctx.Err())
-		case <-time.After(lockPoll):
 		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
+	return fl, nil
 }
 
 // step is one stage of Up; a failing step makes Up remove everything.
@@ -280,8 +312,12 @@ type step struct {
 	fn   func(context.Context) error
 }
 
-// claim makes sure no other lab is live and removes stale ones, including
-// leftovers of runs that were killed.
+// claim makes sure no lab this one conflicts with is live, and removes
+// stale ones, including leftovers of runs that were killed. A lab in the
+// host namespace conflicts with every other such lab (one address plan);
+// an isolated lab only with one of its own name. Leftovers of an isolated
+// lab whose owner is gone are removed by any later host-namespace lab, or
+// by a lab of the same name.
 func claim(opts Options, log cluster.Logger) error {
 	others, _ := os.ReadDir(leak.StateRoot)
 	names := []string{opts.Name}
@@ -295,15 +331,21 @@ func claim(opts Options, log cluster.Logger) error {
 		if _, err := os.Stat(statePath(e.Name())); err != nil {
 			continue
 		}
+		if opts.Isolated {
+			continue
+		}
 		names = append(names, e.Name())
 	}
 	for _, name := range names {
 		st, err := readState(name)
+		if err == nil && st.Isolated && name != opts.Name && isolatedLive(name, st) {
+			continue
+		}
 		switch {
 		case err == nil && st.OwnerPID == 0:
-			return fmt.Errorf("lab %q is already up (started by `proxymodes lab up`); labs share one address plan, so remove it first with `proxymodes lab down --name %s`", name, name)
+			return fmt.Errorf("lab %q is already up (started by `proxymodes lab up`); remove it first with `proxymodes lab down --name %s`", name, name)
 		case err == nil && st.OwnerPID != os.Getpid() && proc.Alive(st.OwnerPID):
-			return fmt.Errorf("lab %q is in use by process %d without holding the host lock; stop that process or run `proxymodes lab down --name %s`", name, st.OwnerPID, name)
+			return fmt.Errorf("lab %q is in use by process %d without holding its lock; stop that process or run `proxymodes lab down --name %s`", name, st.OwnerPID, name)
 		}
 		if left := leak.Check(name); len(left) > 0 {
 			log.Logf("lab %s: removing %d leftovers of an earlier run that did not finish", name, len(left))
@@ -315,6 +357,21 @@ func claim(opts Options, log cluster.Logger) error {
 	return nil
 }
 
+// isolatedLive says whether another isolated lab is in use: persistent,
+// its owner alive, or its name lock held.
+func isolatedLive(name string, st state) bool {
+	if st.OwnerPID == 0 || proc.Alive(st.OwnerPID) {
+		return true
+	}
+	if _, err := os.Stat(nameLockPath(name)); err != nil {
+		return false // never locked: nobody holds it
+	}
+	fl := flock.New(nameLockPath(name))
+	defer fl.Close()
+	ok, err := fl.TryLock()
+	return err != nil || !ok
+}
+
 func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		Binary:      bin,
@@ -323,6 +380,7 @@ func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
 		Port:        6443,
 		ServiceCIDR: addrplan.Services,
 		ExtraEnv:    []string{agent.LabEnv + "=" + l.opts.Name},
+		NetNS:       l.sandbox(),
 	})
 	if err != nil {
 		return err
@@ -337,6 +395,14 @@ func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
 	return nil
 }
 
+// sandbox is an isolated lab's outer namespace, or "".
+func (l *Lab) sandbox() string {
+	if l.outer == netlab.HostNS {
+		return ""
+	}
+	return l.outer
+}
+
 // Info describes the lab.
 func (l *Lab) Info() cluster.Info {
 	l.mu.Lock()
@@ -345,8 +411,12 @@ func (l *Lab) Info() cluster.Info {
 }
 
 func (s state) info() cluster.Info {
-	return cluster.Info{Name: s.Name, Provider: ProviderName, APIServer: s.APIServer,
+	info := cluster.Info{Name: s.Name, Provider: ProviderName, APIServer: s.APIServer,
 		Kubeconfig: s.Kubeconfig, Nodes: append([]cluster.Node(nil), s.Nodes...), Kernel: s.Kernel}
+	if s.Isolated {
+		info.APINetNS = plane.SandboxNS(leak.Prefix(s.Name))
+	}
+	return info
 }
 
 // RESTConfig is an admin configuration for the lab's API server.

@@ -30,8 +30,25 @@ func TestLockHostSaysWhenTheHostIsBusy(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if _, err := lockHost(ctx, cluster.Discard); !errors.Is(err, ErrHostBusy) {
-		t.Fatalf("lockHost while another holds the host: %v, want ErrHostBusy", err)
+	if _, err := lockLab(ctx, hostLockPath, cluster.Discard); !errors.Is(err, ErrHostBusy) {
+		t.Fatalf("lockLab while another holds the host: %v, want ErrHostBusy", err)
 	}
 
+}
+
+// LAB_ISOLATED takes 1 or 0; anything else is refused with what to use,
+// never read as "not isolated".
+func TestLabIsolatedEnv(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		want bool
+		err  bool
+	}{{"", false, false}, {"0", false, false}, {"1", true, false}, {"yes", false, true}} {
+		t.Setenv("LAB_ISOLATED", c.env)
+		o := Options{}
+		err := o.complete()
+		if (err != nil) != c.err || o.Isolated != c.want {
+			t.Errorf("LAB_ISOLATED=%q: isolated %v, err %v; want %v, error %v", c.env, o.Isolated, err, c.want, c.err)
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
+	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
@@ -27,7 +28,12 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	topo := plane.Topology{Lab: l.opts.Name, Prefix: l.prefix, StateDir: l.dir, Nodes: l.opts.Nodes}
+	topo := plane.Topology{Lab: l.opts.Name, Prefix: l.prefix, StateDir: l.dir, Nodes: l.opts.Nodes, Outer: l.sandbox()}
+	if topo.Outer != "" {
+		if err := netlab.CreateNS(topo.Outer); err != nil {
+			return err
+		}
+	}
 	if kernel == KernelUML {
 		gs, err := startGuests(ctx, l)
 		if err != nil {

@@ -150,6 +150,9 @@ func printStatus(name string, out io.Writer) error {
 	fmt.Fprintf(out, "lab:        %s (%s provider)\n", info.Name, info.Provider)
 	fmt.Fprintf(out, "API server: %s\n", info.APIServer)
 	fmt.Fprintf(out, "kubeconfig: %s\n", info.Kubeconfig)
+	if info.APINetNS != "" {
+		fmt.Fprintf(out, "isolated:   the API server is reachable only inside netns %s: ip netns exec %s kubectl --kubeconfig %s get pods\n", info.APINetNS, info.APINetNS, info.Kubeconfig)
+	}
 	fmt.Fprintf(out, "kernel:     %s\n\n", info.Kernel)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tNETNS")

@@ -139,7 +139,7 @@ func (h *Host) Build(ctx context.Context, t Topology) error {
 // bridge, or the plane's fabric link moved into the node.
 func (h *Host) fabricPort(k int, ns string) error {
 	if h.t.FabricLink != "" {
-		return netlab.MoveLink(netlab.HostNS, h.t.FabricLink, ns, nodeFabric, addrplan.NodeIP(k))
+		return netlab.MoveLink(h.t.OuterNS(), h.t.FabricLink, ns, nodeFabric, addrplan.NodeIP(k))
 	}
 	fabPort := "n" + strconv.Itoa(k+1)
 	if err := netlab.Veth(netlab.End{NS: ns, Name: nodeFabric, Addr: addrplan.NodeIP(k)},
@@ -162,7 +162,7 @@ func (h *Host) buildNode(k int) error {
 	}
 	b := k + h.t.MgmtOffset
 	if err := netlab.Veth(netlab.End{NS: ns, Name: nodeMgmt, Addr: addrplan.MgmtNode(b)},
-		netlab.End{NS: netlab.HostNS, Name: h.mgmtLink(k), Addr: addrplan.MgmtHost(b)}); err != nil {
+		netlab.End{NS: h.t.OuterNS(), Name: h.mgmtLink(k), Addr: addrplan.MgmtHost(b)}); err != nil {
 		return err
 	}
 	// Nodes forward between pods, the fabric and the management link.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
@@ -64,6 +65,19 @@ type Topology struct {
 	// node's fabric interface (a guest's vec1, bridged on the host), and
 	// no fabric bridge is built here. It needs exactly one local node.
 	FabricLink string `json:"fabricLink,omitempty"`
+	// Outer is the namespace that holds the host ends of the management
+	// links (and the API server): "" for the namespace the plane runs in,
+	// or an isolated lab's own (SandboxNS), which keeps the lab out of
+	// the host namespace and lets labs run side by side.
+	Outer string `json:"outer,omitempty"`
+}
+
+// OuterNS is where the host ends of the management links live.
+func (t Topology) OuterNS() string {
+	if t.Outer == "" {
+		return netlab.HostNS
+	}
+	return t.Outer
 }
 
 // LocalNodes is the index of every node the plane builds.
@@ -108,6 +122,10 @@ func NodeName(k int) string { return "node-" + strconv.Itoa(k+1) }
 
 // NodeNS is the namespace of node k.
 func NodeNS(prefix string, k int) string { return prefix + NodeName(k) }
+
+// SandboxNS is an isolated lab's stand-in for the host namespace: the
+// control plane and the host ends of the management links live there.
+func SandboxNS(prefix string) string { return prefix + "host" }
 
 // FabricNS holds the bridge that joins the nodes.
 func FabricNS(prefix string) string { return prefix + "fabric" }
