@@ -44,28 +44,51 @@ existing-e2e: kind-deps ## prove PROVIDER=existing: a kind cluster with kube-pro
 k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
-test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables and ipvs modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does; ends with a table of step times
-	@k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); first=$$(date +%s); steps=(); \
+# The steps of make test after go vet and the self-test build, by token.
+# TEST_LANES=1 runs them one after another in TEST_STEPS' order.
+# TEST_LANES=3 runs three lanes side by side, each in order: labs in the
+# host namespace (go test ./..., the bench smoke), isolated labs in UML
+# guests, and isolated host labs then kind; each step's output goes to
+# TEST_LOGS/<step>.log and a failed step prints its last lines.
+TEST_STEPS := unit smoke conf:userspace/reference conf:ipvs/reference conf:iptables/kube-proxy conf:ipvs/kube-proxy kind existing
+TEST_LANE_1 := unit smoke
+TEST_LANE_2 := conf:ipvs/reference conf:ipvs/kube-proxy
+TEST_LANE_3 := conf:userspace/reference conf:iptables/kube-proxy kind existing
+TEST_LANES ?= 1
+TEST_LOGS ?= /tmp/proxymodes-test-logs/$(shell date +%Y%m%d-%H%M%S)
+test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables and ipvs modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does [TEST_LANES=1|3]; ends with a table of step times
+	@case "$(TEST_LANES)" in 1|3) ;; *) echo "TEST_LANES=$(TEST_LANES): use 1 (one step after another) or 3 (three lanes side by side)" >&2; exit 2;; esac; \
+	k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); first=$$(date +%s); logs=$(TEST_LOGS); mkdir -p $$logs; : > $$logs/steps; \
 	step() { local name=$$1 s rc; shift; echo "proxymodes: $$name"; s=$$(date +%s); "$$@"; rc=$$?; \
-		steps+=("$$(printf '%-80s %5ss  %s' "$$name" $$(( $$(date +%s) - s )) $$([ $$rc = 0 ] && echo ok || echo FAILED))"); return $$rc; }; \
-	table() { echo; echo "proxymodes: make test steps (the prerequisites, deps, kind-deps and k8s, took $$(( first - $(MAKE_START) ))s)"; \
-		printf '  %s\n' "$${steps[@]}"; echo "  total $$(( $$(date +%s) - $(MAKE_START) ))s"; }; \
+		printf '%-80s %5ss  %s\n' "$$name" $$(( $$(date +%s) - s )) $$([ $$rc = 0 ] && echo ok || echo FAILED) >> $$logs/steps; return $$rc; }; \
+	table() { echo; echo "proxymodes: make test steps (the prerequisites, deps, kind-deps and k8s, took $$(( first - $(MAKE_START) ))s; logs in $$logs)"; \
+		sed 's/^/  /' $$logs/steps; echo "  total $$(( $$(date +%s) - $(MAKE_START) ))s"; }; \
 	run() { step "$$@" || { table; exit 1; }; }; \
+	conf() { local r=$$1 lab=$$2; env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s \
+		$${lab:+LAB_ISOLATED=1 PROXYMODES_LAB_NAME=$$lab} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; }; \
+	token() { local t=$$1 lab=$$2; case $$t in \
+		unit) step "go test ./... (unit, lab, proxier; conformance for iptables)" \
+			env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...;; \
+		smoke) step "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
+			env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep;; \
+		conf:*) local r=$${t#conf:}; step "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')$${lab:+, isolated lab $$lab}" conf $$r $$lab;; \
+		kind) step "conformance on kind, MODE=iptables (a first run builds the node image: ~25 min)" \
+			env PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance;; \
+		existing) step "PROVIDER=existing against a kind cluster running kube-proxy" $(MAKE) --no-print-directory existing-e2e;; \
+		*) echo "make test: unknown step $$t" >&2; return 2;; esac; }; \
+	lane() { local n=$$1 t i=0 log; shift; for t in "$$@"; do i=$$((i + 1)); log=$$logs/lane$$n-$$i-$${t//[^a-z0-9]/_}.log; \
+		echo "proxymodes: lane $$n: $$t (log $$log)"; \
+		if token $$t $$([ $$n != 1 ] && [ $${t%%:*} = conf ] && echo pmt$$n$$i) > $$log 2>&1; then echo "proxymodes: lane $$n: $$t ok"; \
+		else echo "proxymodes: lane $$n: $$t FAILED; the lane stops. Last lines of $$log:"; tail -n 80 $$log; return 1; fi; done; }; \
 	run "go vet ./..." $(GO) vet ./...; \
-	run "go test ./... (unit, lab, proxier; conformance for iptables)" \
-		env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...; \
 	run "the self-test build of the proxier (tag pm_selftest) compiles and its faults switch on" \
 		bash -c '$(GO) test -count=1 -tags pm_selftest ./proxier/fault ./proxier/server ./proxier/cmd/proxier && \
 			$(GO) test -count=1 -tags pm_selftest -run Fault ./proxier/ipvs ./proxier/nftables'; \
-	run "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
-		env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep; \
-	for r in userspace/reference ipvs/reference iptables/kube-proxy ipvs/kube-proxy; do \
-		run "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')" \
-			env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; \
-	done; \
-	run "conformance on kind, MODE=iptables (a first run builds the node image: ~25 min)" \
-		env PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; \
-	run "PROVIDER=existing against a kind cluster running kube-proxy" $(MAKE) --no-print-directory existing-e2e; \
+	case "$(TEST_LANES)" in \
+	1) for t in $(TEST_STEPS); do token $$t "" || { table; exit 1; }; done;; \
+	3) lane 1 $(TEST_LANE_1) & l1=$$!; lane 2 $(TEST_LANE_2) & l2=$$!; lane 3 $(TEST_LANE_3) & l3=$$!; \
+		ok=0; for p in $$l1 $$l2 $$l3; do wait $$p || ok=1; done; [ $$ok = 0 ] || { table; exit 1; };; \
+	esac; \
 	table
 
 # kube-proxy's ipvs mode alone: about 12 min in UML guests (one per node)
@@ -104,25 +127,35 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 # shipped proxier over the whole suite (so a self-test is also the mode's
 # conformance run): every fault must be caught by its assessment, and the
 # unbroken proxier must pass every assessment, those included.
+# SELFTEST_JOBS=N runs N cases at once, each in an isolated lab of its own
+# (LAB_ISOLATED=1: the lab's host side in a namespace of its own), the
+# whole-suite run first since it is the longest.
 ifeq ($(SELFTEST_DIR),)
 SELFTEST_DIR := /tmp/proxymodes-selftests/$(shell date +%Y%m%d-%H%M%S)-$(MODE)
 endif
-selftest: check-mode cli deps k8s ## run the suite against proxiers broken on purpose, one promise each (MODE); each must fail, the real one pass; table in SELFTEST_DIR/SELFTEST.md
+SELFTEST_JOBS ?= 1
+selftest: check-mode cli deps k8s ## run the suite against proxiers broken on purpose, one promise each (MODE, SELFTEST_JOBS=1); each must fail, the real one pass; table in SELFTEST_DIR/SELFTEST.md
 	@mkdir -p $(SELFTEST_DIR)
-	@echo "proxymodes: self-test of MODE=$(MODE) into $(SELFTEST_DIR)"
+	@echo "proxymodes: self-test of MODE=$(MODE) into $(SELFTEST_DIR), $(SELFTEST_JOBS) at a time"
 	@$(GO) test -c -o $(SELFTEST_DIR)/conformance.test ./suites/conformance
 	@trap 'echo "proxymodes: self-test interrupted" >&2; exit 130' INT TERM; \
 	k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); \
 	$(PROXYMODES) selftest cases $(MODE) > $(SELFTEST_DIR)/runs; \
-	while read -r name labels; do \
-		start=$$(date +%s); fault=$$name; [ "$$name" = unbroken ] && fault=; \
+	one() { local name=$$1 labels=$$2 lab=$$3 start=$$(date +%s) fault=$$1 res; [ "$$name" = unbroken ] && fault=; \
 		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=local PROXYMODES_IMPL=reference PROXYMODES_FAULT=$$fault \
 			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SELFTEST_DIR)/$$name \
-			$(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
+			env $$lab $(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
 			&& res=passed || res=failed; \
 		[ "$$name" != unbroken ] && [ $$res = passed ] && res="passed: the suite did not notice the fault"; \
-		echo "proxymodes: self-test $$name ($${labels:-the whole suite}): the suite $$res in $$(( $$(date +%s) - start ))s"; \
-	done < $(SELFTEST_DIR)/runs
+		echo "proxymodes: self-test $$name ($${labels:-the whole suite}): the suite $$res in $$(( $$(date +%s) - start ))s"; }; \
+	if [ "$(SELFTEST_JOBS)" -le 1 ]; then \
+		while read -r name labels; do one "$$name" "$$labels" ""; done < $(SELFTEST_DIR)/runs; \
+	else \
+		i=0; while read -r name labels; do \
+			while [ $$(jobs -rp | wc -l) -ge $(SELFTEST_JOBS) ]; do wait -n; done; \
+			i=$$((i + 1)); one "$$name" "$$labels" "LAB_ISOLATED=1 PROXYMODES_LAB_NAME=st$$i" & \
+		done < <(grep '^unbroken' $(SELFTEST_DIR)/runs; grep -v '^unbroken' $(SELFTEST_DIR)/runs); wait; \
+	fi
 	@$(PROXYMODES) selftest report $(SELFTEST_DIR) $(MODE)
 
 check-mode:
