@@ -2,11 +2,13 @@ package conformance
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/e2e-framework/pkg/types"
 
+	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/suites/suite"
@@ -53,6 +55,35 @@ func endpointChanges() types.Feature {
 			if !suite.ServedBy(s, second.Name) {
 				flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
 				a.Fatalf("after the removal converged, connections still failed or reached others: %s", s)
+			}
+		}).
+		// The pod of a deleted endpoint is gone, so a proxy that keeps the
+		// endpoint but retries another one (userspace) passes the check
+		// above. Here the endpoint leaves the Service while its pod keeps
+		// serving: any connection that reaches it is a kept endpoint.
+		Assess("an endpoint whose pod leaves the selector is dropped while the pod still serves", func(ctx context.Context, a *suite.A) {
+			if second.Name == "" {
+				a.Fatalf("no endpoints to start from (the previous assessments did not run)")
+			}
+			third := a.Fixture.Backends(a, 1)[0]
+			a.Eventually("the added endpoint serves too", a.Converge(),
+				func() probe.Summary { return a.Probe(tg, 40, quick) },
+				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name, third.Name) })
+			start := time.Now()
+			a.Fixture.Unselect(a, third)
+			a.Eventually("only the endpoint still selected serves", a.Converge(),
+				func() probe.Summary { return a.Probe(tg, 20, quick) },
+				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name) })
+			took := a.ConvergedSince(start)
+			s := a.Probe(tg, 100, quick)
+			direct := a.Probe(probe.Target{NS: tg.NS, Addr: netip.AddrPortFrom(third.IP, backend.TCPPort), Proto: probe.TCP}, 3, quick)
+			if !suite.ServedBy(direct, third.Name) {
+				a.Fatalf("%s stopped answering when it left the selector, so this check cannot see a kept endpoint: %s", third.Name, direct)
+			}
+			a.Evidence("%s unselected (its pod still answers directly): dropped within %s; then %s", third.Name, took.Round(10*time.Millisecond), suite.Distribution(s, []string{second.Name}))
+			if !suite.ServedBy(s, second.Name) {
+				flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
+				a.Fatalf("after the unselected endpoint's removal converged, connections still failed or reached it: %s", s)
 			}
 		}).Feature()
 }

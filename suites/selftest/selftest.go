@@ -36,6 +36,7 @@ const (
 	expiry     = "after timeoutSeconds a client can move"
 	added      = "an added endpoint is picked up"
 	removed    = "a removed endpoint is dropped"
+	unselected = "an endpoint whose pod leaves the selector is dropped while the pod still serves"
 	rules      = "nothing in iptables, nftables, ipsets or proxy listeners refers to a deleted Service"
 	ipvsState  = "no IPVS virtual server or bound VIP remains"
 	staleUDP   = "stale UDP conntrack entries to a removed endpoint are cleared"
@@ -60,7 +61,10 @@ var table = []struct {
 	{Case{fault.AffinityEarlyExpiry, "affinity", []string{idle}}, nil},
 	{Case{fault.AffinityNeverExpires, "affinity", []string{expiry}}, nil},
 	{Case{fault.EndpointAddIgnored, "endpoints", []string{added}}, nil},
-	{Case{fault.RemovedEndpointKept, "endpoints", []string{removed}}, nil},
+	// Userspace retries past the dead pod of a deleted endpoint, so only
+	// an endpoint whose pod still serves shows that it was kept.
+	{Case{fault.RemovedEndpointKept, "endpoints", []string{removed}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.RemovedEndpointKept, "endpoints", []string{unselected}}, []string{"userspace"}},
 	// A feature stops at its first failed assessment, so a fault is caught
 	// by the first assessment it breaks; the IPVS-state one comes after.
 	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules}}, nil},

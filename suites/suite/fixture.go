@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/proxymodes/proxymodes/harness/backend"
@@ -54,6 +55,9 @@ type Fixture struct {
 	mu       sync.Mutex
 	pods     []cluster.Pod
 	services []string
+	// made counts the backends made, deleted ones included, so that a
+	// new one never takes a live one's name.
+	made int
 }
 
 // Selector is the label set of the feature's backends.
@@ -83,7 +87,8 @@ func (fx *Fixture) backends(a *A, n int, labels map[string]string) []cluster.Pod
 	a.Helper()
 	nodes := fx.c.Info().Nodes
 	fx.mu.Lock()
-	first := len(fx.pods)
+	first := fx.made
+	fx.made += n
 	fx.mu.Unlock()
 	var out []cluster.Pod
 	for i := first; i < first+n; i++ {
@@ -123,6 +128,18 @@ func (fx *Fixture) DeletePod(a *A, p cluster.Pod) {
 			fx.pods = append(fx.pods[:i], fx.pods[i+1:]...)
 			break
 		}
+	}
+}
+
+// Unselect takes a pod out of every Service of the feature by removing
+// the labels they select on; the pod itself keeps running and serving, so
+// a proxy that keeps its endpoint still reaches it. A deleted pod cannot
+// show that: a proxy that retries (userspace) hides a dead endpoint.
+func (fx *Fixture) Unselect(a *A, p cluster.Pod) {
+	a.Helper()
+	patch := []byte(`{"metadata":{"labels":{"app":null,"group":null}}}`)
+	if _, err := fx.c.Client().CoreV1().Pods(p.Namespace).Patch(a.Ctx, p.Name, k8stypes.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		a.Fatalf("taking pod %s out of the selector: %v", p, err)
 	}
 }
 
