@@ -357,19 +357,48 @@ func claim(opts Options, log cluster.Logger) error {
 	return nil
 }
 
+// A name lock outlives its lab only when a run was killed: the leak check
+// reports it once nobody holds it, until Down removes it.
+func init() {
+	leak.RegisterFiles(func(lab string) []string {
+		if nameLockFree(lab) {
+			return []string{nameLockPath(lab)}
+		}
+		return nil
+	})
+}
+
+// nameLockFree: the lab's name lock exists and nobody holds it.
+func nameLockFree(name string) bool {
+	return withFreeNameLock(name, func() {})
+}
+
+// removeFreeNameLock removes the name lock a killed isolated lab left,
+// unless a live run holds it.
+func removeFreeNameLock(name string) {
+	withFreeNameLock(name, func() { os.Remove(nameLockPath(name)) })
+}
+
+// withFreeNameLock runs fn holding the lab's name lock, if the file exists
+// (it is never created here) and nobody else holds it.
+func withFreeNameLock(name string, fn func()) bool {
+	fl := flock.New(nameLockPath(name), flock.SetFlag(os.O_RDWR))
+	defer fl.Close()
+	if ok, err := fl.TryLock(); err != nil || !ok {
+		return false
+	}
+	fn()
+	return true
+}
+
 // isolatedLive says whether another isolated lab is in use: persistent,
 // its owner alive, or its name lock held.
 func isolatedLive(name string, st state) bool {
 	if st.OwnerPID == 0 || proc.Alive(st.OwnerPID) {
 		return true
 	}
-	if _, err := os.Stat(nameLockPath(name)); err != nil {
-		return false // never locked: nobody holds it
-	}
-	fl := flock.New(nameLockPath(name))
-	defer fl.Close()
-	ok, err := fl.TryLock()
-	return err != nil || !ok
+	_, err := os.Stat(nameLockPath(name))
+	return err == nil && !nameLockFree(name)
 }
 
 func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
@@ -444,6 +473,10 @@ func (l *Lab) Down(ctx context.Context) error {
 	}
 	errs = append(errs, Down(ctx, l.opts.Name, l.log))
 	if l.lock != nil {
+		if l.opts.Isolated {
+			// Removed while held, so no run finds it free and half gone.
+			os.Remove(nameLockPath(l.opts.Name))
+		}
 		l.lock.Close()
 		l.lock = nil
 	}
@@ -485,6 +518,7 @@ func Down(ctx context.Context, name string, log cluster.Logger) error {
 	}
 	errs = append(errs, os.RemoveAll(leak.StateDir(name)))
 	errs = append(errs, uml.RemoveLabRuns(name))
+	removeFreeNameLock(name)
 	if left := leak.Check(name); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("lab %s: still present after down: %v", name, left))
 	}
