@@ -44,18 +44,9 @@ func endpointChanges() types.Feature {
 			if second.Name == "" {
 				a.Fatalf("no endpoints to remove (the previous assessment did not run)")
 			}
-			start := time.Now()
-			a.Fixture.DeletePod(a, first)
-			a.Eventually("only the remaining endpoint serves", a.Converge(),
-				func() probe.Summary { return a.Probe(tg, 20, quick) },
-				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name) })
-			took := a.ConvergedSince(start)
-			s := a.Probe(tg, 100, quick)
+			took, s := dropped(a, tg, second, "only the remaining endpoint serves", func() { a.Fixture.DeletePod(a, first) })
 			a.Evidence("%s removed: dropped within %s; then %s", first.Name, took.Round(10*time.Millisecond), suite.Distribution(s, []string{second.Name}))
-			if !suite.ServedBy(s, second.Name) {
-				flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
-				a.Fatalf("after the removal converged, connections still failed or reached others: %s", s)
-			}
+			onlyServedBy(a, tg, s, second, "after the removal converged, connections still failed or reached others")
 		}).
 		// The pod of a deleted endpoint is gone, so a proxy that keeps the
 		// endpoint but retries another one (userspace) passes the check
@@ -69,23 +60,37 @@ func endpointChanges() types.Feature {
 			a.Eventually("the added endpoint serves too", a.Converge(),
 				func() probe.Summary { return a.Probe(tg, 40, quick) },
 				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name, third.Name) })
-			start := time.Now()
-			a.Fixture.Unselect(a, third)
-			a.Eventually("only the endpoint still selected serves", a.Converge(),
-				func() probe.Summary { return a.Probe(tg, 20, quick) },
-				func(s probe.Summary) bool { return suite.ServedBy(s, second.Name) })
-			took := a.ConvergedSince(start)
-			s := a.Probe(tg, 100, quick)
+			took, s := dropped(a, tg, second, "only the endpoint still selected serves", func() { a.Fixture.Unselect(a, third) })
 			direct := a.Probe(probe.Target{NS: tg.NS, Addr: netip.AddrPortFrom(third.IP, backend.TCPPort), Proto: probe.TCP}, 3, quick)
 			if !suite.ServedBy(direct, third.Name) {
 				a.Fatalf("%s stopped answering when it left the selector, so this check cannot see a kept endpoint: %s", third.Name, direct)
 			}
 			a.Evidence("%s unselected (its pod still answers directly): dropped within %s; then %s", third.Name, took.Round(10*time.Millisecond), suite.Distribution(s, []string{second.Name}))
-			if !suite.ServedBy(s, second.Name) {
-				flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
-				a.Fatalf("after the unselected endpoint's removal converged, connections still failed or reached it: %s", s)
-			}
+			onlyServedBy(a, tg, s, second, "after the unselected endpoint's removal converged, connections still failed or reached it")
 		}).Feature()
+}
+
+// dropped takes an endpoint away with remove, waits until only keep serves,
+// and returns how long that took and 100 connections measured after it.
+func dropped(a *suite.A, tg probe.Target, keep cluster.Pod, what string, remove func()) (time.Duration, probe.Summary) {
+	a.Helper()
+	start := time.Now()
+	remove()
+	a.Eventually(what, a.Converge(),
+		func() probe.Summary { return a.Probe(tg, 20, quick) },
+		func(s probe.Summary) bool { return suite.ServedBy(s, keep.Name) })
+	took := a.ConvergedSince(start)
+	return took, a.Probe(tg, 100, quick)
+}
+
+// onlyServedBy fails, with the client node's flows, unless keep served
+// every connection of s.
+func onlyServedBy(a *suite.A, tg probe.Target, s probe.Summary, keep cluster.Pod, failure string) {
+	a.Helper()
+	if !suite.ServedBy(s, keep.Name) {
+		flowState(a, clients(a, 1)[0].Node, "tcp", tg.Addr)
+		a.Fatalf("%s: %s", failure, s)
+	}
 }
 
 // noEndpoints: a Service without endpoints rejects connections at once
