@@ -83,7 +83,7 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 	run "go vet ./..." $(GO) vet ./...; \
 	run "the self-test build of the proxier (tag pm_selftest) compiles and its faults switch on" \
 		bash -c '$(GO) test -count=1 -tags pm_selftest ./proxier/fault ./proxier/server ./proxier/cmd/proxier && \
-			$(GO) test -count=1 -tags pm_selftest -run Fault ./proxier/ipvs ./proxier/nftables'; \
+			$(GO) test -count=1 -tags pm_selftest -run Fault ./proxier/iptables ./proxier/ipvs ./proxier/nftables'; \
 	case "$(TEST_LANES)" in \
 	1) for t in $(TEST_STEPS); do token $$t "" || { table; exit 1; }; done;; \
 	3) lane 1 $(TEST_LANE_1) & l1=$$!; lane 2 $(TEST_LANE_2) & l2=$$!; lane 3 $(TEST_LANE_3) & l3=$$!; \

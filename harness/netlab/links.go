@@ -89,6 +89,26 @@ func Enslave(ns, link, bridge string) error {
 	})
 }
 
+// Hairpin lets a bridge port send frames back out the port they came in
+// on, as kubelet and the CNI bridge plugin (hairpinMode) set up every pod's
+// port. With br_netfilter loaded (Docker loads it, and a new namespace
+// starts with bridge-nf-call-iptables=1), a pod's packet to its own
+// Service is DNATed while it is still being bridged, so its reply to itself
+// leaves by the port it came from; without hairpin mode the bridge drops it
+// and a pod cannot reach itself through its Service.
+func Hairpin(ns, link string) error {
+	return WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(link)
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", nsLabel(ns), link, err)
+		}
+		if err := h.LinkSetHairpin(l, true); err != nil {
+			return fmt.Errorf("hairpin mode on %s/%s: %w", nsLabel(ns), link, err)
+		}
+		return nil
+	})
+}
+
 // LinkUp assigns addr (if valid) and sets the link up.
 func LinkUp(ns, name string, addr netip.Prefix) error {
 	return WithHandle(ns, func(h *netlink.Handle) error {

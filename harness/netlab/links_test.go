@@ -69,3 +69,47 @@ func TestBridgeMACDoesNotFollowItsPorts(t *testing.T) {
 		t.Errorf("two bridges of one namespace share MAC %s", a)
 	}
 }
+
+// Without hairpin mode on a pod's port, a pod cannot reach itself through
+// its Service wherever br_netfilter is loaded (see Hairpin); the
+// conformance suite's hairpin assessment failed that way in the lab.
+func TestHairpinSetsThePortMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it creates a network namespace")
+	}
+	ns := "pm-test-netlab-hp"
+	_ = DeleteNS(ns)
+	if err := CreateNS(ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = DeleteNS(ns) })
+	if err := Bridge(ns, "br0", netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Veth(End{NS: ns, Name: "vp0"}, End{NS: ns, Name: "vp1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Enslave(ns, "vp0", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Hairpin(ns, "vp0"); err != nil {
+		t.Fatal(err)
+	}
+	err := WithHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName("vp0")
+		if err != nil {
+			return err
+		}
+		pi, err := h.LinkGetProtinfo(l)
+		if err != nil {
+			return err
+		}
+		if !pi.Hairpin {
+			t.Errorf("vp0: hairpin mode off after Hairpin: %+v", pi)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

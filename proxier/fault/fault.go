@@ -51,24 +51,40 @@ const (
 	// NoEndpointsDropped drops packets to a Service without endpoints
 	// instead of rejecting them.
 	NoEndpointsDropped Fault = "no-endpoints-dropped"
+	// HairpinNotMasqueraded leaves out the SNAT of a pod's connection to
+	// itself through its Service (iptables, nftables, ipvs).
+	HairpinNotMasqueraded Fault = "hairpin-not-masqueraded"
+	// PodSourceMasqueraded masquerades all traffic to cluster IPs, as
+	// --masquerade-all does, so backends see a node instead of the client
+	// pod.
+	PodSourceMasqueraded Fault = "pod-source-masqueraded"
 )
 
 // Descriptions says what each fault breaks, for help texts and reports.
 var Descriptions = map[Fault]string{
-	AffinityIgnored:      "sessionAffinity: ClientIP is ignored",
-	AffinityEarlyExpiry:  "affinity expires after a quarter of timeoutSeconds",
-	AffinityNeverExpires: "affinity ignores timeoutSeconds and lasts 3 hours",
-	StaleConntrackKept:   "conntrack entries to removed UDP endpoints are never deleted",
-	EndpointAddIgnored:   "endpoints added to a Service port that has some are ignored",
-	RemovedEndpointKept:  "removed endpoints keep getting traffic",
-	ServiceDeleteIgnored: "a deleted Service keeps its rules",
-	IPVSStateKept:        "a deleted Service's IPVS virtual servers and VIPs are kept",
-	NodePortIgnored:      "NodePorts are not programmed",
-	RandomSkewed:         "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",
-	RoundRobinBroken:     "round-robin is replaced by a random or hashed choice",
-	RetryDisabled:        "a failed dial is not retried on another endpoint",
-	NoEndpointsDropped:   "a Service without endpoints drops packets instead of rejecting",
+	AffinityIgnored:       "sessionAffinity: ClientIP is ignored",
+	AffinityEarlyExpiry:   "affinity expires after a quarter of timeoutSeconds",
+	AffinityNeverExpires:  "affinity ignores timeoutSeconds and lasts 3 hours",
+	StaleConntrackKept:    "conntrack entries to removed UDP endpoints are never deleted",
+	EndpointAddIgnored:    "endpoints added to a Service port that has some are ignored",
+	RemovedEndpointKept:   "removed endpoints keep getting traffic",
+	ServiceDeleteIgnored:  "a deleted Service keeps its rules",
+	IPVSStateKept:         "a deleted Service's IPVS virtual servers and VIPs are kept",
+	NodePortIgnored:       "NodePorts are not programmed",
+	RandomSkewed:          "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",
+	RoundRobinBroken:      "round-robin is replaced by a random or hashed choice",
+	RetryDisabled:         "a failed dial is not retried on another endpoint",
+	NoEndpointsDropped:    "a Service without endpoints drops packets instead of rejecting",
+	HairpinNotMasqueraded: "a pod's connection to itself through its Service is not SNATed",
+	PodSourceMasqueraded:  "traffic from pods to cluster IPs is masqueraded (backends lose the client's address)",
 }
+
+// Hairpin says whether the kernel modes SNAT a pod's connection to itself.
+func Hairpin() bool { return Current() != HairpinNotMasqueraded }
+
+// MasqueradeAll is the proxier's --masquerade-all, forced on by
+// PodSourceMasqueraded.
+func MasqueradeAll(flag bool) bool { return flag || Current() == PodSourceMasqueraded }
 
 // RejectTarget is the iptables target for traffic to a Service without
 // endpoints: REJECT, or DROP for NoEndpointsDropped.

@@ -501,7 +501,9 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			chains.chain(sep)
 			// Hairpin: a pod reaching itself through the service needs
 			// SNAT or it would answer itself directly.
-			rules.add(append(comment([]string{"-A", sep}, label), "-s", ep.IP.String(), "-j", markMasqChain)...)
+			if fault.Hairpin() {
+				rules.add(append(comment([]string{"-A", sep}, label), "-s", ep.IP.String(), "-j", markMasqChain)...)
+			}
 			args := comment([]string{"-A", sep}, label)
 			if svc.ClientIPAffinity {
 				args = append(args, "-m", "recent", "--name", sep, "--set")

@@ -41,3 +41,29 @@ func TestIPVSStateKeptFault(t *testing.T) {
 		t.Errorf("the rules still hold the deleted Service, so the rules assessment would catch the fault first:\n%s", e.ipt.Dump())
 	}
 }
+
+// hairpin-not-masqueraded drops the per-endpoint hairpin MASQUERADE rules
+// and nothing else.
+func TestHairpinFault(t *testing.T) {
+	dump := func() string {
+		e := newEnv(t)
+		b, _ := webSnap()
+		e.sync(t, b.Snap, fullSync())
+		return e.ipt.Dump()
+	}
+	before := dump()
+	if !strings.Contains(before, "proxymodes ipvs hairpin") {
+		t.Fatalf("no hairpin rule to take away:\n%s", before)
+	}
+	t.Cleanup(fault.Set(fault.HairpinNotMasqueraded))
+	after := dump()
+	var kept []string
+	for _, l := range strings.Split(before, "\n") {
+		if !strings.Contains(l, "proxymodes ipvs hairpin") {
+			kept = append(kept, l)
+		}
+	}
+	if want := strings.Join(kept, "\n"); after != want {
+		t.Errorf("with the fault the rules are\n%s\nwant the unbroken ones without the hairpin rules:\n%s", after, want)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
 
@@ -171,7 +172,7 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 		svc := snap.Services[name]
 		proto := strings.ToLower(string(svc.Protocol))
 		for _, ep := range core.UsableEndpoints(snap.Endpoints[name]) {
-			if !ep.IP.Is4() {
+			if !ep.IP.Is4() || !fault.Hairpin() {
 				continue
 			}
 			key := proto + "/" + ep.String()

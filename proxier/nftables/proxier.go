@@ -459,7 +459,9 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	for i, ep := range eps {
 		// Hairpin: a pod reaching itself through the Service needs SNAT,
 		// or it would answer itself directly.
-		rule(epChains[i], "ip saddr", ep.IP, "jump", markMasqChain)
+		if fault.Hairpin() {
+			rule(epChains[i], "ip saddr", ep.IP, "jump", markMasqChain)
+		}
 		if svc.ClientIPAffinity {
 			rule(epChains[i], "update", "@"+affinity[i], "{ ip saddr }")
 		}

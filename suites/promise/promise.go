@@ -44,6 +44,13 @@ type Promise struct {
 	// Retry: when the chosen backend fails, the proxy tries another one, so
 	// clients see no failure while one backend works.
 	Retry bool
+	// PodSourceKept: a backend reached through a ClusterIP from a pod sees
+	// that pod's address. The kernel modes DNAT and keep the source; the
+	// userspace proxy opens its own connection from the node. Hairpin and
+	// NodePort traffic is SNATed to the node in every mode (a pod cannot
+	// answer itself, and another node's backend must answer through the
+	// node that took the connection), so that is no column.
+	PodSourceKept bool
 	// AffinityExpirySlack is how long past timeoutSeconds (counted from a
 	// client's last connection) the affinity may still hold.
 	AffinityExpirySlack time.Duration
@@ -56,21 +63,22 @@ type Promise struct {
 // Table is what each mode promises.
 var Table = []Promise{
 	{
-		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true,
+		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, Listeners},
 		Basis: "kube-proxy userspace (removed in 1.26): the node proxy accepts, picks round-robin, " +
-			"honours ClientIP affinity and retries the next endpoint with growing dial timeouts (250ms, 500ms, 1s, 2s)",
+			"honours ClientIP affinity and retries the next endpoint with growing dial timeouts (250ms, 500ms, 1s, 2s); " +
+			"backends see the node's address, never the client pod's",
 	},
 	{
-		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false,
+		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables},
 		Basis: "statistic --mode random --probability 1/(n-i) chains; ClientIP affinity with the recent module; " +
 			"no retry: a connection whose DNAT target does not answer fails",
 	},
 	{
-		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false,
+		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
 		// An IPVS persistence template cannot expire while connections it
 		// controls are still in IPVS's table, and a closed TCP connection
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
@@ -88,7 +96,7 @@ var Table = []Promise{
 			"no retry; VIPs bound to a dummy device",
 	},
 	{
-		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false,
+		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, NFTables},
 		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
@@ -161,7 +169,7 @@ func (p Promise) Summary() string {
 		cc = append(cc, string(c))
 	}
 	sort.Strings(cc)
-	return fmt.Sprintf("selection=%s affinity=%t retry=%t cleanup=%s", p.Selection, p.ClientIPAffinity, p.Retry, strings.Join(cc, "+"))
+	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t cleanup=%s", p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, strings.Join(cc, "+"))
 }
 
 // Has reports whether the mode keeps state of kind i.

@@ -45,6 +45,8 @@ const (
 	cyclic     = "connections from one client follow a fixed cyclic order"
 	refuses    = "one of three backends refuses connections"
 	refused    = "a Service without endpoints refuses TCP connections promptly"
+	hairpin    = "a pod reaches itself through its own Service (hairpin) and sees an address of its node"
+	podSource  = "a backend reached through a ClusterIP sees the client pod's address (kernel modes) or the client node's (userspace)"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -76,6 +78,10 @@ var table = []struct {
 	// runs against this fault (a gap: no fault proves that one yet).
 	{Case{fault.RetryDisabled, "retry", []string{refuses}}, []string{"userspace"}},
 	{Case{fault.NoEndpointsDropped, "no-endpoints", []string{refused}}, []string{"userspace", "iptables", "nftables"}},
+	// The userspace proxy always connects from the node: neither SNAT is
+	// a rule there to break.
+	{Case{fault.HairpinNotMasqueraded, "source-ip", []string{hairpin}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.PodSourceMasqueraded, "source-ip", []string{podSource}}, []string{"iptables", "ipvs", "nftables"}},
 }
 
 // Modes the self-test knows.

@@ -303,3 +303,37 @@ func IPVSPersistence(dump, proto string, vip netip.AddrPort) (int, bool) {
 	}
 	return 0, false
 }
+
+// NodeAddrs returns the addresses bound in a namespace, loopback left out:
+// the addresses a node may masquerade traffic to (its link to the other
+// nodes, its pods' gateway, and in ipvs mode the VIPs on its dummy device).
+func NodeAddrs(ctx context.Context, c cluster.Cluster, ns string) ([]netip.Addr, error) {
+	out, err := DumpAddrs(ctx, c, ns)
+	if err != nil {
+		return nil, err
+	}
+	addrs := ParseAddrs(out)
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("no address in %s: `ip -o addr show` printed %q", ns, out)
+	}
+	return addrs, nil
+}
+
+// ParseAddrs reads the non-loopback addresses of an `ip -o addr show`
+// listing ("2: eth0    inet 198.18.0.2/24 brd ... scope global eth0").
+func ParseAddrs(out string) []netip.Addr {
+	var addrs []netip.Addr
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] != "inet" && f[i] != "inet6" {
+				continue
+			}
+			if p, err := netip.ParsePrefix(f[i+1]); err == nil && !p.Addr().IsLoopback() {
+				addrs = append(addrs, p.Addr())
+			}
+			break
+		}
+	}
+	return addrs
+}

@@ -1,6 +1,7 @@
 package suite
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -73,5 +74,18 @@ UDP  198.19.0.12:53 rr persistent 45`
 		if secs != c.secs || found != c.found {
 			t.Errorf("%s %s: got %d %t, want %d %t", c.proto, c.vip, secs, found, c.secs, c.found)
 		}
+	}
+}
+
+func TestParseAddrs(t *testing.T) {
+	out := `1: lo    inet 127.0.0.1/8 scope host lo\       valid_lft forever preferred_lft forever
+1: lo    inet6 ::1/128 scope host noprefixroute \       valid_lft forever preferred_lft forever
+2: mgmt0    inet 198.18.0.2/24 brd 198.18.0.255 scope global mgmt0\       valid_lft forever preferred_lft forever
+3: br0    inet 198.18.64.1/24 scope global br0\       valid_lft forever preferred_lft forever
+4: kube-ipvs0    inet 198.19.0.10/32 scope global kube-ipvs0\       valid_lft forever preferred_lft forever
+`
+	got := fmt.Sprint(ParseAddrs(out))
+	if want := "[198.18.0.2 198.18.64.1 198.19.0.10]"; got != want {
+		t.Errorf("ParseAddrs = %s, want %s", got, want)
 	}
 }

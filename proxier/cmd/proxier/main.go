@@ -123,6 +123,7 @@ func run(args []string, errOut io.Writer) int {
 	if f := fault.Current(); f != "" {
 		klog.InfoS("SELF-TEST BUILD: breaking a promise on purpose", "fault", f, "breaks", fault.Descriptions[f])
 	}
+	o.masqueradeAll = fault.MasqueradeAll(o.masqueradeAll)
 
 	if o.cleanup {
 		if err := cleanupAll(newExec()); err != nil {

@@ -219,6 +219,9 @@ func (h *Host) AddPod(ctx context.Context, s PodSlot) error {
 	if err := netlab.Enslave(nodeNS, veth, podBridge); err != nil {
 		return err
 	}
+	if err := netlab.Hairpin(nodeNS, veth); err != nil {
+		return err
+	}
 	// Only the lab range is routed: a pod has no way out.
 	if err := netlab.Route(pod.NS, addrplan.Lab, addrplan.PodGateway(s.Node).Addr(), ""); err != nil {
 		return err

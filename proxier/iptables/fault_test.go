@@ -1,0 +1,47 @@
+//go:build pm_selftest
+
+package iptables
+
+import (
+	"testing"
+
+	"github.com/proxymodes/proxymodes/proxier/core"
+	"github.com/proxymodes/proxymodes/proxier/fault"
+)
+
+// hairpin-not-masqueraded leaves a pod's packet to its own Service
+// unmarked, so nothing SNATs it; pod-source-masqueraded marks every pod's
+// packet to a cluster IP. The suite's source-address feature must catch
+// both.
+func TestSourceFaults(t *testing.T) {
+	b := twoServices()
+	name := firstWithEndpoints(b.Snap, 1)
+	ep := core.UsableEndpoints(b.Snap.Endpoints[name])[0]
+	vip := b.Snap.Services[name].ClusterIP
+	marked := func(p Packet) bool {
+		t.Helper()
+		px, fake := newFakeProxier(t)
+		if err := px.Sync(b.Snap, fullSync()); err != nil {
+			t.Fatal(err)
+		}
+		outs, err := fake.Trace("nat", "PREROUTING", p)
+		if err != nil || len(outs) != 1 {
+			t.Fatalf("trace %+v: %v %v", p, outs, err)
+		}
+		return outs[0].Mark&masqMark != 0
+	}
+	hairpin := Packet{Protocol: "tcp", Src: ep.IP, Dst: vip, DstPort: 80}
+	other := Packet{Protocol: "tcp", Src: podClient, Dst: vip, DstPort: 80}
+	if !marked(hairpin) || marked(other) {
+		t.Fatal("unbroken: a hairpin packet must be marked for SNAT and another pod's not")
+	}
+	t.Cleanup(fault.Set(fault.HairpinNotMasqueraded))
+	if marked(hairpin) {
+		t.Error("hairpin-not-masqueraded: the hairpin packet is still marked for SNAT")
+	}
+	// MasqueradeAll is the binary's flag: the fault sets it there.
+	fault.Set(fault.PodSourceMasqueraded)
+	if !fault.MasqueradeAll(false) || fault.Hairpin() != true {
+		t.Error("pod-source-masqueraded: --masquerade-all is not forced on, or hairpin changed")
+	}
+}
