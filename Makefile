@@ -141,7 +141,7 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 	@trap 'echo "proxymodes: self-test interrupted" >&2; exit 130' INT TERM; \
 	k8s=$$(clusters/k8s/build.sh controlplane kube-proxy); \
 	$(PROXYMODES) selftest cases $(MODE) > $(SELFTEST_DIR)/runs; \
-	one() { local name=$$1 labels=$$2 lab=$$3 start=$$(date +%s) fault=$$1 res; [ "$$name" = unbroken ] && fault=; \
+	one() { local name=$$1 labels=$$2 lab=$$3 start=$$(date +%s) fault=$${1%@*} res; [ "$$name" = unbroken ] && fault=; \
 		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=local PROXYMODES_IMPL=reference PROXYMODES_FAULT=$$fault \
 			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SELFTEST_DIR)/$$name \
 			env $$lab $(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \

@@ -27,6 +27,10 @@ type Case struct {
 	Assessments []string
 }
 
+// Name names the case's run and its directory: "<fault>@<feature>", so
+// that one fault can be checked by several features.
+func (c Case) Name() string { return string(c.Fault) + "@" + c.Feature }
+
 // Unbroken names the run of the shipped proxier over the same features.
 const Unbroken = "unbroken"
 
@@ -47,6 +51,8 @@ const (
 	refused    = "a Service without endpoints refuses TCP connections promptly"
 	hairpin    = "a pod reaches itself through its own Service (hairpin) and sees an address of its node"
 	podSource  = "a backend reached through a ClusterIP sees the client pod's address (kernel modes) or the client node's (userspace)"
+	udpDropped = "removing UDP from a port number that TCP shares stops UDP, and TCP serves throughout"
+	sliceGone  = "deleting one EndpointSlice drops exactly its endpoints"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -82,6 +88,11 @@ var table = []struct {
 	// a rule there to break.
 	{Case{fault.HairpinNotMasqueraded, "source-ip", []string{hairpin}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.PodSourceMasqueraded, "source-ip", []string{podSource}}, []string{"iptables", "ipvs", "nftables"}},
+	// A Service port that goes away is a deleted Service port to the
+	// tracker, so the same fault keeps UDP; and a deleted slice's endpoints
+	// are removed ones whose pods still serve.
+	{Case{fault.ServiceDeleteIgnored, "same-port", []string{udpDropped}}, nil},
+	{Case{fault.RemovedEndpointKept, "slices", []string{sliceGone}}, nil},
 }
 
 // Modes the self-test knows.
@@ -109,7 +120,7 @@ func Cases(mode string) ([]Case, error) {
 func Runs(cs []Case) []string {
 	var out []string
 	for _, c := range cs {
-		out = append(out, fmt.Sprintf("%s feature=%s", c.Fault, c.Feature))
+		out = append(out, fmt.Sprintf("%s feature=%s", c.Name(), c.Feature))
 	}
 	return append(out, Unbroken)
 }
@@ -146,7 +157,7 @@ func (r *Result) OK() bool {
 	return true
 }
 
-// Evaluate reads dir/<fault>/results.json for every case and
+// Evaluate reads dir/<case name>/results.json for every case and
 // dir/unbroken/results.json.
 func Evaluate(dir, mode string) (*Result, error) {
 	cs, err := Cases(mode)
@@ -155,9 +166,9 @@ func Evaluate(dir, mode string) (*Result, error) {
 	}
 	res := &Result{Mode: mode}
 	for _, c := range cs {
-		run, err := load(filepath.Join(dir, string(c.Fault)))
+		run, err := load(filepath.Join(dir, c.Name()))
 		if err != nil {
-			res.Broken = append(res.Broken, fmt.Sprintf("%s: %v", c.Fault, err))
+			res.Broken = append(res.Broken, fmt.Sprintf("%s: %v", c.Name(), err))
 		}
 		for _, name := range c.Assessments {
 			row := Row{Fault: string(c.Fault), Breaks: fault.Descriptions[c.Fault], Mode: mode, Feature: c.Feature, Assessment: name}
@@ -178,11 +189,11 @@ func Evaluate(dir, mode string) (*Result, error) {
 		}
 		if run != nil {
 			for _, e := range run.Errors {
-				res.Broken = append(res.Broken, fmt.Sprintf("%s: %s", c.Fault, report.FirstLine(e)))
+				res.Broken = append(res.Broken, fmt.Sprintf("%s: %s", c.Name(), report.FirstLine(e)))
 			}
 		}
 		if run != nil && run.Settings["fault"] != string(c.Fault) {
-			res.Broken = append(res.Broken, fmt.Sprintf("%s: the run's settings name fault %q: it did not run the broken build", c.Fault, run.Settings["fault"]))
+			res.Broken = append(res.Broken, fmt.Sprintf("%s: the run's settings name fault %q: it did not run the broken build", c.Name(), run.Settings["fault"]))
 		}
 	}
 	run, err := load(filepath.Join(dir, Unbroken))

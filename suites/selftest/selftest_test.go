@@ -19,12 +19,12 @@ func TestEveryFaultHasACase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := map[fault.Fault]bool{}
+		seen := map[string]bool{}
 		for _, c := range cs {
-			if seen[c.Fault] {
-				t.Errorf("%s: fault %s has two cases", mode, c.Fault)
+			if seen[c.Name()] {
+				t.Errorf("%s: fault %s has two cases in feature %s", mode, c.Fault, c.Feature)
 			}
-			seen[c.Fault] = true
+			seen[c.Name()] = true
 			have[c.Fault]++
 			if len(c.Assessments) == 0 || c.Feature == "" {
 				t.Errorf("%s/%s: no feature or assessment", mode, c.Fault)
@@ -64,7 +64,7 @@ func TestEvaluate(t *testing.T) {
 	dir := t.TempDir()
 	cs, _ := Cases("iptables")
 	for _, c := range cs {
-		write(t, filepath.Join(dir, string(c.Fault)), run(string(c.Fault), report.Fail, c.Assessments...))
+		write(t, filepath.Join(dir, c.Name()), run(string(c.Fault), report.Fail, c.Assessments...))
 	}
 	var all []string
 	for _, c := range cs {
@@ -82,18 +82,20 @@ func TestEvaluate(t *testing.T) {
 	}
 
 	// A fault the suite does not catch fails the self-test.
-	write(t, filepath.Join(dir, string(fault.AffinityEarlyExpiry)), run(string(fault.AffinityEarlyExpiry), report.Pass, idle))
+	early := filepath.Join(dir, Case{Fault: fault.AffinityEarlyExpiry, Feature: "affinity"}.Name())
+	write(t, early, run(string(fault.AffinityEarlyExpiry), report.Pass, idle))
 	if res, _ := Evaluate(dir, "iptables"); res.OK() {
 		t.Error("an uncaught fault passed the self-test")
 	}
-	write(t, filepath.Join(dir, string(fault.AffinityEarlyExpiry)), run(string(fault.AffinityEarlyExpiry), report.Fail, idle))
+	write(t, early, run(string(fault.AffinityEarlyExpiry), report.Fail, idle))
 
 	// So does a run that did not run the broken build.
-	write(t, filepath.Join(dir, string(fault.NodePortIgnored)), run("", report.Fail, nodePortRW))
+	np := filepath.Join(dir, Case{Fault: fault.NodePortIgnored, Feature: "nodeport"}.Name())
+	write(t, np, run("", report.Fail, nodePortRW))
 	if res, _ := Evaluate(dir, "iptables"); res.OK() {
 		t.Error("a run without its fault counted as caught")
 	}
-	write(t, filepath.Join(dir, string(fault.NodePortIgnored)), run(string(fault.NodePortIgnored), report.Fail, nodePortRW))
+	write(t, np, run(string(fault.NodePortIgnored), report.Fail, nodePortRW))
 
 	// And an unbroken proxier that fails.
 	write(t, filepath.Join(dir, Unbroken), run("", report.Fail, stick))
@@ -118,7 +120,7 @@ func TestEvaluate(t *testing.T) {
 func TestRuns(t *testing.T) {
 	cs, _ := Cases("userspace")
 	runs := Runs(cs)
-	if runs[0] != "affinity-ignored feature=affinity" {
+	if runs[0] != "affinity-ignored@affinity feature=affinity" {
 		t.Errorf("first run %q", runs[0])
 	}
 	if last := runs[len(runs)-1]; last != "unbroken" {

@@ -55,6 +55,7 @@ type Fixture struct {
 	mu       sync.Mutex
 	pods     []cluster.Pod
 	services []string
+	slices   []string
 	// made counts the backends made, deleted ones included, so that a
 	// new one never takes a live one's name.
 	made int
@@ -152,6 +153,12 @@ type ServiceOptions struct {
 	NodePort bool
 	// Affinity > 0 sets sessionAffinity ClientIP with this timeout.
 	Affinity time.Duration
+	// UDPPort replaces the UDP port's number (default UDPPort), e.g. to
+	// put UDP on the TCP port's number.
+	UDPPort uint16
+	// Selectorless leaves out the selector: the endpoints are the
+	// EndpointSlices the feature writes itself (Fixture.EndpointSlice).
+	Selectorless bool
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of
@@ -159,14 +166,18 @@ type ServiceOptions struct {
 func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 	a.Helper()
 	sel := o.Selector
-	if sel == nil {
+	if sel == nil && !o.Selectorless {
 		sel = fx.Selector()
+	}
+	udp := o.UDPPort
+	if udp == 0 {
+		udp = UDPPort
 	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: fx.Namespace()},
 		Spec: corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{
 			{Name: "tcp", Port: TCPPort, TargetPort: intstr.FromInt32(backend.TCPPort), Protocol: corev1.ProtocolTCP},
-			{Name: "udp", Port: UDPPort, TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
+			{Name: "udp", Port: int32(udp), TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
 		}},
 	}
 	if o.NodePort {
@@ -212,15 +223,22 @@ func SetAffinity(svc *corev1.Service, d time.Duration) {
 // UpdateAffinity changes a live Service's affinity.
 func (fx *Fixture) UpdateAffinity(a *A, name string, d time.Duration) {
 	a.Helper()
+	fx.UpdateService(a, name, func(svc *corev1.Service) { SetAffinity(svc, d) })
+}
+
+// UpdateService applies change to a live Service, again on a conflict.
+func (fx *Fixture) UpdateService(a *A, name string, change func(*corev1.Service)) *corev1.Service {
+	a.Helper()
 	svcs := fx.c.Client().CoreV1().Services(fx.Namespace())
 	for try := 0; ; try++ {
 		svc, err := svcs.Get(a.Ctx, name, metav1.GetOptions{})
 		if err != nil {
 			a.Fatalf("getting Service %s: %v", name, err)
 		}
-		SetAffinity(svc, d)
-		if _, err = svcs.Update(a.Ctx, svc, metav1.UpdateOptions{}); err == nil {
-			return
+		change(svc)
+		updated, err := svcs.Update(a.Ctx, svc, metav1.UpdateOptions{})
+		if err == nil {
+			return updated
 		}
 		if !apierrors.IsConflict(err) || try > 5 {
 			a.Fatalf("updating Service %s: %v", name, err)
@@ -235,21 +253,31 @@ func (fx *Fixture) DeleteService(a *A, name string) {
 		a.Fatalf("deleting Service %s: %v", name, err)
 	}
 	fx.mu.Lock()
-	defer fx.mu.Unlock()
-	for i, s := range fx.services {
+	fx.services = without(fx.services, name)
+	fx.mu.Unlock()
+}
+
+// without returns list without the first occurrence of name.
+func without(list []string, name string) []string {
+	for i, s := range list {
 		if s == name {
-			fx.services = append(fx.services[:i], fx.services[i+1:]...)
-			break
+			return append(list[:i], list[i+1:]...)
 		}
 	}
+	return list
 }
 
 func (fx *Fixture) cleanup(t *testing.T) {
 	fx.mu.Lock()
-	pods, svcs := fx.pods, fx.services
-	fx.pods, fx.services = nil, nil
+	pods, svcs, slices := fx.pods, fx.services, fx.slices
+	fx.pods, fx.services, fx.slices = nil, nil, nil
 	fx.mu.Unlock()
 	ctx := context.Background()
+	for _, name := range slices {
+		if err := fx.c.Client().DiscoveryV1().EndpointSlices(fx.Namespace()).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("teardown: deleting EndpointSlice %s: %v", name, err)
+		}
+	}
 	for _, s := range svcs {
 		if err := fx.c.Client().CoreV1().Services(fx.Namespace()).Delete(ctx, s, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			t.Errorf("teardown: deleting Service %s: %v", s, err)
