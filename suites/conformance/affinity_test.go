@@ -79,21 +79,15 @@ func clientIPAffinity() types.Feature {
 		Assess("14 clients spread across backends, each sticking to its own", func(ctx context.Context, a *suite.A) {
 			needAffinity(a)
 			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-spread", Affinity: longAffinity})
-			cs := clients(a, spreadClients)
-			programmedFor(a, svc, cs)
-			perBackend := map[string]int{}
-			for _, c := range cs {
-				s := a.Probe(tcpTo(c.NS, svc), perClient, quick)
-				b := allSame(s)
-				if b == "" {
-					a.Fatalf("client %s did not stick: %s", c.Name, suite.Distribution(s, names))
-				}
-				perBackend[b]++
-			}
-			a.Evidence("clients per backend: %s (each client %d/%d on its backend)", tally(perBackend), perClient, perClient)
-			if len(perBackend) < 2 {
-				a.Fatalf("all %d clients landed on one backend (%s); a random first choice does that with probability 3^-13 = 6.3e-7", spreadClients, tally(perBackend))
-			}
+			stickAndSpread(a, clients(a, spreadClients), viaClusterIP(svc), names)
+		}).
+		// Through a NodePort the node sees each client pod's own address
+		// (no SNAT on the way in), so the same 14 clients are 14 sources.
+		// A third of them reach the NodePort of their own node.
+		Assess("through a NodePort, 14 clients spread across backends, each sticking to its own", func(ctx context.Context, a *suite.A) {
+			needAffinity(a)
+			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-np", Affinity: longAffinity, NodePort: true})
+			stickAndSpread(a, clients(a, spreadClients), viaNodePort(svc, a.Cluster.Info().Nodes[0]), names)
 		}).
 		Assess("an idle client keeps its backend until timeoutSeconds", func(ctx context.Context, a *suite.A) {
 			needAffinity(a)
@@ -141,16 +135,28 @@ func clientIPAffinity() types.Feature {
 				a.Fatalf("%d of %d clients lost their backend while idle for less than timeoutSeconds (%s): affinity expired early", len(moves), len(cs), idleTimeout)
 			}
 		}).
+		// The ClusterIP and a NodePort of a second Service share one wait.
 		Assess("after timeoutSeconds a client can move", func(ctx context.Context, a *suite.A) {
 			needAffinity(a)
-			svc := a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout", Affinity: affinityTimeout})
 			cs := clients(a, spreadClients)
-			programmedFor(a, svc, cs)
-			before := make([]string, len(cs))
-			for i, c := range cs {
-				s := a.Probe(tcpTo(c.NS, svc), 3, quick)
-				if before[i] = allSame(s); before[i] == "" {
-					a.Fatalf("client %s did not stick within the timeout: %s", c.Name, suite.Distribution(s, names))
+			paths := []struct {
+				name   string
+				to     via
+				before []string
+			}{
+				{name: "ClusterIP", to: viaClusterIP(a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout", Affinity: affinityTimeout}))},
+				{name: "NodePort", to: viaNodePort(a.Fixture.Service(a, suite.ServiceOptions{Name: "aff-timeout-np", Affinity: affinityTimeout, NodePort: true}), a.Cluster.Info().Nodes[0])},
+			}
+			for _, p := range paths {
+				programmedVia(a, cs, p.to)
+			}
+			for i := range paths {
+				paths[i].before = make([]string, len(cs))
+				for j, c := range cs {
+					s := a.Probe(paths[i].to(c), 3, quick)
+					if paths[i].before[j] = allSame(s); paths[i].before[j] == "" {
+						a.Fatalf("client %s did not stick within the timeout (%s): %s", c.Name, paths[i].name, suite.Distribution(s, names))
+					}
 				}
 			}
 			wait := affinityTimeout + a.Promise.AffinityExpirySlack
@@ -160,37 +166,17 @@ func clientIPAffinity() types.Feature {
 			case <-a.Ctx.Done():
 				a.Fatal(a.Ctx.Err())
 			}
-			moved := 0
-			var moves []string
-			// The clients come back in the reverse order. Under round-robin
-			// their first picks were a cycle in client order on each node;
-			// once affinity expires, coming back in the same order repeats
-			// that cycle exactly whenever the node's pointer has moved by a
-			// multiple of 3 in between (settling probes vary that), so no
-			// client moved although nothing stuck: soak run 4 of
-			// 2026-12-03, ipvs/kube-proxy, all 7 clients on each node back
-			// on their old backends in the same cycle. In reverse order the
-			// new picks form the opposite cycle, which differs from the old
-			// one for about two thirds of the clients whatever the
-			// pointer's position.
-			for i := len(cs) - 1; i >= 0; i-- {
-				c := cs[i]
-				s := a.Probe(tcpTo(c.NS, svc), 1, quick)
-				if e := s.Errors(); len(e) > 0 {
-					a.Fatalf("client %s: %v", c.Name, e[0])
+			// Each path's timer ran at least wait; the NodePort clients
+			// come back second, a little later still.
+			for _, p := range paths {
+				moved, moves := comeBack(a, cs, p.to, p.before)
+				a.Evidence("%s: timeoutSeconds=%d, waited %s: %d of %d clients moved %v", p.name, int(affinityTimeout/time.Second), wait, moved, len(cs), moves)
+				if moved == 0 {
+					if a.Promise.Selection == promise.Random {
+						a.Fatalf("%s: no client moved %s after its last connection; with expired affinity all %d keep their backend with probability %.2g", p.name, wait, len(cs), stats.NoneMovedBound(spreadClients, 3))
+					}
+					a.Fatalf("%s: no client moved %s after its last connection: affinity did not expire", p.name, wait)
 				}
-				if after := s.Sequence()[0]; after != before[i] {
-					moved++
-					moves = append(moves, fmt.Sprintf("%s:%s->%s", c.Name, before[i], after))
-				}
-			}
-			bound := stats.NoneMovedBound(spreadClients, 3)
-			a.Evidence("timeoutSeconds=%d, waited %s: %d of %d clients moved %v", int(affinityTimeout/time.Second), wait, moved, len(cs), moves)
-			if moved == 0 {
-				if a.Promise.Selection == promise.Random {
-					a.Fatalf("no client moved %s after its last connection; with expired affinity all %d keep their backend with probability %.2g", wait, len(cs), bound)
-				}
-				a.Fatalf("no client moved %s after its last connection: affinity did not expire", wait)
 			}
 		}).
 		Assess("switching affinity on and off on a live Service takes effect", func(ctx context.Context, a *suite.A) {
@@ -216,16 +202,84 @@ func clientIPAffinity() types.Feature {
 		}).Feature()
 }
 
-// programmedFor waits until the Service answers every client. Each
+// via is how a client reaches a Service: its ClusterIP or a NodePort.
+type via func(c cluster.Pod) probe.Target
+
+func viaClusterIP(svc *corev1.Service) via {
+	return func(c cluster.Pod) probe.Target { return tcpTo(c.NS, svc) }
+}
+
+func viaNodePort(svc *corev1.Service, n cluster.Node) via {
+	addr := netip.AddrPortFrom(n.IP, suite.NodePort(svc, "tcp"))
+	return func(c cluster.Pod) probe.Target { return probe.Target{NS: c.NS, Addr: addr, Proto: probe.TCP} }
+}
+
+// programmedFor waits until the Service's ClusterIP answers every client.
+func programmedFor(a *suite.A, svc *corev1.Service, cs []cluster.Pod) {
+	programmedVia(a, cs, viaClusterIP(svc))
+}
+
+// programmedVia waits until every client reaches the Service. Each
 // client's node must have it: nodes sync on their own schedule (seconds
 // apart in a UML guest), and a probe from a node that has not synced yet
 // would count as a failure of the behaviour under test.
-func programmedFor(a *suite.A, svc *corev1.Service, cs []cluster.Pod) {
+func programmedVia(a *suite.A, cs []cluster.Pod, to via) {
 	for _, c := range cs {
-		a.Eventually("Service programmed for "+c.Name, a.Converge(),
-			func() probe.Summary { return a.Probe(tcpTo(c.NS, svc), 1, quick) },
+		tg := to(c)
+		a.Eventually("Service programmed for "+c.Name+" at "+tg.Addr.String(), a.Converge(),
+			func() probe.Summary { return a.Probe(tg, 1, quick) },
 			func(s probe.Summary) bool { return len(s.Errors()) == 0 })
 	}
+}
+
+// stickAndSpread: each client's perClient connections reach one backend,
+// and the clients do not all share one.
+func stickAndSpread(a *suite.A, cs []cluster.Pod, to via, names []string) {
+	a.Helper()
+	programmedVia(a, cs, to)
+	perBackend := map[string]int{}
+	for _, c := range cs {
+		s := a.Probe(to(c), perClient, quick)
+		b := allSame(s)
+		if b == "" {
+			a.Fatalf("client %s did not stick (%s): %s", c.Name, to(c).Addr, suite.Distribution(s, names))
+		}
+		perBackend[b]++
+	}
+	a.Evidence("clients per backend: %s (each client %d/%d on its backend)", tally(perBackend), perClient, perClient)
+	if len(perBackend) < 2 {
+		a.Fatalf("all %d clients landed on one backend (%s); a random first choice does that with probability 3^-13 = 6.3e-7", len(cs), tally(perBackend))
+	}
+}
+
+// comeBack opens one connection per client, in the reverse order, and
+// counts the clients whose backend differs from before.
+//
+// Why reversed: under round-robin the first picks were a cycle in client
+// order on each node; once affinity expires, coming back in the same order
+// repeats that cycle exactly whenever the node's pointer has moved by a
+// multiple of 3 in between (settling probes vary that), so no client moved
+// although nothing stuck: soak run 4 of 2026-12-03, ipvs/kube-proxy, all 7
+// clients on each node back on their old backends in the same cycle. In
+// reverse order the new picks form the opposite cycle, which differs from
+// the old one for about two thirds of the clients whatever the pointer's
+// position.
+func comeBack(a *suite.A, cs []cluster.Pod, to via, before []string) (int, []string) {
+	a.Helper()
+	moved := 0
+	var moves []string
+	for i := len(cs) - 1; i >= 0; i-- {
+		c := cs[i]
+		s := a.Probe(to(c), 1, quick)
+		if e := s.Errors(); len(e) > 0 {
+			a.Fatalf("client %s (%s): %v", c.Name, to(c).Addr, e[0])
+		}
+		if after := s.Sequence()[0]; after != before[i] {
+			moved++
+			moves = append(moves, fmt.Sprintf("%s:%s->%s", c.Name, before[i], after))
+		}
+	}
+	return moved, moves
 }
 
 // checkPersistence: in IPVS, a persistence template lives as long as the
