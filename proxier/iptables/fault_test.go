@@ -41,7 +41,7 @@ func TestSourceFaults(t *testing.T) {
 	}
 	// MasqueradeAll is the binary's flag: the fault sets it there.
 	fault.Set(fault.PodSourceMasqueraded)
-	if !fault.MasqueradeAll(false) || fault.Hairpin() != true {
+	if !fault.MasqueradeAll(false) || !fault.Hairpin() {
 		t.Error("pod-source-masqueraded: --masquerade-all is not forced on, or hairpin changed")
 	}
 }
