@@ -42,12 +42,15 @@ type Config struct {
 	HTTPPort int
 	TCPPort  int
 	UDPPort  int
+	// AltTCPPort, when not 0, serves raw TCP on a second port that differs
+	// from pod to pod: a named targetPort resolves to it.
+	AltTCPPort int
 }
 
 // Args renders the command line the role parses.
 func (c Config) Args() []string {
 	return []string{"--name", c.Name, "--http-port", strconv.Itoa(c.HTTPPort),
-		"--tcp-port", strconv.Itoa(c.TCPPort), "--udp-port", strconv.Itoa(c.UDPPort)}
+		"--tcp-port", strconv.Itoa(c.TCPPort), "--udp-port", strconv.Itoa(c.UDPPort), "--alt-tcp-port", strconv.Itoa(c.AltTCPPort)}
 }
 
 // Reply is the line every protocol answers with.
@@ -71,6 +74,7 @@ func roleMain(args []string) int {
 	fs.IntVar(&c.HTTPPort, "http-port", HTTPPort, "HTTP port (0 disables)")
 	fs.IntVar(&c.TCPPort, "tcp-port", TCPPort, "raw TCP port (0 disables)")
 	fs.IntVar(&c.UDPPort, "udp-port", UDPPort, "UDP port (0 disables)")
+	fs.IntVar(&c.AltTCPPort, "alt-tcp-port", 0, "a second raw TCP port (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -95,7 +99,7 @@ func Serve(ctx context.Context, c Config, ready chan<- struct{}) error {
 	if c.Name == "" {
 		return errors.New("backend needs --name")
 	}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var closers []func()
 	if c.HTTPPort != 0 {
 		ln, err := net.Listen("tcp", ":"+strconv.Itoa(c.HTTPPort))
@@ -109,8 +113,11 @@ func Serve(ctx context.Context, c Config, ready chan<- struct{}) error {
 		closers = append(closers, func() { srv.Close() })
 		go func() { errc <- ignoreClosed(srv.Serve(ln)) }()
 	}
-	if c.TCPPort != 0 {
-		ln, err := net.Listen("tcp", ":"+strconv.Itoa(c.TCPPort))
+	for _, port := range []int{c.TCPPort, c.AltTCPPort} {
+		if port == 0 {
+			continue
+		}
+		ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 		if err != nil {
 			return err
 		}

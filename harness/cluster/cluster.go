@@ -62,7 +62,13 @@ type PodSpec struct {
 	// Node pins the pod; empty spreads pods over the nodes.
 	Node   string
 	Labels map[string]string
+	// AltTCPPort, when not 0, is a second raw TCP port the backend serves,
+	// declared as the container port named AltPortName.
+	AltTCPPort uint16
 }
+
+// AltPortName names a pod's AltTCPPort among its container ports.
+const AltPortName = "alt"
 
 // Pod is a running pod.
 type Pod struct {
@@ -71,6 +77,8 @@ type Pod struct {
 	Node      string
 	IP        netip.Addr
 	NS        string
+	// AltTCPPort is the spec's (a restarted backend serves it again).
+	AltTCPPort uint16 `json:",omitempty"`
 }
 
 func (p Pod) String() string { return p.Namespace + "/" + p.Name }

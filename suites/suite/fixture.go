@@ -86,27 +86,46 @@ func (fx *Fixture) BackendGroup(a *A, n int, group string) []cluster.Pod {
 
 func (fx *Fixture) backends(a *A, n int, labels map[string]string) []cluster.Pod {
 	a.Helper()
-	nodes := fx.c.Info().Nodes
-	fx.mu.Lock()
-	first := fx.made
-	fx.made += n
-	fx.mu.Unlock()
 	var out []cluster.Pod
-	for i := first; i < first+n; i++ {
-		out = append(out, fx.addPod(a, fmt.Sprintf("%s-%d", fx.slug, i), nodes[i%len(nodes)].Name, labels))
+	for range n {
+		out = append(out, fx.addPod(a, cluster.PodSpec{Labels: labels}))
 	}
 	return out
+}
+
+// BackendWithAltPort adds one backend of group that also serves raw TCP
+// on alt, declared as its container port cluster.AltPortName: a named
+// targetPort resolves to a different port on each such pod.
+func (fx *Fixture) BackendWithAltPort(a *A, group string, alt uint16) cluster.Pod {
+	a.Helper()
+	return fx.addPod(a, cluster.PodSpec{Labels: fx.GroupSelector(group), AltTCPPort: alt})
 }
 
 // AddPod adds one backend pod with the feature's selector on a node.
 func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
 	a.Helper()
-	return fx.addPod(a, name, node, fx.Selector())
+	return fx.addPod(a, cluster.PodSpec{Name: name, Node: node, Labels: fx.Selector()})
 }
 
-func (fx *Fixture) addPod(a *A, name, node string, labels map[string]string) cluster.Pod {
+// addPod creates a backend. A spec without a name gets the next of the
+// feature's ("<slug>-<n>") and, without a node, the nodes in turn, so
+// that local and remote endpoints are both exercised.
+func (fx *Fixture) addPod(a *A, spec cluster.PodSpec) cluster.Pod {
 	a.Helper()
-	p, err := fx.c.AddPod(a.Ctx, cluster.PodSpec{Namespace: fx.Namespace(), Name: name, Node: node, Labels: labels})
+	spec.Namespace = fx.Namespace()
+	if spec.Name == "" {
+		nodes := fx.c.Info().Nodes
+		fx.mu.Lock()
+		i := fx.made
+		fx.made++
+		fx.mu.Unlock()
+		spec.Name = fmt.Sprintf("%s-%d", fx.slug, i)
+		if spec.Node == "" {
+			spec.Node = nodes[i%len(nodes)].Name
+		}
+	}
+	name := spec.Name
+	p, err := fx.c.AddPod(a.Ctx, spec)
 	if err != nil {
 		a.Fatalf("adding backend pod %s: %v", name, err)
 	}
@@ -158,7 +177,8 @@ type ServiceOptions struct {
 	UDPPort uint16
 	// Selectorless leaves out the selector: the endpoints are the
 	// EndpointSlices the feature writes itself (Fixture.EndpointSlice).
-	Selectorless bool
+	Selectorless bool	// ExtraPorts are added after the "tcp" and "udp" ports.
+	ExtraPorts []corev1.ServicePort
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of
@@ -180,6 +200,7 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 			{Name: "udp", Port: int32(udp), TargetPort: intstr.FromInt32(backend.UDPPort), Protocol: corev1.ProtocolUDP},
 		}},
 	}
+	svc.Spec.Ports = append(svc.Spec.Ports, o.ExtraPorts...)
 	if o.NodePort {
 		svc.Spec.Type = corev1.ServiceTypeNodePort
 	}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -121,10 +122,15 @@ func (c *Cluster) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod
 			}},
 		},
 	}
+	if spec.AltTCPPort != 0 {
+		echo := &p.Spec.Containers[0]
+		echo.Args = append(echo.Args, "--alt-tcp-port", strconv.Itoa(int(spec.AltTCPPort)))
+		echo.Ports = append(echo.Ports, corev1.ContainerPort{Name: cluster.AltPortName, ContainerPort: int32(spec.AltTCPPort), Protocol: corev1.ProtocolTCP})
+	}
 	if _, err := c.cfg.Client.CoreV1().Pods(spec.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 		return cluster.Pod{}, err
 	}
-	pod := cluster.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node}
+	pod := cluster.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node, AltTCPPort: spec.AltTCPPort}
 	got, err := WaitRunning(ctx, c.cfg.Client, spec.Namespace, spec.Name, 2*time.Minute)
 	if err != nil {
 		return pod, err

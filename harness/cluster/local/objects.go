@@ -282,7 +282,7 @@ func (l *Lab) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod, er
 		return cluster.Pod{}, err
 	}
 	pod := cluster.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: plane.NodeName(k),
-		IP: addrplan.PodIP(k, j).Addr(), NS: plane.PodNS(l.prefix, spec.Namespace, spec.Name)}
+		IP: addrplan.PodIP(k, j).Addr(), NS: plane.PodNS(l.prefix, spec.Namespace, spec.Name), AltTCPPort: spec.AltTCPPort}
 	// Reserve the slot before the slow part so concurrent adds don't collide.
 	l.st.Pods = append(l.st.Pods, podState{Pod: pod, Index: j})
 	l.mu.Unlock()
@@ -354,6 +354,10 @@ func (l *Lab) createPod(ctx context.Context, spec cluster.PodSpec, pod cluster.P
 				},
 			}},
 		},
+	}
+	if pod.AltTCPPort != 0 {
+		c := &obj.Spec.Containers[0]
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: cluster.AltPortName, ContainerPort: int32(pod.AltTCPPort), Protocol: corev1.ProtocolTCP})
 	}
 	created, err := l.client.CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {

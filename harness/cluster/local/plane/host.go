@@ -230,7 +230,7 @@ func (h *Host) AddPod(ctx context.Context, s PodSlot) error {
 }
 
 func (h *Host) startBackend(pod cluster.Pod) error {
-	cfg := backend.Config{Name: pod.Name, HTTPPort: backend.HTTPPort, TCPPort: backend.TCPPort, UDPPort: backend.UDPPort}
+	cfg := backend.Config{Name: pod.Name, HTTPPort: backend.HTTPPort, TCPPort: backend.TCPPort, UDPPort: backend.UDPPort, AltTCPPort: int(pod.AltTCPPort)}
 	cmd, err := agent.Command(h.t.Lab, backend.Role, cfg.Args()...)
 	if err != nil {
 		return err
