@@ -177,8 +177,8 @@ type ServiceOptions struct {
 	UDPPort uint16
 	// Selectorless leaves out the selector: the endpoints are the
 	// EndpointSlices the feature writes itself (Fixture.EndpointSlice).
-	Selectorless bool	// ExtraPorts are added after the "tcp" and "udp" ports.
-	ExtraPorts []corev1.ServicePort
+	Selectorless bool // ExtraPorts are added after the "tcp" and "udp" ports.
+	ExtraPorts   []corev1.ServicePort
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of

@@ -93,13 +93,20 @@ func (w *syncWatch) readAll(ctx context.Context) (map[string]syncstate.State, ma
 	defer w.readMu.Unlock()
 	out, busy := map[string]syncstate.State{}, map[string]string{}
 	for _, n := range w.nodes {
+		// A reading is stamped when it was asked for: the proxier read
+		// its gauges at some point before it answered, and a reading
+		// that saw changes pending proves only that they were pending
+		// then. Stamped on arrival, a slow answer (seen under load in
+		// make test's lanes) could postdate the start of the sync that
+		// took them, and the proxier never looked quiet again.
+		sent := w.now()
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		text, err := w.src.ProxierMetrics(rctx, n)
 		cancel()
 		var s syncstate.State
 		if err == nil {
 			s, err = syncstate.Parse(text)
-			s.ReadAt = float64(w.now().UnixNano()) / 1e9
+			s.ReadAt = float64(sent.UnixNano()) / 1e9
 		}
 		if err != nil {
 			busy[n] = err.Error()

@@ -64,6 +64,35 @@ func TestQuietWaitsForASyncAfterPendingWasSeen(t *testing.T) {
 	}
 }
 
+// slowProxiers answers each read 300 ms after it was asked.
+type slowProxiers struct {
+	*fakeProxiers
+	clock *time.Time
+}
+
+func (s slowProxiers) ProxierMetrics(ctx context.Context, node string) (string, error) {
+	*s.clock = s.clock.Add(300 * time.Millisecond)
+	return s.fakeProxiers.ProxierMetrics(ctx, node)
+}
+
+// A reading asked for at 101.0 that saw a change pending, answered at
+// 101.3, and then a sync that began at 101.1 (it ended at 103.1 after 2 s)
+// and took the change: the proxier is quiet. Stamped on arrival, the
+// reading put the pending change after the sync's start, and the wait ran
+// out (make test, iptables/kube-proxy, 2026-12-03).
+func TestSlowReadingDoesNotPostdateTheSync(t *testing.T) {
+	f := &fakeProxiers{reads: map[string]int{}, script: map[string][]string{
+		"node-1": {metrics(5, 100, 80, 0)},
+		"node-2": {metrics(5, 100, 99, 1), metrics(6, 103.1, 99, 0)},
+	}}
+	clock := time.Unix(100, 700e6) // node-1's read takes it to 101.0
+	w := newSyncWatch(slowProxiers{f, &clock}, nil, []string{"node-1", "node-2"}, "")
+	w.now = func() time.Time { return clock }
+	if _, err := w.Quiet(context.Background(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestQuietWaitsForEveryNode(t *testing.T) {
 	f := &fakeProxiers{reads: map[string]int{}, script: map[string][]string{
 		"node-1": {metrics(5, 100, 80, 0)},
