@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,7 +50,7 @@ func sourceAddress() types.Feature {
 				for _, tg := range bothProtocols(pod.NS, svc) {
 					checkSources(a, fmt.Sprintf("%s reaches itself through %s", pod.Name, tg), tg, []cluster.Pod{pod},
 						fmt.Sprintf("an address of its node %s, not its own %s", pod.Node, pod.IP),
-						func(src netip.Addr) bool { return src != pod.IP && contains(node, src) })
+						func(src netip.Addr) bool { return src != pod.IP && slices.Contains(node, src) })
 				}
 			}
 		}).
@@ -61,7 +62,7 @@ func sourceAddress() types.Feature {
 				if !a.Promise.PodSourceKept {
 					node := nodeAddrs(a, c.Node)
 					want = fmt.Sprintf("an address of the client's node %s (%s opens its own connection to the backend)", c.Node, a.Promise.Mode)
-					ok = func(src netip.Addr) bool { return contains(node, src) }
+					ok = func(src netip.Addr) bool { return slices.Contains(node, src) }
 				}
 				for _, tg := range bothProtocols(c.NS, svc) {
 					checkSources(a, fmt.Sprintf("%s -> %s", c.Name, tg), tg, pods, want, ok)
@@ -88,7 +89,7 @@ func sourceAddress() types.Feature {
 					tg := probe.Target{NS: from.NS, Addr: netip.AddrPortFrom(to.IP, suite.NodePort(svc, pp.port)), Proto: pp.proto}
 					checkSources(a, fmt.Sprintf("%s -> %s's NodePort %s", from.Name, to.Name, tg), tg, pods,
 						fmt.Sprintf("an address of %s, the node that took the connection (not the client %s)", to.Name, from.IP),
-						func(src netip.Addr) bool { return contains(node, src) })
+						func(src netip.Addr) bool { return slices.Contains(node, src) })
 				}
 			}
 		}).Feature()
@@ -139,13 +140,4 @@ func nodeAddrs(a *suite.A, node string) []netip.Addr {
 		a.Fatalf("reading %s's addresses: %v", node, err)
 	}
 	return addrs
-}
-
-func contains(list []netip.Addr, x netip.Addr) bool {
-	for _, y := range list {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
