@@ -25,10 +25,20 @@ var SettlingPorts = [2]int{10000, 29999}
 
 // settlingNext walks SettlingPorts from a random start, so that probe
 // processes started one after another (one per call on kube clusters) do
-// not all begin at the same port.
+// not all begin at the same port, and one process does not reuse a port
+// (and its stale conntrack entry) until it has walked the whole range.
 var settlingNext atomic.Uint32
 
-func init() {
+func init() { jumpSettling() }
+
+// jumpSettling moves the walk to a random port. A taken port means the walk
+// has run into a block that an earlier walk left in TIME_WAIT (a kind run
+// starts one probe process per call, each walking from its own start), and
+// stepping on through that block one port at a time can use up every try
+// (CI, 2026-12-03, kind: 32 taken ports in a row). A random port is taken
+// only with the fraction of the range in use, so all tries fail with that
+// fraction to the power settlingTries.
+func jumpSettling() {
 	settlingNext.Store(uint32(rand.IntN(SettlingPorts[1] - SettlingPorts[0] + 1)))
 }
 
@@ -49,6 +59,7 @@ func dialSettling(ctx context.Context, t Target, network string) (net.Conn, erro
 		if err == nil || !portTaken(err) || ctx.Err() != nil {
 			return c, err
 		}
+		jumpSettling()
 	}
 	return nil, fmt.Errorf("no free source port in %d-%d after %d tries: %w", SettlingPorts[0], SettlingPorts[1], settlingTries, err)
 }

@@ -12,7 +12,8 @@ import (
 )
 
 // A settling probe's source port lies in SettlingPorts, outside the
-// kernel's ephemeral range, and a taken port is passed over, not fatal.
+// kernel's ephemeral range, and a block of taken ports is passed over, not
+// fatal.
 func TestSettlingPorts(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -30,22 +31,41 @@ func TestSettlingPorts(t *testing.T) {
 	}()
 	target := Target{NS: netlab.HostNS, Addr: netip.MustParseAddrPort(ln.Addr().String()), Proto: TCP, Settling: true}
 
-	// The next port is taken by a listener: the probe must use the one after.
-	var taken net.Listener
-	var want int
+	// A block of ports after the next one is taken, as an earlier probe
+	// process's walk leaves it in TIME_WAIT: the probe must get out of it
+	// rather than step through it until its tries run out.
+	const block = 2 * settlingTries
+	var taken []net.Listener
+	defer func() {
+		for _, l := range taken {
+			l.Close()
+		}
+	}()
+	var first int
 	for i := 0; i < 100 && taken == nil; i++ {
 		p := nextSettlingPort()
-		if p+2 > SettlingPorts[1] {
+		if p+block+1 > SettlingPorts[1] {
 			continue
 		}
-		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1)); err == nil {
-			taken, want = l, p+2
+		for q := p + 1; q <= p+block; q++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(q))
+			if err != nil {
+				break
+			}
+			taken = append(taken, l)
 		}
+		if len(taken) < block {
+			for _, l := range taken {
+				l.Close()
+			}
+			taken = nil
+			continue
+		}
+		first = p + 1
 	}
 	if taken == nil {
-		t.Fatal("found no free port in the settling range to occupy")
+		t.Fatal("found no free block of ports in the settling range to occupy")
 	}
-	defer taken.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -59,8 +79,8 @@ func TestSettlingPorts(t *testing.T) {
 		if port < SettlingPorts[0] || port > SettlingPorts[1] {
 			t.Fatalf("settling probe used source port %d, outside %v", port, SettlingPorts)
 		}
-		if i == 0 && port != want {
-			t.Fatalf("first settling probe used port %d, want %d (the port before it is taken)", port, want)
+		if port >= first && port < first+block {
+			t.Fatalf("settling probe used port %d, inside the taken block %d-%d", port, first, first+block-1)
 		}
 	}
 	c, err := Dial(ctx, Target{NS: netlab.HostNS, Addr: target.Addr, Proto: TCP}, "tcp")
