@@ -147,6 +147,21 @@ const StartSlack = 100 * time.Millisecond
 // began is not taken by it, and would look taken. Such a change stays
 // pending until the next sync starts, so a reading that saw it pending
 // settles it: the sync that takes it began after that reading.
+//
+// The bound can also fall too early to prove anything: kube-proxy counts
+// in a sync's duration the work after it stamps the sync's end (health
+// checks, conntrack cleanup), and under load that work took 117 ms (lanes
+// run, kube-proxy nftables: a sync began 1 ms after the only change was
+// queued and took it, and the bound put its start 117 ms before the
+// change). A proxier with no periodic sync then never looked quiet. So a
+// second proof: stillness. A change counts as pending before its queued
+// time is stamped, and only a sync's checkout of that change clears the
+// count (kube-proxy zeroes it as it checks changes out; the reference
+// proxier at the end of the sync). So once a reading has shown the queued
+// time, a later reading with nothing pending proves a sync took the
+// change. That sync has begun, and it has ended once a reading shows it
+// counted, or once nothing moved for StillFor(slowest sync) after that:
+// only a sync that runs longer than that would still be missing.
 type Follower struct {
 	cur, base State
 	have      bool
@@ -154,7 +169,22 @@ type Follower struct {
 	first bool
 	// pendingAt is the ReadAt of the latest reading with changes pending.
 	pendingAt float64
+	// still counts consecutive readings with the same sync count, sync
+	// time and queued time and, after the first of them, nothing pending;
+	// stillFrom is the ReadAt of the third (the first sent after a
+	// reading that proved the change taken had answered).
+	still     int
+	stillFrom float64
+	// slowest is the longest sync seen (exact when one sync fell between
+	// two readings, their mean otherwise).
+	slowest float64
 }
+
+// StillFor is how long a proxier's readings must stay unchanged, with
+// nothing pending, before the sync that took the last change counts as
+// ended when the bound cannot show it: four times the slowest sync seen,
+// and at least 2 s.
+func StillFor(slowest float64) float64 { return max(2, 4*slowest) }
 
 // Observe takes the next reading.
 func (f *Follower) Observe(s State) {
@@ -165,6 +195,23 @@ func (f *Follower) Observe(s State) {
 	}
 	if s.Pending > 0 && s.ReadAt > f.pendingAt {
 		f.pendingAt = s.ReadAt
+	}
+	switch {
+	case f.still == 0 || s.Syncs != f.cur.Syncs || s.SyncSeconds != f.cur.SyncSeconds ||
+		s.LastSync != f.cur.LastSync || s.LastQueued != f.cur.LastQueued:
+		f.still = 1
+	case s.Pending > 0:
+		f.still = 1
+	default:
+		f.still++
+		if f.still == 3 {
+			f.stillFrom = s.ReadAt
+		}
+	}
+	if n := s.Syncs - f.cur.Syncs; f.cur.Syncs > 0 && s.Syncs > f.cur.Syncs {
+		f.slowest = max(f.slowest, (s.SyncSeconds-f.cur.SyncSeconds)/float64(n))
+	} else if f.cur.Syncs == 0 && s.Syncs > 0 {
+		f.slowest = max(f.slowest, s.SyncSeconds/float64(s.Syncs))
 	}
 	f.cur = s
 }
@@ -182,6 +229,8 @@ func (f *Follower) Quiet() (bool, string) {
 		return false, "no sync has succeeded yet"
 	case s.Pending > 0:
 		return false, fmt.Sprintf("%g changes pending", s.Pending)
+	case f.still >= 3 && f.stillFrom > 0 && s.ReadAt-f.stillFrom >= StillFor(f.slowest):
+		return true, ""
 	case s.Syncs <= f.base.Syncs:
 		return false, "the last sync is not counted yet (still finishing)"
 	}
@@ -195,11 +244,15 @@ func (f *Follower) Quiet() (bool, string) {
 		took /= float64(s.Syncs)
 	}
 	began := s.LastSync - took
+	still := ""
+	if f.still >= 3 && f.stillFrom > 0 {
+		still = fmt.Sprintf("; still for %.1fs of %.1fs", s.ReadAt-f.stillFrom, StillFor(f.slowest))
+	}
 	if began < s.LastQueued-StartSlack.Seconds() {
-		return false, fmt.Sprintf("the last sync began (at the latest %.3f) before the last change was queued (%.3f): a sync that takes it is running or due", began, s.LastQueued)
+		return false, fmt.Sprintf("the last sync may have begun before the last change was queued (%.3f; it began no earlier than %.3f): a sync that takes it may be running or due%s", s.LastQueued, began, still)
 	}
 	if began < f.pendingAt-StartSlack.Seconds() {
-		return false, fmt.Sprintf("changes were still pending at %.3f, after the last sync began (at the latest %.3f): a sync that takes them is running or due", f.pendingAt, began)
+		return false, fmt.Sprintf("changes were still pending at %.3f, and the last sync may have begun before that (no earlier than %.3f): a sync that takes them may be running or due%s", f.pendingAt, began, still)
 	}
 	return true, ""
 }

@@ -98,6 +98,20 @@ func TestFollower(t *testing.T) {
 			[]State{at(st(1, 10, 80, 70, 0), 80.5), at(st(2, 17.255, 93.473, 86.251, 1), 93.742), at(st(2, 17.255, 93.473, 86.251, 0), 94.6),
 				at(st(3, 24.516, 101.754, 86.251, 0), 102)}, true},
 		{"pending seen long before the last sync", []State{at(st(1, 2, 12, 9, 1), 9.5), at(st(2, 4, 30, 9, 0), 31)}, true},
+		// Lanes run, kube-proxy nftables: the only change was queued at
+		// 687.072, the sync that took it began at 687.0723, stamped its end
+		// at 687.103 and counted 148 ms (conntrack cleanup after the
+		// stamp), so the bound put its start at 686.955. Nothing more
+		// happened: stillness must prove it quiet, after StillFor (2 s).
+		{"bound too early, still for less than StillFor", lanesRun(686.110, 687.428, 687.93, 688.43, 689.93), false},
+		{"bound too early, still for StillFor", lanesRun(686.110, 687.428, 687.93, 688.43, 690.43), true},
+		// Nothing pending on the first reading with the queued time may
+		// predate the change's count; a change seen pending restarts it.
+		{"still, but the change seen pending", append(lanesRun(686.110, 687.428, 687.93, 688.43),
+			at(st(48, 7.148, 687.103, 687.072, 1), 689.5), at(st(48, 7.148, 687.103, 687.072, 0), 690), at(st(48, 7.148, 687.103, 687.072, 0), 690.5)), false},
+		// A sync that runs long is measured: StillFor grows with it.
+		{"still for 2 s after a 1 s sync", append([]State{at(st(1, 1, 10, 5, 0), 10.5), at(st(2, 2, 30, 29.5, 0), 30.2)},
+			at(st(2, 2, 30, 29.5, 0), 30.7), at(st(2, 2, 30, 29.5, 0), 31.2), at(st(2, 2, 30, 29.5, 0), 33.3)), false},
 	} {
 		var f Follower
 		for _, r := range tc.readings {
@@ -107,6 +121,16 @@ func TestFollower(t *testing.T) {
 			t.Errorf("%s: Quiet() = %t (%s), want %t", tc.name, got, why, tc.quiet)
 		}
 	}
+}
+
+// lanesRun is the reading before the change and then the same reading
+// after it, at each of the given times.
+func lanesRun(before float64, after ...float64) []State {
+	r := []State{{Syncs: 47, SyncSeconds: 7, LastSync: 685.949, LastQueued: 685.270, ReadAt: before}}
+	for _, a := range after {
+		r = append(r, State{Syncs: 48, SyncSeconds: 7.148, LastSync: 687.103, LastQueued: 687.072, ReadAt: a})
+	}
+	return r
 }
 
 func TestParsePendingCountsBoth(t *testing.T) {
