@@ -120,18 +120,20 @@ type Cluster interface {
 	Down(ctx context.Context) error
 }
 
-// UDPFlow is one UDP socket that keeps its source port, so that a
-// conntrack entry for it lives as long as the flow does.
-type UDPFlow interface {
-	// Exchange sends a datagram and returns the backend that answered.
+// Flow is one connection that lives across exchanges (see probe.Flow): a
+// UDP socket that keeps its source port, or an established TCP connection.
+type Flow interface {
+	// Exchange sends a datagram or a line and returns the backend that
+	// answered.
 	Exchange(ctx context.Context, timeout time.Duration) (backendName string, err error)
 	Close() error
 }
 
-// UDPFlowOpener is what a provider implements to let the stale-conntrack
-// check run wherever its namespaces live.
-type UDPFlowOpener interface {
-	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (UDPFlow, error)
+// FlowOpener is what a provider implements to let the checks that follow
+// one connection (stale UDP conntrack, a proxier restart under traffic)
+// run wherever its namespaces live.
+type FlowOpener interface {
+	OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (Flow, error)
 }
 
 // NewClient is a helper for providers.

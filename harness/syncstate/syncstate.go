@@ -186,8 +186,12 @@ type Follower struct {
 // and at least 2 s.
 func StillFor(slowest float64) float64 { return max(2, 4*slowest) }
 
-// Observe takes the next reading.
+// Observe takes the next reading. A sync count that went down is a new
+// proxier process (a restart): the Follower starts over with it.
 func (f *Follower) Observe(s State) {
+	if f.have && s.Syncs < f.cur.Syncs {
+		*f = Follower{}
+	}
 	if !f.have {
 		f.base, f.have, f.first = State{}, true, true
 	} else if s.LastSync != f.cur.LastSync {

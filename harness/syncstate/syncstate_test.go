@@ -98,6 +98,10 @@ func TestFollower(t *testing.T) {
 			[]State{at(st(1, 10, 80, 70, 0), 80.5), at(st(2, 17.255, 93.473, 86.251, 1), 93.742), at(st(2, 17.255, 93.473, 86.251, 0), 94.6),
 				at(st(3, 24.516, 101.754, 86.251, 0), 102)}, true},
 		{"pending seen long before the last sync", []State{at(st(1, 2, 12, 9, 1), 9.5), at(st(2, 4, 30, 9, 0), 31)}, true},
+		// A restarted proxier counts from zero: its own syncs decide.
+		{"restarted, not synced yet", []State{st(40, 4, 100, 99, 0), st(0, 0, 0, 130, 0)}, false},
+		{"restarted and synced", []State{st(40, 4, 100, 99, 0), st(0, 0, 0, 130, 0), st(1, 0.2, 131.2, 130, 0)}, true},
+		{"restarted, first read after two syncs", []State{st(40, 4, 100, 99, 0), st(2, 0.3, 131.2, 130, 0)}, true},
 		// Lanes run, kube-proxy nftables: the only change was queued at
 		// 687.072, the sync that took it began at 687.0723, stamped its end
 		// at 687.103 and counted 148 ms (conntrack cleanup after the

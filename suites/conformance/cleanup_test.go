@@ -171,7 +171,7 @@ func ruleCleanup() types.Feature {
 			// unanswered even after it was deleted, for kube-proxy as for
 			// us. That is a flow that never worked, not a stale one.
 			programmedFor(a, svc, []cluster.Pod{client})
-			flow, err := suite.OpenUDPFlow(a.Ctx, a.Cluster, client.NS, dst)
+			flow, err := suite.OpenFlow(a.Ctx, a.Cluster, client.NS, probe.UDP, dst)
 			if errors.Is(err, suite.ErrUnsupported) {
 				a.Skipf("TODO: %v", err)
 			}

@@ -62,21 +62,22 @@ func ErrorKinds(s probe.Summary) (counts map[ErrorKind]int, examples map[ErrorKi
 	return counts, examples
 }
 
-// UDPFlow and UDPFlowOpener are the providers' (see cluster).
+// Flow and FlowOpener are the providers' (see cluster).
 type (
-	UDPFlow       = cluster.UDPFlow
-	UDPFlowOpener = cluster.UDPFlowOpener
+	Flow       = cluster.Flow
+	FlowOpener = cluster.FlowOpener
 )
 
 // ErrUnsupported marks a check the provider cannot run yet.
 var ErrUnsupported = errors.New("not supported by this provider")
 
-// OpenUDPFlow opens a UDP flow from a namespace of the cluster.
-func OpenUDPFlow(ctx context.Context, c cluster.Cluster, ns string, dst netip.AddrPort) (UDPFlow, error) {
-	if o, ok := c.(UDPFlowOpener); ok {
-		return o.OpenUDPFlow(ctx, ns, dst)
+// OpenFlow opens a flow (a fixed-source-port UDP socket or an
+// established TCP connection) from a namespace of the cluster.
+func OpenFlow(ctx context.Context, c cluster.Cluster, ns string, proto probe.Proto, dst netip.AddrPort) (Flow, error) {
+	if o, ok := c.(FlowOpener); ok {
+		return o.OpenFlow(ctx, ns, proto, dst)
 	}
-	return nil, fmt.Errorf("a fixed-source-port UDP flow from %s: %w (implement cluster.UDPFlowOpener)", ns, ErrUnsupported)
+	return nil, fmt.Errorf("a %s flow from %s: %w (implement cluster.FlowOpener)", proto, ns, ErrUnsupported)
 }
 
 // InHostKernel reports whether the cluster's data plane runs in the kernel

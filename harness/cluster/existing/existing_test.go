@@ -194,7 +194,7 @@ func exerciseProvider(t *testing.T, c *existing.Cluster) {
 		t.Fatalf("node rules lack kube-proxy's Service (%v):\n%s", err, rules)
 	}
 	// A UDP flow keeps its socket across exchanges.
-	f, err := c.OpenUDPFlow(ctx, pods[0].NS, netip.AddrPortFrom(vip, 53))
+	f, err := c.OpenFlow(ctx, pods[0].NS, probe.UDP, netip.AddrPortFrom(vip, 53))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -352,10 +352,10 @@ func inNetns(ns string, argv []string) (string, []string) {
 	return node, append([]string{"ip", "netns", "exec", netns}, argv...)
 }
 
-// OpenUDPFlow implements cluster.UDPFlowOpener: the flow's socket lives in
-// a udpflow process on the node, driven over its stdin and stdout.
-func (c *Cluster) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
-	node, argv := inNetns(ns, []string{NodeBinary, dst.String()})
+// OpenFlow implements cluster.FlowOpener: the flow's socket lives in a
+// flow process on the node, driven over its stdin and stdout.
+func (c *Cluster) OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error) {
+	node, argv := inNetns(ns, []string{NodeBinary, string(proto), dst.String()})
 	p, err := c.cfg.Shell.Start(node, []string{"PROXYMODES_ROLE=" + probe.FlowRole}, argv...)
 	if err != nil {
 		return nil, err
@@ -364,9 +364,9 @@ func (c *Cluster) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort
 	line, err := f.out.ReadString('\n')
 	if !strings.HasPrefix(line, "ok ") {
 		werr := f.Close()
-		return nil, fmt.Errorf("UDP flow from %s to %s: %q %v (%v)", ns, dst, line, err, werr)
+		return nil, fmt.Errorf("%s flow from %s to %s: %q %v (%v)", proto, ns, dst, line, err, werr)
 	}
-	f.desc = strings.TrimSpace(strings.TrimPrefix(line, "ok ")) + " -> " + dst.String()
+	f.desc = strings.TrimSpace(strings.TrimPrefix(line, "ok ")) + " -> " + string(proto) + "://" + dst.String()
 	return f, nil
 }
 
@@ -388,7 +388,7 @@ func (f *execFlow) Exchange(ctx context.Context, timeout time.Duration) (string,
 	}
 	line, err := f.out.ReadBytes('\n')
 	if err != nil {
-		return "", fmt.Errorf("UDP flow %s ended: %w", f.desc, err)
+		return "", fmt.Errorf("flow %s ended: %w", f.desc, err)
 	}
 	var r probe.FlowReply
 	if err := json.Unmarshal(line, &r); err != nil {

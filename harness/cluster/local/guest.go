@@ -326,12 +326,12 @@ func (gs *guests) IPTables(ctx context.Context, ns string) (string, error) {
 	return g.IPTables(ctx, ns)
 }
 
-func (gs *guests) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
+func (gs *guests) OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error) {
 	g, err := gs.byNS(ns)
 	if err != nil {
 		return nil, err
 	}
-	return g.OpenUDPFlow(ctx, ns, dst)
+	return g.OpenFlow(ctx, ns, proto, dst)
 }
 
 func (gs *guests) Exec(ctx context.Context, ns string, argv []string) (string, error) {

@@ -184,10 +184,10 @@ func (l *Lab) cleanup(ctx context.Context, po *ProxierOptions, n cluster.Node) e
 	return fmt.Errorf("cleaning up %s's rules on %s failed 3 times: %w\n%s", po.Impl, n.Name, err, out)
 }
 
-// OpenUDPFlow opens a fixed-source-port UDP flow from a lab namespace,
-// wherever it lives.
-func (l *Lab) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
-	return l.plane.OpenUDPFlow(ctx, ns, dst)
+// OpenFlow opens a flow (probe.Flow) from a lab namespace, wherever it
+// lives.
+func (l *Lab) OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error) {
+	return l.plane.OpenFlow(ctx, ns, proto, dst)
 }
 
 // ProxierMetrics returns a node's proxier metrics (Prometheus text).

@@ -455,9 +455,9 @@ func (h *Host) Probe(ctx context.Context, t probe.Target, n int, timeout time.Du
 	return probe.Run(ctx, t, n, timeout)
 }
 
-// OpenUDPFlow opens the flow in this kernel.
-func (h *Host) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
-	return probe.OpenUDPFlow(ctx, ns, dst)
+// OpenFlow opens the flow in this kernel.
+func (h *Host) OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error) {
+	return probe.OpenFlow(ctx, ns, proto, dst, probe.FlowOpenTimeout)
 }
 
 // IPTables dumps the rules of one of the lab's namespaces.

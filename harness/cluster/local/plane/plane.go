@@ -33,9 +33,9 @@ type Plane interface {
 	ProxierMetrics(ctx context.Context, node string) (string, error)
 	Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary
 	IPTables(ctx context.Context, ns string) (string, error)
-	// OpenUDPFlow opens a UDP socket in a lab namespace that keeps its
-	// source port across exchanges.
-	OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error)
+	// OpenFlow opens a flow (probe.Flow) from a lab namespace: a UDP
+	// socket that keeps its source port, or an established TCP connection.
+	OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error)
 	// Exec runs a command inside a lab namespace and returns its combined
 	// output.
 	Exec(ctx context.Context, ns string, argv []string) (string, error)

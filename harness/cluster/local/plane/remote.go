@@ -112,6 +112,7 @@ func serveAgent(i int) error {
 type flowReq struct {
 	ID      string         `json:"id,omitempty"`
 	NS      string         `json:"ns,omitempty"`
+	Proto   probe.Proto    `json:"proto,omitempty"`
 	Dst     netip.AddrPort `json:"dst,omitempty"`
 	Timeout time.Duration  `json:"timeout,omitempty"`
 }
@@ -203,17 +204,17 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		text, err := h.ProxierMetrics(ctx, node)
 		return reply{Text: text, Err: probe.ToWire(err)}
 	})
-	// UDP flows live in the agent between calls, so their source ports
-	// and conntrack entries do.
+	// Flows live in the agent between calls, so their sockets, source
+	// ports and conntrack entries do.
 	var flowsMu sync.Mutex
-	flows := map[string]cluster.UDPFlow{}
+	flows := map[string]cluster.Flow{}
 	nextFlow := 0
-	handle("/udpflow/open", func(ctx context.Context, b []byte) reply {
+	handle("/flow/open", func(ctx context.Context, b []byte) reply {
 		var f flowReq
 		if e := decode(b, &f); e != nil {
 			return reply{Err: e}
 		}
-		flow, err := h.OpenUDPFlow(ctx, f.NS, f.Dst)
+		flow, err := h.OpenFlow(ctx, f.NS, f.Proto, f.Dst)
 		if err != nil {
 			return reply{Err: probe.ToWire(err)}
 		}
@@ -225,7 +226,7 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 		return reply{Text: id}
 	})
 	// withFlow serves a call on an open flow; remove forgets it first.
-	withFlow := func(path string, remove bool, fn func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply) {
+	withFlow := func(path string, remove bool, fn func(ctx context.Context, f flowReq, fl cluster.Flow) reply) {
 		handle(path, func(ctx context.Context, b []byte) reply {
 			var f flowReq
 			if e := decode(b, &f); e != nil {
@@ -238,16 +239,16 @@ func agentHandler(h *Host, done chan struct{}) http.Handler {
 			}
 			flowsMu.Unlock()
 			if !ok {
-				return reply{Err: probe.ToWire(fmt.Errorf("no UDP flow %q in the guest (closed?)", f.ID))}
+				return reply{Err: probe.ToWire(fmt.Errorf("no flow %q in the guest (closed?)", f.ID))}
 			}
 			return fn(ctx, f, fl)
 		})
 	}
-	withFlow("/udpflow/exchange", false, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
+	withFlow("/flow/exchange", false, func(ctx context.Context, f flowReq, fl cluster.Flow) reply {
 		name, err := fl.Exchange(ctx, f.Timeout)
 		return reply{Text: name, Err: probe.ToWire(err)}
 	})
-	withFlow("/udpflow/close", true, func(ctx context.Context, f flowReq, fl cluster.UDPFlow) reply {
+	withFlow("/flow/close", true, func(ctx context.Context, f flowReq, fl cluster.Flow) reply {
 		return reply{Err: probe.ToWire(fl.Close())}
 	})
 	handle("/probe", func(ctx context.Context, b []byte) reply {
@@ -370,13 +371,13 @@ func (r *Remote) Probe(ctx context.Context, t probe.Target, n int, timeout time.
 	return s
 }
 
-// OpenUDPFlow opens the flow in the guest; the agent holds the socket.
-func (r *Remote) OpenUDPFlow(ctx context.Context, ns string, dst netip.AddrPort) (cluster.UDPFlow, error) {
-	rep, err := r.call(ctx, "/udpflow/open", flowReq{NS: ns, Dst: dst})
+// OpenFlow opens the flow in the guest; the agent holds the socket.
+func (r *Remote) OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (cluster.Flow, error) {
+	rep, err := r.call(ctx, "/flow/open", flowReq{NS: ns, Proto: proto, Dst: dst})
 	if err != nil {
 		return nil, err
 	}
-	return &remoteFlow{r: r, id: rep.Text, desc: ns + " -> " + dst.String()}, nil
+	return &remoteFlow{r: r, id: rep.Text, desc: ns + " -> " + string(proto) + "://" + dst.String()}, nil
 }
 
 type remoteFlow struct {
@@ -385,12 +386,12 @@ type remoteFlow struct {
 }
 
 func (f *remoteFlow) Exchange(ctx context.Context, timeout time.Duration) (string, error) {
-	rep, err := f.r.call(ctx, "/udpflow/exchange", flowReq{ID: f.id, Timeout: timeout})
+	rep, err := f.r.call(ctx, "/flow/exchange", flowReq{ID: f.id, Timeout: timeout})
 	return rep.Text, err
 }
 
 func (f *remoteFlow) Close() error {
-	return f.r.do(context.Background(), "/udpflow/close", flowReq{ID: f.id})
+	return f.r.do(context.Background(), "/flow/close", flowReq{ID: f.id})
 }
 
 func (f *remoteFlow) String() string { return "guest flow " + f.desc }
