@@ -136,6 +136,17 @@ type FlowOpener interface {
 	OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (Flow, error)
 }
 
+// ProxierRestarter is what a provider implements to let the disruptive
+// checks stop every node's proxier, leaving its rules in place as a
+// crashed or upgrading proxier does, and start it again.
+type ProxierRestarter interface {
+	// StopProxiers returns once no node runs a proxier.
+	StopProxiers(ctx context.Context) error
+	// StartProxiers returns once every node's proxier is up again (its
+	// health or readiness check passes), not once it has synced.
+	StartProxiers(ctx context.Context) error
+}
+
 // NewClient is a helper for providers.
 func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 	c, err := kubernetes.NewForConfig(rc)

@@ -58,6 +58,11 @@ const (
 	// --masquerade-all does, so backends see a node instead of the client
 	// pod.
 	PodSourceMasqueraded Fault = "pod-source-masqueraded"
+	// KernelStateForgotten makes a full sync delete only the Service
+	// chains this process created, not those it finds in the kernel, so
+	// a Service deleted while the proxier was down keeps its chains
+	// (iptables, nftables).
+	KernelStateForgotten Fault = "kernel-state-forgotten"
 )
 
 // Descriptions says what each fault breaks, for help texts and reports.
@@ -77,6 +82,7 @@ var Descriptions = map[Fault]string{
 	NoEndpointsDropped:    "a Service without endpoints drops packets instead of rejecting",
 	HairpinNotMasqueraded: "a pod's connection to itself through its Service is not SNATed",
 	PodSourceMasqueraded:  "traffic from pods to cluster IPs is masqueraded (backends lose the client's address)",
+	KernelStateForgotten:  "after a restart the proxier removes only the chains it created itself: a Service deleted while it was down keeps its chains",
 }
 
 // Hairpin says whether the kernel modes SNAT a pod's connection to itself.

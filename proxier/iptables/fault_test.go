@@ -3,10 +3,13 @@
 package iptables
 
 import (
+	"maps"
+	"strings"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/proxier/fault"
+	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
 // hairpin-not-masqueraded leaves a pod's packet to its own Service
@@ -43,5 +46,40 @@ func TestSourceFaults(t *testing.T) {
 	fault.Set(fault.PodSourceMasqueraded)
 	if !fault.MasqueradeAll(false) || !fault.Hairpin() {
 		t.Error("pod-source-masqueraded: --masquerade-all is not forced on, or hairpin changed")
+	}
+}
+
+// A proxier started over the rules of an earlier one (a restart) removes
+// the chains of a Service deleted while it was down; with
+// kernel-state-forgotten it removes only chains it created itself, and the
+// suite's restart feature must catch the stale ones.
+func TestFaultKernelStateForgotten(t *testing.T) {
+	b := twoServices()
+	gone := firstWithEndpoints(b.Snap, 1)
+	chain := serviceChainName(gone)
+	restartWithout := func() string {
+		t.Helper()
+		first, fake := newFakeProxier(t)
+		if err := first.Sync(b.Snap, fullSync()); err != nil {
+			t.Fatal(err)
+		}
+		snap := *b.Snap
+		snap.Services = maps.Clone(b.Snap.Services)
+		delete(snap.Services, gone)
+		second, err := New(Config{Backend: fake, ClusterCIDR: testsnap.ClusterCIDR})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := second.Sync(&snap, fullSync()); err != nil {
+			t.Fatal(err)
+		}
+		return fake.Dump()
+	}
+	if dump := restartWithout(); strings.Contains(dump, chain) {
+		t.Fatalf("unbroken: after a restart the deleted Service's chain %s remains:\n%s", chain, dump)
+	}
+	t.Cleanup(fault.Set(fault.KernelStateForgotten))
+	if dump := restartWithout(); !strings.Contains(dump, chain) {
+		t.Errorf("kernel-state-forgotten: the restarted proxier still removed %s", chain)
 	}
 }

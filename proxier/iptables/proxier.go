@@ -524,7 +524,7 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 	// Delete per-service chains nothing uses any more: a chain line
 	// flushes the chain, and -X (after all rules) removes it.
 	var before []string
-	if full {
+	if full && fault.Current() != fault.KernelStateForgotten {
 		before = existing.serviceChains()
 	} else {
 		before = p.activeNAT.UnsortedList()

@@ -3,11 +3,13 @@
 package nftables
 
 import (
+	"maps"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/proxier/fault"
+	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
 // The faults this mode implements itself: random-skewed gives the last
@@ -38,5 +40,39 @@ func TestFaults(t *testing.T) {
 	sync(t, p, webSnap().Snap, fullSync())
 	if m := hairpin.FindAllString(fake.Dump(), -1); len(m) > 0 {
 		t.Errorf("hairpin-not-masqueraded: %d hairpin rules remain: %v", len(m), m)
+	}
+}
+
+// A proxier started over an earlier one's table (a restart) leaves what a
+// fresh one would; with kernel-state-forgotten the chains of a Service
+// deleted while it was down remain, and the suite's restart feature must
+// catch them.
+func TestFaultKernelStateForgotten(t *testing.T) {
+	b := webSnap()
+	without := *b.Snap
+	without.Services = maps.Clone(b.Snap.Services)
+	for n := range without.Services {
+		if n.Name == "web" {
+			delete(without.Services, n)
+		}
+	}
+	want := fresh(t, &without)
+	restart := func() string {
+		t.Helper()
+		first, fake := newFakeProxier(t)
+		sync(t, first, b.Snap, fullSync())
+		second, err := New(Config{NFT: fake, ClusterCIDR: testsnap.ClusterCIDR})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sync(t, second, &without, fullSync())
+		return fake.Dump()
+	}
+	if got := restart(); got != want {
+		t.Fatalf("unbroken: a restart without web leaves\n%s\nwant\n%s", got, want)
+	}
+	t.Cleanup(fault.Set(fault.KernelStateForgotten))
+	if got := restart(); got == want {
+		t.Error("kernel-state-forgotten: the restarted proxier still removed web's chains")
 	}
 }

@@ -296,7 +296,7 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 		}
 	}
 	var staleChains, staleSets []string
-	if full {
+	if full && fault.Current() != fault.KernelStateForgotten {
 		for _, c := range existing["chain"] {
 			if isServiceObject(c) && !keep[c] {
 				staleChains = append(staleChains, c)

@@ -51,6 +51,12 @@ type Promise struct {
 	// answer itself, and another node's backend must answer through the
 	// node that took the connection), so that is no column.
 	PodSourceKept bool
+	// FlowsOutliveProxier: connections established through a Service
+	// keep working while the proxier is down and after it restarts. The
+	// kernel modes leave their rules, conntrack and IPVS entries to the
+	// kernel; the userspace proxy carries every connection in its own
+	// process, so they end with it.
+	FlowsOutliveProxier bool
 	// AffinityExpirySlack is how long past timeoutSeconds (counted from a
 	// client's last connection) the affinity may still hold.
 	AffinityExpirySlack time.Duration
@@ -63,7 +69,7 @@ type Promise struct {
 // Table is what each mode promises.
 var Table = []Promise{
 	{
-		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false,
+		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false, FlowsOutliveProxier: false,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, Listeners},
 		Basis: "kube-proxy userspace (removed in 1.26): the node proxy accepts, picks round-robin, " +
@@ -71,14 +77,14 @@ var Table = []Promise{
 			"backends see the node's address, never the client pod's",
 	},
 	{
-		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
+		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables},
 		Basis: "statistic --mode random --probability 1/(n-i) chains; ClientIP affinity with the recent module; " +
 			"no retry: a connection whose DNAT target does not answer fails",
 	},
 	{
-		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
+		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
 		// An IPVS persistence template cannot expire while connections it
 		// controls are still in IPVS's table, and a closed TCP connection
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
@@ -96,7 +102,7 @@ var Table = []Promise{
 			"no retry; VIPs bound to a dummy device",
 	},
 	{
-		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true,
+		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, NFTables},
 		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
@@ -169,7 +175,7 @@ func (p Promise) Summary() string {
 		cc = append(cc, string(c))
 	}
 	sort.Strings(cc)
-	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t cleanup=%s", p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, strings.Join(cc, "+"))
+	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t cleanup=%s", p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, strings.Join(cc, "+"))
 }
 
 // Has reports whether the mode keeps state of kind i.

@@ -8,13 +8,13 @@ import (
 // TestTable pins the table to DESIGN.md's "What each mode promises".
 func TestTable(t *testing.T) {
 	want := map[string]struct {
-		sel           Selection
-		aff, try, src bool
+		sel                  Selection
+		aff, try, src, flows bool
 	}{
-		"userspace": {RoundRobin, true, true, false},
-		"iptables":  {Random, true, false, true},
-		"ipvs":      {RoundRobin, true, false, true},
-		"nftables":  {Random, true, false, true},
+		"userspace": {RoundRobin, true, true, false, false},
+		"iptables":  {Random, true, false, true, true},
+		"ipvs":      {RoundRobin, true, false, true, true},
+		"nftables":  {Random, true, false, true, true},
 	}
 	if len(Table) != len(want) {
 		t.Fatalf("table has %d modes, want %d", len(Table), len(want))
@@ -24,7 +24,7 @@ func TestTable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.Selection != w.sel || p.ClientIPAffinity != w.aff || p.Retry != w.try || p.PodSourceKept != w.src {
+		if p.Selection != w.sel || p.ClientIPAffinity != w.aff || p.Retry != w.try || p.PodSourceKept != w.src || p.FlowsOutliveProxier != w.flows {
 			t.Errorf("%s: %s", mode, p.Summary())
 		}
 		if !p.Has(IPTables) || p.Basis == "" {

@@ -53,6 +53,7 @@ const (
 	podSource  = "a backend reached through a ClusterIP sees the client pod's address (kernel modes) or the client node's (userspace)"
 	udpDropped = "removing UDP from a port number that TCP shares stops UDP, and TCP serves throughout"
 	sliceGone  = "deleting one EndpointSlice drops exactly its endpoints"
+	restarted  = "after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -93,6 +94,9 @@ var table = []struct {
 	// are removed ones whose pods still serve.
 	{Case{fault.ServiceDeleteIgnored, "same-port", []string{udpDropped}}, nil},
 	{Case{fault.RemovedEndpointKept, "slices", []string{sliceGone}}, nil},
+	// The modes that list the kernel's chains on a full sync; ipvs keeps
+	// its Services in IPVS, and userspace owns no per-Service chain.
+	{Case{fault.KernelStateForgotten, "restart", []string{restarted}}, []string{"iptables", "nftables"}},
 }
 
 // Modes the self-test knows.

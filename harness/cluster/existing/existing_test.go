@@ -38,6 +38,14 @@ func (l tlog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// The disruptive checks stop and start the proxiers only where the suite
+// owns the cluster: a user's cluster must never offer it.
+func TestNeverRestartsTheUsersProxy(t *testing.T) {
+	if _, ok := any(&existing.Cluster{}).(cluster.ProxierRestarter); ok {
+		t.Fatal("PROVIDER=existing implements cluster.ProxierRestarter: the restart feature would stop the user's proxy")
+	}
+}
+
 func TestMissingEchoImageNamesTheFix(t *testing.T) {
 	t.Setenv(existing.EnvEcho, "")
 	_, err := existing.Up(context.Background(), existing.Options{Name: "x", Kubeconfig: "/nonexistent"})

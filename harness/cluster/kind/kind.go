@@ -25,6 +25,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -312,7 +313,6 @@ func (c *Cluster) load(ctx context.Context, n kindNode, images []string) error {
 // deployProxier applies our DaemonSet (reference) or waits for kubeadm's
 // kube-proxy, until it runs on every node.
 func (c *Cluster) deployProxier(ctx context.Context) error {
-	ds := "kube-proxy"
 	if c.opts.Impl == ImplReference {
 		stream, err := manifests.Render(manifests.Options{Mode: c.opts.Mode, Image: c.proxier,
 			APIServer: netip.AddrPortFrom(c.info.Nodes[0].IP, 6443).String(), ImagePullPolicy: "Never",
@@ -329,16 +329,36 @@ func (c *Cluster) deployProxier(ctx context.Context) error {
 		if err := a.Apply(ctx, stream, false); err != nil {
 			return err
 		}
-		ds = manifests.Name
 	}
+	return c.waitProxiers(ctx, len(c.info.Nodes))
+}
+
+func (c *Cluster) proxierDaemonSet() string {
+	if c.opts.Impl == ImplReference {
+		return manifests.Name
+	}
+	return "kube-proxy"
+}
+
+// waitProxiers waits until the proxier's DaemonSet runs ready pods on
+// want nodes and, when want is 0, until its last pod is gone.
+func (c *Cluster) waitProxiers(ctx context.Context, want int) error {
+	ds := c.proxierDaemonSet()
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		d, err := c.client.AppsV1().DaemonSets("kube-system").Get(ctx, ds, metav1.GetOptions{})
-		if err == nil && d.Status.DesiredNumberScheduled == int32(len(c.info.Nodes)) && d.Status.NumberReady == d.Status.DesiredNumberScheduled {
+		done := err == nil && d.Status.DesiredNumberScheduled == int32(want) && d.Status.NumberReady == int32(want) &&
+			d.Status.UpdatedNumberScheduled == int32(want) && d.Status.ObservedGeneration >= d.Generation
+		if done && want == 0 {
+			var pods *corev1.PodList
+			pods, err = c.client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(d.Spec.Selector)})
+			done = err == nil && len(pods.Items) == 0
+		}
+		if done {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("DaemonSet kube-system/%s not ready on %d nodes after 3 minutes (%v); see its pods' logs in the saved logs", ds, len(c.info.Nodes), err)
+			return fmt.Errorf("DaemonSet kube-system/%s not ready on %d nodes after 3 minutes (%v); see its pods' logs in the saved logs", ds, want, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -346,6 +366,36 @@ func (c *Cluster) deployProxier(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// stoppedLabel is a node label no node has: a proxier DaemonSet that
+// selects it runs nowhere, and its pods go as a crashed proxier's would,
+// leaving their rules.
+const stoppedLabel = "proxymodes.dev/proxier-stopped"
+
+// StopProxiers implements cluster.ProxierRestarter.
+func (c *Cluster) StopProxiers(ctx context.Context) error {
+	if err := c.patchProxierSelector(ctx, `"true"`); err != nil {
+		return err
+	}
+	return c.waitProxiers(ctx, 0)
+}
+
+// StartProxiers implements cluster.ProxierRestarter.
+func (c *Cluster) StartProxiers(ctx context.Context) error {
+	if err := c.patchProxierSelector(ctx, "null"); err != nil {
+		return err
+	}
+	return c.waitProxiers(ctx, len(c.info.Nodes))
+}
+
+func (c *Cluster) patchProxierSelector(ctx context.Context, value string) error {
+	patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"nodeSelector":{%q:%s}}}}}`, stoppedLabel, value)
+	_, err := c.client.AppsV1().DaemonSets("kube-system").Patch(ctx, c.proxierDaemonSet(), types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("patching DaemonSet kube-system/%s's nodeSelector: %w", c.proxierDaemonSet(), err)
+	}
+	return nil
 }
 
 // SaveLogs implements cluster.Cluster with kind's log export (every
@@ -489,3 +539,5 @@ func (p *cmdProcess) Wait() error {
 // EchoImage is the echo image loaded into the nodes (what an existing-
 // cluster run against this cluster uses as PROXYMODES_ECHO_IMAGE).
 func (c *Cluster) EchoImage() string { return c.echo }
+
+var _ cluster.ProxierRestarter = (*Cluster)(nil)

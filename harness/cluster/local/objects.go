@@ -143,6 +143,28 @@ func (l *Lab) RestartProxiers(ctx context.Context, extra ...string) error {
 	return l.runProxiers(ctx, append(append([]string(nil), l.opts.Proxier.Args...), extra...))
 }
 
+// StopProxiers implements cluster.ProxierRestarter.
+func (l *Lab) StopProxiers(ctx context.Context) error {
+	if l.opts.Proxier == nil {
+		return fmt.Errorf("lab %s runs no proxier", l.opts.Name)
+	}
+	for _, n := range l.Info().Nodes {
+		if err := l.plane.StopProxier(ctx, n.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartProxiers implements cluster.ProxierRestarter: the same proxier,
+// with the same flags.
+func (l *Lab) StartProxiers(ctx context.Context) error {
+	if l.opts.Proxier == nil {
+		return fmt.Errorf("lab %s runs no proxier", l.opts.Name)
+	}
+	return l.startProxiers(ctx)
+}
+
 // SwitchProxiers replaces every node's proxier with another mode or
 // implementation (nil: none), as an operator changing kube-proxy's mode
 // would: stop the old ones, run the old binary's --cleanup in each node
@@ -488,3 +510,5 @@ func (l *Lab) setFault(pod cluster.Pod, f cluster.Fault) error {
 	}
 	return fmt.Errorf("no pod %s in lab %s", pod, l.opts.Name)
 }
+
+var _ cluster.ProxierRestarter = (*Lab)(nil)
