@@ -45,18 +45,20 @@ k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 	@clusters/k8s/build.sh controlplane kube-proxy >/dev/null
 
 # The steps of make test after go vet and the self-test build, by token.
-# TEST_LANES=1 (the default) runs them one after another in TEST_STEPS'
-# order. TEST_LANES=3 runs three lanes side by side, each in order: labs
-# in the host namespace (go test ./..., the bench smoke, nftables for both
-# implementations), isolated labs in UML guests, and isolated host labs
-# then kind; each step's output goes to TEST_LOGS/<step>.log. Not the
-# default: two lanes runs on 2026-12-03 failed kube-proxy's host modes on
-# the proxier-quiet wait under load (see the README's flakes table).
-TEST_STEPS := unit smoke conf:userspace/reference conf:ipvs/reference conf:iptables/kube-proxy conf:ipvs/kube-proxy kind existing
-TEST_LANE_1 := unit smoke conf:nftables/reference conf:nftables/kube-proxy
-TEST_LANE_2 := conf:ipvs/reference conf:ipvs/kube-proxy
-TEST_LANE_3 := conf:userspace/reference conf:iptables/kube-proxy kind existing
-TEST_LANES ?= 1
+# TEST_LANES=3 (the default) runs three lanes side by side, each in order:
+# lane 1 holds the host-namespace lab (go test, the bench smoke, kube-proxy
+# nftables), lane 2 the UML guests, lane 3 kind; the self-tests and the
+# other lanes' conformance runs use isolated labs. Each step's output goes
+# to TEST_LOGS/lane<n>-<i>-<step>.log. TEST_LANES=1 runs TEST_STEPS one
+# after another: the same steps, about twice as long.
+# A self-test step (selftest:<mode>) runs each broken build of the
+# reference proxier and then the shipped one over the whole suite, so it is
+# also that mode's conformance run for IMPL=reference.
+TEST_STEPS := unit smoke selftest:iptables selftest:userspace selftest:nftables conf:iptables/kube-proxy conf:nftables/kube-proxy conf:ipvs/reference conf:ipvs/kube-proxy kind existing
+TEST_LANE_1 := unit smoke selftest:iptables conf:nftables/kube-proxy
+TEST_LANE_2 := conf:ipvs/reference conf:ipvs/kube-proxy selftest:nftables
+TEST_LANE_3 := selftest:userspace conf:iptables/kube-proxy kind existing
+TEST_LANES ?= 3
 TEST_LOGS ?= /tmp/proxymodes-test-logs/$(shell date +%Y%m%d-%H%M%S)
 test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables, ipvs and nftables modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does [TEST_LANES=1|3]; ends with a table of step times
 	@case "$(TEST_LANES)" in 1|3) ;; *) echo "TEST_LANES=$(TEST_LANES): use 1 (one step after another) or 3 (three lanes side by side)" >&2; exit 2;; esac; \
@@ -69,14 +71,16 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 	conf() { local r=$$1 lab=$$2; env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s \
 		$${lab:+LAB_ISOLATED=1 PROXYMODES_LAB_NAME=$$lab} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; }; \
 	token() { local t=$$1 lab=$$2; case $$t in \
-		unit) step "go test ./... (unit, lab, proxier; conformance for iptables)" \
-			env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...;; \
+		unit) step "go test ./... but the conformance suite (unit, lab, proxier; the self-test step runs it)" \
+			env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/suites/conformance$$');; \
 		smoke) step "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
 			env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep;; \
 		conf:*) local r=$${t#conf:}; step "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')$${lab:+, isolated lab $$lab}" conf $$r $$lab;; \
 		kind) step "conformance on kind, MODE=iptables (a first run builds the node image: ~25 min)" \
 			env PROXYMODES_PROVIDER=kind PROXYMODES_MODE=iptables PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance;; \
 		existing) step "PROVIDER=existing against a kind cluster running kube-proxy" $(MAKE) --no-print-directory existing-e2e;; \
+		selftest:*) local m=$${t#selftest:}; step "self-test MODE=$$m: each broken build fails its check, the shipped proxier passes the whole suite" \
+			$(MAKE) --no-print-directory selftest MODE=$$m SELFTEST_JOBS=2 SELFTEST_LAB=s$${m:0:1} SELFTEST_DIR=$$logs/selftest-$$m;; \
 		*) echo "make test: unknown step $$t" >&2; return 2;; esac; }; \
 	lane() { local n=$$1 t i=0 log; shift; for t in "$$@"; do i=$$((i + 1)); log=$$logs/lane$$n-$$i-$${t//[^a-z0-9]/_}.log; \
 		echo "proxymodes: lane $$n: $$t (log $$log)"; \
@@ -136,6 +140,9 @@ ifeq ($(SELFTEST_DIR),)
 SELFTEST_DIR := /tmp/proxymodes-selftests/$(shell date +%Y%m%d-%H%M%S)-$(MODE)
 endif
 SELFTEST_JOBS ?= 1
+# SELFTEST_LAB prefixes the isolated labs' names, so that two self-tests
+# (make test's lanes run two) never share one.
+SELFTEST_LAB ?= st
 selftest: check-mode cli deps k8s ## run the suite against proxiers broken on purpose, one promise each (MODE, SELFTEST_JOBS=1); each must fail, the real one pass; table in SELFTEST_DIR/SELFTEST.md
 	@mkdir -p $(SELFTEST_DIR)
 	@echo "proxymodes: self-test of MODE=$(MODE) into $(SELFTEST_DIR), $(SELFTEST_JOBS) at a time"
@@ -155,7 +162,7 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 	else \
 		i=0; while read -r name labels; do \
 			while [ $$(jobs -rp | wc -l) -ge $(SELFTEST_JOBS) ]; do wait -n; done; \
-			i=$$((i + 1)); one "$$name" "$$labels" "LAB_ISOLATED=1 PROXYMODES_LAB_NAME=st$$i" & \
+			i=$$((i + 1)); one "$$name" "$$labels" "LAB_ISOLATED=1 PROXYMODES_LAB_NAME=$(SELFTEST_LAB)$$i" & \
 		done < <(grep '^unbroken' $(SELFTEST_DIR)/runs; grep -v '^unbroken' $(SELFTEST_DIR)/runs); wait; \
 	fi
 	@$(PROXYMODES) selftest report $(SELFTEST_DIR) $(MODE)
