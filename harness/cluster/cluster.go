@@ -147,6 +147,21 @@ type ProxierRestarter interface {
 	StartProxiers(ctx context.Context) error
 }
 
+// APIServerRestarter is what a provider implements to let the disruptive
+// checks stop the API server that the proxiers watch and start it again.
+type APIServerRestarter interface {
+	// StopAPIServer returns once the proxiers' API server no longer
+	// answers. With standIn true, Client() meanwhile reaches a stand-in
+	// on the same storage that no proxier knows of (as another replica
+	// of an HA control plane would), so a check can change objects that
+	// the proxiers see only once theirs is back; with false, Client()
+	// fails until StartAPIServer.
+	StopAPIServer(ctx context.Context) (standIn bool, err error)
+	// StartAPIServer returns once the proxiers' API server is ready again
+	// and Client() reaches it.
+	StartAPIServer(ctx context.Context) error
+}
+
 // NewClient is a helper for providers.
 func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 	c, err := kubernetes.NewForConfig(rc)

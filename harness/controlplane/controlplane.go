@@ -1,7 +1,9 @@
 // Package controlplane runs the pinned control plane binary (embedded etcd,
 // kube-apiserver, kube-controller-manager) for the local lab: it writes the
 // certificates, keys, token file and kubeconfig it needs, starts it, waits
-// for /readyz and stops it.
+// for /readyz and stops it. A stopped control plane can start again on its
+// storage, and meanwhile lend that storage to a stand-in API server that
+// the lab's clients do not know (the API server restart check).
 package controlplane
 
 import (
@@ -64,6 +66,11 @@ type ControlPlane struct {
 	Kubeconfig string
 	LogPath    string
 	rest       *rest.Config
+	// etcdPort is kept so that a restart or a stand-in opens the same
+	// etcd member: its data directory records its peer URL.
+	etcdPort int
+	// standIn runs kube-apiserver alone (see StandIn).
+	standIn bool
 }
 
 // URL is the API server's address.
@@ -104,35 +111,87 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control plane credentials: %w", err)
 	}
-	c := &ControlPlane{cfg: cfg, exited: make(chan struct{}),
+	c := &ControlPlane{cfg: cfg,
 		Kubeconfig: filepath.Join(cfg.Dir, "kubeconfig"), LogPath: filepath.Join(cfg.Dir, "controlplane.log")}
 	if err := c.writeKubeconfig(token); err != nil {
 		return nil, err
 	}
-	etcdPort, err := freeLoopbackPorts(2)
-	if err != nil {
+	if c.etcdPort, err = freeLoopbackPorts(2); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(c.LogPath)
-	if err != nil {
+	if err := c.launch(ctx); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// launch starts the process, appending to its log, and returns once
+// /readyz answers, or with the end of the log if it never does.
+func (c *ControlPlane) launch(ctx context.Context) error {
+	logf, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(cfg.Binary, c.args(etcdPort)...)
+	c.exited = make(chan struct{})
+	c.cmd = exec.Command(c.cfg.Binary, c.args()...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.Env = append(os.Environ(), cfg.ExtraEnv...)
+	c.cmd.Env = append(os.Environ(), c.cfg.ExtraEnv...)
 	// Its own process group: Ctrl-C reaches only us, and we stop it in
 	// order (apiserver before etcd) instead of racing the terminal.
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", cfg.Binary, err)
+		close(c.exited) // nothing runs: Stop and Healthy must say so
+		return fmt.Errorf("start %s: %w", c.cfg.Binary, err)
 	}
-	go func() { c.cmd.Wait(); close(c.exited) }()
+	exited := c.exited
+	go func() { c.cmd.Wait(); close(exited) }()
 	if err := c.waitReady(ctx, 90*time.Second); err != nil {
 		c.Stop()
-		return nil, fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, logs.Tail(c.LogPath, 25))
+		return fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, c.LogPath, logs.Tail(c.LogPath, 25))
 	}
-	return c, nil
+	return nil
+}
+
+// Resume starts a stopped control plane again: the same storage, ports
+// and credentials, so every client's kubeconfig still holds.
+func (c *ControlPlane) Resume(ctx context.Context) error {
+	if c.Healthy() {
+		return errors.New("the control plane is already running")
+	}
+	return c.launch(ctx)
+}
+
+// StandIn starts kube-apiserver alone on a stopped control plane's
+// storage, on another port, and returns it: it stands for another
+// replica of an HA control plane, which takes writes while the one that
+// the lab's clients know is down. It runs no controllers (the stopped
+// control plane's catch up when it resumes) and leaves the kubernetes
+// Service's endpoints alone. Stop it before Resume: they share etcd.
+func (c *ControlPlane) StandIn(ctx context.Context) (*ControlPlane, error) {
+	if c.Healthy() {
+		return nil, errors.New("the control plane is running: stop it before starting a stand-in on its storage")
+	}
+	s := &ControlPlane{cfg: c.cfg, etcdPort: c.etcdPort, standIn: true,
+		Kubeconfig: filepath.Join(c.cfg.Dir, "kubeconfig-standin"), LogPath: filepath.Join(c.cfg.Dir, "standin.log")}
+	// The bind address may exist only in the control plane's namespace.
+	pick := func() (err error) { s.cfg.Port, err = freePort(c.cfg.bindAddress()); return err }
+	var err error
+	if c.cfg.NetNS == "" {
+		err = pick()
+	} else {
+		err = netlab.Do(c.cfg.NetNS, pick)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writeKubeconfig(c.rest.BearerToken); err != nil {
+		return nil, err
+	}
+	if err := s.launch(ctx); err != nil {
+		return nil, fmt.Errorf("stand-in API server: %w", err)
+	}
+	return s, nil
 }
 
 // start forks inside the configured namespace: a child inherits the
@@ -152,13 +211,13 @@ func (c *ControlPlane) dial() func(ctx context.Context, network, addr string) (n
 	return netlab.Dialer(c.cfg.NetNS, nil)
 }
 
-func (c *ControlPlane) args(etcdPort int) []string {
+func (c *ControlPlane) args() []string {
 	d := c.cfg.Dir
 	addr := c.cfg.Address.String()
-	return []string{
-		"--data-dir", filepath.Join(d, "etcd"), "--etcd-port", strconv.Itoa(etcdPort),
+	args := []string{
+		"--data-dir", filepath.Join(d, "etcd"), "--etcd-port", strconv.Itoa(c.etcdPort),
 		"--kube-apiserver",
-		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdPort),
+		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(c.etcdPort),
 		"--bind-address=" + c.cfg.bindAddress().String(), "--advertise-address=" + addr,
 		"--secure-port=" + strconv.Itoa(c.cfg.Port),
 		"--tls-cert-file=" + filepath.Join(d, "apiserver.crt"),
@@ -177,15 +236,23 @@ func (c *ControlPlane) args(etcdPort int) []string {
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
 		"--v=1",
+	}
+	if c.standIn {
+		// Its port is not the one clients know: published in the
+		// kubernetes Service, it would change that Service for the
+		// proxiers behind the check's back.
+		return append(args, "--endpoint-reconciler-type=none")
+	}
+	return append(args,
 		"--kube-controller-manager",
-		"--kubeconfig=" + c.Kubeconfig,
+		"--kubeconfig="+c.Kubeconfig,
 		// garbagecollector removes EndpointSlices with their Service.
 		"--controllers=endpointslice,endpointslicemirroring,garbagecollector",
 		"--use-service-account-credentials=false", "--leader-elect=false", "--secure-port=0",
 		// The defaults (20 qps) make slices trickle in during bulk creation.
 		"--kube-api-qps=1000", "--kube-api-burst=2000",
 		"--concurrent-service-endpoint-syncs=10",
-	}
+	)
 }
 
 // writeCredentials creates the serving certificate, the service account

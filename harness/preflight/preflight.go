@@ -80,6 +80,7 @@ var Base = map[string]string{
 	"sh":       "dash",
 	"bash":     "bash",
 	"test":     "coreutils",
+	"mv":       "coreutils", // in kind's control-plane node, to stop its API server
 	"tar":      "tar",
 	"ldd":      "libc-bin",
 	"setpriv":  "util-linux",

@@ -44,6 +44,9 @@ func TestNeverRestartsTheUsersProxy(t *testing.T) {
 	if _, ok := any(&existing.Cluster{}).(cluster.ProxierRestarter); ok {
 		t.Fatal("PROVIDER=existing implements cluster.ProxierRestarter: the restart feature would stop the user's proxy")
 	}
+	if _, ok := any(&existing.Cluster{}).(cluster.APIServerRestarter); ok {
+		t.Fatal("PROVIDER=existing implements cluster.APIServerRestarter: the API server restart feature would stop the user's API server")
+	}
 }
 
 func TestMissingEchoImageNamesTheFix(t *testing.T) {

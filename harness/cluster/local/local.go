@@ -137,7 +137,11 @@ type Lab struct {
 	dir    string
 	log    cluster.Logger
 	cp     *controlplane.ControlPlane
-	client kubernetes.Interface
+	// standIn serves the API while cp is stopped (StopAPIServer); client
+	// is then its client, and cpClient cp's.
+	standIn  *controlplane.ControlPlane
+	client   kubernetes.Interface
+	cpClient kubernetes.Interface
 
 	// lock is held while this process owns the lab: the host lock for a
 	// lab in the host namespace (labs there share the address plan, so
@@ -415,10 +419,11 @@ func (l *Lab) startControlPlane(ctx context.Context, bin string) error {
 		return err
 	}
 	l.cp = cp
-	l.client, err = cluster.NewClient(cp.RESTConfig())
+	l.cpClient, err = cluster.NewClient(cp.RESTConfig())
 	if err != nil {
 		return err
 	}
+	l.client = l.cpClient
 	l.st.APIServer = cp.URL()
 	l.st.Kubeconfig = cp.Kubeconfig
 	return nil
@@ -451,8 +456,13 @@ func (s state) info() cluster.Info {
 // RESTConfig is an admin configuration for the lab's API server.
 func (l *Lab) RESTConfig() *rest.Config { return l.cp.RESTConfig() }
 
-// Client is an admin clientset.
-func (l *Lab) Client() kubernetes.Interface { return l.client }
+// Client is an admin clientset: the stand-in's while the API server is
+// stopped (StopAPIServer).
+func (l *Lab) Client() kubernetes.Interface {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.client
+}
 
 // ControlPlaneLog is the path of the control plane's log.
 func (l *Lab) ControlPlaneLog() string { return l.cp.LogPath }
@@ -465,6 +475,11 @@ func (l *Lab) Down(ctx context.Context) error {
 	// API goes.
 	if l.plane != nil {
 		errs = append(errs, l.plane.Close())
+	}
+	if l.standIn != nil {
+		if err := l.standIn.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stand-in API server: %w", err))
+		}
 	}
 	if l.cp != nil {
 		if err := l.cp.Stop(); err != nil {
