@@ -63,7 +63,18 @@ const (
 	// a Service deleted while the proxier was down keeps its chains
 	// (iptables, nftables).
 	KernelStateForgotten Fault = "kernel-state-forgotten"
+	// APILossFlushes programs no Service while the API server does not
+	// answer, as a proxier that takes a failed watch for an empty cluster.
+	APILossFlushes Fault = "api-loss-flushes"
+	// APIChangesMissed keeps the state from before the API server first
+	// stopped answering: what changes meanwhile or afterwards never
+	// reaches the data plane, as a proxier whose watch never resumes.
+	APIChangesMissed Fault = "api-changes-missed"
 )
+
+// WatchesAPI says whether the fault needs to know when the API server
+// answers (Filter.APIDown, Filter.APILost).
+func WatchesAPI(f Fault) bool { return f == APILossFlushes || f == APIChangesMissed }
 
 // Descriptions says what each fault breaks, for help texts and reports.
 var Descriptions = map[Fault]string{
@@ -83,6 +94,8 @@ var Descriptions = map[Fault]string{
 	HairpinNotMasqueraded: "a pod's connection to itself through its Service is not SNATed",
 	PodSourceMasqueraded:  "traffic from pods to cluster IPs is masqueraded (backends lose the client's address)",
 	KernelStateForgotten:  "after a restart the proxier removes only the chains it created itself: a Service deleted while it was down keeps its chains",
+	APILossFlushes:        "while the API server does not answer, every Service's rules are removed",
+	APIChangesMissed:      "once the API server has stopped answering, no change reaches the data plane again",
 }
 
 // Hairpin says whether the kernel modes SNAT a pod's connection to itself.

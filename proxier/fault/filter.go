@@ -9,11 +9,23 @@ import (
 // keep what is gone or ignore what is new.
 type Filter struct {
 	prev *core.Snapshot
+	// APIDown says the API server does not answer now; APILost that it
+	// has not at some point. The proxier sets them for the faults that
+	// WatchesAPI.
+	APIDown, APILost bool
 }
 
 // Apply returns the snapshot to program. snap is not modified: a mode may
 // keep references to it.
 func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
+	switch {
+	case which == APILossFlushes && f.APIDown:
+		out := core.NewSnapshot()
+		out.Node = snap.Node
+		return out
+	case which == APIChangesMissed && f.APILost && f.prev != nil:
+		return f.prev
+	}
 	out := core.NewSnapshot()
 	out.Node = snap.Node
 	for n, sp := range snap.Services {

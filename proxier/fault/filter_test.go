@@ -107,3 +107,32 @@ func TestParse(t *testing.T) {
 		t.Error("an unknown fault was accepted")
 	}
 }
+
+func TestFilterAPIFaults(t *testing.T) {
+	one := snapshot(false, 0, "198.18.1.2")
+	two := snapshot(false, 0, "198.18.1.2", "198.18.1.3")
+
+	var flush Filter
+	flush.Apply(APILossFlushes, one)
+	flush.APIDown, flush.APILost = true, true
+	if out := flush.Apply(APILossFlushes, one); len(out.Services) != 0 || len(out.Endpoints) != 0 {
+		t.Errorf("api-loss-flushes: while the API is down, got %d Services, want none", len(out.Services))
+	}
+	flush.APIDown = false
+	if got := ips(flush.Apply(APILossFlushes, two)); len(got) != 2 {
+		t.Errorf("api-loss-flushes: once the API answers, got %v, want both endpoints", got)
+	}
+
+	var missed Filter
+	missed.Apply(APIChangesMissed, one)
+	if got := ips(missed.Apply(APIChangesMissed, two)); len(got) != 2 {
+		t.Errorf("api-changes-missed: before the API was lost, got %v, want both endpoints", got)
+	}
+	missed.APILost = true
+	if got := ips(missed.Apply(APIChangesMissed, one)); len(got) != 2 {
+		t.Errorf("api-changes-missed: after the API was lost, got %v, want the state from before (both)", got)
+	}
+	if out := missed.Apply(APIChangesMissed, core.NewSnapshot()); len(out.Services) != 1 {
+		t.Errorf("api-changes-missed: a Service deleted after the API was lost is gone")
+	}
+}

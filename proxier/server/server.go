@@ -167,6 +167,9 @@ func (p *Proxier) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	if fault.WatchesAPI(fault.Current()) {
+		go p.watchAPI(ctx)
+	}
 
 	klog.InfoS("Waiting for Service and EndpointSlice caches", "mode", p.cfg.Mode.Name())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
@@ -179,6 +182,37 @@ func (p *Proxier) Run(ctx context.Context) error {
 	p.runner.Run() // first sync right away
 	p.runner.Loop(ctx)
 	return nil
+}
+
+// watchAPI, for the self-test faults that break on a lost API server
+// only, polls its /readyz and tells the fault filter; a change in the
+// answer forces a full sync.
+func (p *Proxier) watchAPI(ctx context.Context) {
+	rc := p.cfg.Client.Discovery().RESTClient()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		down := rc.Get().AbsPath("/readyz").Do(rctx).Error() != nil
+		cancel()
+		p.mu.Lock()
+		changed := p.faults.APIDown != down
+		p.faults.APIDown = down
+		p.faults.APILost = p.faults.APILost || down
+		if changed {
+			p.needFull = true
+		}
+		p.mu.Unlock()
+		if changed {
+			klog.InfoS("Self-test fault: the API server's answer changed", "fault", fault.Current(), "down", down)
+			p.runner.Run()
+		}
+	}
 }
 
 // SyncOnce takes the tracker's state and syncs the mode once. The runner

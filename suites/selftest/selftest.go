@@ -53,6 +53,8 @@ const (
 	podSource  = "a backend reached through a ClusterIP sees the client pod's address (kernel modes) or the client node's (userspace)"
 	udpDropped = "removing UDP from a port number that TCP shares stops UDP, and TCP serves throughout"
 	sliceGone  = "deleting one EndpointSlice drops exactly its endpoints"
+	apiDown    = "while the proxiers' API server is down, their Services keep working"
+	apiMissed  = "a Service created and one deleted while the proxiers' API server was down are applied once it returns"
 	restarted  = "after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale"
 )
 
@@ -97,6 +99,8 @@ var table = []struct {
 	// The modes that list the kernel's chains on a full sync; ipvs keeps
 	// its Services in IPVS, and userspace owns no per-Service chain.
 	{Case{fault.KernelStateForgotten, "restart", []string{restarted}}, []string{"iptables", "nftables"}},
+	{Case{fault.APILossFlushes, "apiserver-restart", []string{apiDown}}, nil},
+	{Case{fault.APIChangesMissed, "apiserver-restart", []string{apiMissed}}, nil},
 }
 
 // Modes the self-test knows.
