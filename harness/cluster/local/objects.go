@@ -94,7 +94,7 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 			}},
 			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
 		}
-		created, err := l.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		created, err := l.Client().CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
 			return err
 		}
@@ -109,7 +109,7 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 				LastHeartbeatTime: now, LastTransitionTime: now,
 			}},
 		}
-		if _, err := l.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		if _, err := l.Client().CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
 	}
@@ -381,7 +381,7 @@ func (l *Lab) createPod(ctx context.Context, spec cluster.PodSpec, pod cluster.P
 		c := &obj.Spec.Containers[0]
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: cluster.AltPortName, ContainerPort: int32(pod.AltTCPPort), Protocol: corev1.ProtocolTCP})
 	}
-	created, err := l.client.CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+	created, err := l.Client().CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
 		return err
 	}
@@ -412,7 +412,7 @@ func (l *Lab) markReady(ctx context.Context, p *corev1.Pod, pod cluster.Pod) err
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		}},
 	}
-	_, err := l.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	_, err := l.Client().CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 	return err
 }
 
@@ -442,7 +442,7 @@ func (l *Lab) findPod(key string) (podState, bool) {
 func (l *Lab) removePod(ctx context.Context, pod cluster.Pod) error {
 	err := l.plane.RemovePod(ctx, pod)
 	zero := int64(0)
-	if derr := l.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); derr != nil && !apierrors.IsNotFound(derr) && err == nil {
+	if derr := l.Client().CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); derr != nil && !apierrors.IsNotFound(derr) && err == nil {
 		err = derr
 	}
 	l.mu.Lock()
