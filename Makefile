@@ -47,17 +47,18 @@ k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 # The steps of make test after go vet and the self-test build, by token.
 # TEST_LANES=3 (the default) runs three lanes side by side, each in order:
 # lane 1 holds the host-namespace lab (go test, the bench smoke, kube-proxy
-# nftables), lane 2 the UML guests, lane 3 kind; the self-tests and the
-# other lanes' conformance runs use isolated labs. Each step's output goes
-# to TEST_LOGS/lane<n>-<i>-<step>.log. TEST_LANES=1 runs TEST_STEPS one
-# after another: the same steps, about twice as long.
+# nftables and iptables), lane 2 the UML guests, lane 3 kind first (a cold
+# machine builds the node image there: ~25 min, so it starts at once); the
+# self-tests and the other lanes' conformance runs use isolated labs. Each
+# step's output goes to TEST_LOGS/lane<n>-<i>-<step>.log. TEST_LANES=1 runs
+# TEST_STEPS one after another: the same steps, about twice as long.
 # A self-test step (selftest:<mode>) runs each broken build of the
 # reference proxier and then the shipped one over the whole suite, so it is
 # also that mode's conformance run for IMPL=reference.
 TEST_STEPS := unit smoke selftest:iptables selftest:userspace selftest:nftables conf:iptables/kube-proxy conf:nftables/kube-proxy conf:ipvs/reference conf:ipvs/kube-proxy kind existing
-TEST_LANE_1 := unit smoke selftest:iptables conf:nftables/kube-proxy
+TEST_LANE_1 := unit smoke selftest:iptables conf:nftables/kube-proxy conf:iptables/kube-proxy
 TEST_LANE_2 := conf:ipvs/reference conf:ipvs/kube-proxy selftest:nftables
-TEST_LANE_3 := selftest:userspace conf:iptables/kube-proxy kind existing
+TEST_LANE_3 := kind existing selftest:userspace
 TEST_LANES ?= 3
 TEST_LOGS ?= /tmp/proxymodes-test-logs/$(shell date +%Y%m%d-%H%M%S)
 test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables, ipvs and nftables modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does [TEST_LANES=1|3]; ends with a table of step times
