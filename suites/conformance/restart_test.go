@@ -234,14 +234,17 @@ func flowTally(res []flowResult) string {
 }
 
 func diffTally(d map[string][]string) string {
-	if len(d) == 0 {
-		return "nothing lost, duplicated, stale or unexplained"
-	}
 	var parts []string
 	for _, k := range []string{"lost", "duplicated", "stale", "unexplained"} {
 		if len(d[k]) > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", len(d[k]), k))
 		}
 	}
-	return strings.Join(parts, ", ")
+	if len(parts) == 0 {
+		parts = append(parts, "nothing lost, duplicated, stale or unexplained")
+	}
+	if e := d["emptied"]; len(e) > 0 {
+		parts = append(parts, fmt.Sprintf("the deleted Service's chains emptied, not yet deleted: %s", strings.Join(e, "; ")))
+	}
+	return strings.Join(parts, "; ")
 }

@@ -3,6 +3,7 @@ package suite
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -81,8 +82,12 @@ type RuleChange struct {
 // lost (before, not after, and not the deleted Service's), duplicated
 // (more often after than before), unexplained (new, and not the created
 // Service's) and stale (after, and the deleted Service's). A chain, set
-// or map declared on one side only belongs to the changed Service whose
-// items name it.
+// or map declared on one side only, or empty on the other, belongs to the
+// changed Service whose items name it. The deleted Service's chains that
+// are still declared after but empty are "emptied", which is no problem:
+// they hold no rule, and kube-proxy's nftables mode deletes a chain it
+// flushed only at a sync at least 1 s later, which may be a sync period
+// (30 s) away.
 func RuleDiff(before, after string, ch RuleChange) map[string][]string {
 	b, a := count(RuleItems(before)), count(RuleItems(after))
 	newNames := ownNames(a, b, ch.NewAddrs, nil, ch.NewComments)
@@ -97,7 +102,9 @@ func RuleDiff(before, after string, ch RuleChange) map[string][]string {
 		}
 	}
 	for it := range a {
-		if refers(it, ch.GoneAddrs, goneNames, ch.GonePorts, ch.GoneComments) {
+		if d := declared.FindStringSubmatch(it); d != nil && !populated(a, d[1]+d[2]+d[3]) && slices.Contains(goneNames, d[1]+d[2]+d[3]) {
+			out["emptied"] = append(out["emptied"], it)
+		} else if refers(it, ch.GoneAddrs, goneNames, ch.GonePorts, ch.GoneComments) {
 			out["stale"] = append(out["stale"], it)
 		} else if b[it] == 0 && !refers(it, ch.NewAddrs, newNames, nil, ch.NewComments) {
 			out["unexplained"] = append(out["unexplained"], it)
@@ -107,6 +114,17 @@ func RuleDiff(before, after string, ch RuleChange) map[string][]string {
 		sort.Strings(v)
 	}
 	return out
+}
+
+// populated says whether any item is inside the chain, set or map name
+// (nft), appends to or adds to it (iptables-save, ipset save).
+func populated(items map[string]int, name string) bool {
+	for it := range items {
+		if strings.HasPrefix(it, name+" | ") || strings.HasPrefix(it, "-A "+name+" ") || strings.HasPrefix(it, "add "+name+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 func count(items []string) map[string]int {
@@ -130,6 +148,11 @@ func ownNames(side, other map[string]int, addrs, ports, comments []string) []str
 		return out
 	}
 	mine, theirs := decl(side), decl(other)
+	for n := range theirs {
+		if !populated(other, n) {
+			delete(theirs, n)
+		}
+	}
 	names := map[string]bool{}
 	for it := range side {
 		if !refers(it, addrs, nil, ports, comments) {

@@ -139,3 +139,54 @@ func TestRuleDiffTiesAnNFTChainToItsComment(t *testing.T) {
 		t.Fatalf("a deleted Service's chain kept after the restart: %v", d)
 	}
 }
+
+// kube-proxy's nftables mode flushes a deleted Service's chain and deletes
+// it at a later sync (seen 2026-12-06 after a restart under load: the
+// chain's numgen map lines were reported lost).
+func TestRuleDiffTakesAnEmptiedChainForTheDeletedServices(t *testing.T) {
+	before := `table ip kube-proxy {
+	map service-ips {
+		elements = { 198.19.0.10 . tcp . 80 comment "default/kept:tcp" : goto service-aaa-default/kept/tcp/tcp,
+			     198.19.0.20 . tcp . 80 comment "default/gone:tcp" : goto service-ggg-default/gone/tcp/tcp }
+	}
+	chain service-aaa-default/kept/tcp/tcp {
+		ip daddr 198.19.0.10 tcp dport 80 ip saddr != 198.18.64.0/18 jump mark-for-masquerade
+		numgen random mod 2 vmap { 0 : goto endpoint-a1, 1 : goto endpoint-a2 }
+	}
+	chain service-ggg-default/gone/tcp/tcp {
+		ip daddr 198.19.0.20 tcp dport 80 ip saddr != 198.18.64.0/18 jump mark-for-masquerade
+		meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 198.18.64.2 . 9000,
+			1 : 198.18.64.3 . 9000,
+			2 : 198.18.65.2 . 9000 }
+	}
+}
+`
+	after := `table ip kube-proxy {
+	map service-ips {
+		elements = { 198.19.0.10 . tcp . 80 comment "default/kept:tcp" : goto service-aaa-default/kept/tcp/tcp,
+			     198.19.0.30 . tcp . 80 comment "default/new:tcp" : goto service-nnn-default/new/tcp/tcp }
+	}
+	chain service-aaa-default/kept/tcp/tcp {
+		ip daddr 198.19.0.10 tcp dport 80 ip saddr != 198.18.64.0/18 jump mark-for-masquerade
+		numgen random mod 2 vmap { 0 : goto endpoint-a1, 1 : goto endpoint-a2 }
+	}
+	chain service-ggg-default/gone/tcp/tcp {
+	}
+	chain service-nnn-default/new/tcp/tcp {
+		ip daddr 198.19.0.30 tcp dport 80 ip saddr != 198.18.64.0/18 jump mark-for-masquerade
+	}
+}
+`
+	ch := RuleChange{NewAddrs: []string{"198.19.0.30"}, NewComments: []string{"default/new:"},
+		GoneAddrs: []string{"198.19.0.20"}, GoneComments: []string{"default/gone:"}}
+	d := RuleDiff(before, after, ch)
+	if len(d["emptied"]) != 1 || len(d) != 1 {
+		t.Fatalf("want only the deleted Service's emptied chain, got %v", d)
+	}
+	// The same chain with a rule left in it fails.
+	kept := strings.Replace(after, "chain service-ggg-default/gone/tcp/tcp {\n", "chain service-ggg-default/gone/tcp/tcp {\n\t\tip daddr 198.19.0.20 tcp dport 80 ip saddr != 198.18.64.0/18 jump mark-for-masquerade\n", 1)
+	d = RuleDiff(before, kept, ch)
+	if len(d["stale"]) == 0 || len(d["emptied"]) != 0 {
+		t.Fatalf("a deleted Service's chain that keeps a rule: want it stale, got %v", d)
+	}
+}
