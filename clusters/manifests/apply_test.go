@@ -41,7 +41,7 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // tests run at the same time.
 func startAPIServer(t *testing.T) *rest.Config {
 	t.Helper()
-	bin, err := binaries.Kubernetes("controlplane", testWriter{t})
+	bin, err := binaries.Kubernetes("controlplane", labtest.LogWriter(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,13 +69,6 @@ func startAPIServer(t *testing.T) *rest.Config {
 	})
 	t.Logf("control plane ready at %s in %s", cp.URL(), time.Since(start).Round(time.Millisecond))
 	return cp.RESTConfig()
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func newApplier(t *testing.T, cfg *rest.Config) *applier {

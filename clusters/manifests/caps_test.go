@@ -23,6 +23,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/binaries"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
+	"github.com/proxymodes/proxymodes/harness/labtest"
 )
 
 // The capability check runs in a child process in a network namespace of
@@ -63,11 +64,11 @@ func TestProxierRunsWithTheDaemonSetCapabilities(t *testing.T) {
 
 func runCapsChild(t *testing.T, caps string, limit time.Duration) error {
 	t.Helper()
-	cp, err := binaries.Kubernetes("controlplane", testWriter{t})
+	cp, err := binaries.Kubernetes("controlplane", labtest.LogWriter(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxier, err := binaries.Project("proxier/cmd/proxier", testWriter{t})
+	proxier, err := binaries.Project("proxier/cmd/proxier", labtest.LogWriter(t))
 	if err != nil {
 		t.Fatal(err)
 	}

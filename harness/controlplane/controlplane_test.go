@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,22 +16,16 @@ import (
 
 	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/binaries"
+	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/controlplane"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func client(t *testing.T, c *controlplane.ControlPlane) kubernetes.Interface {
 	t.Helper()
-	cs, err := kubernetes.NewForConfig(c.RESTConfig())
+	cs, err := cluster.NewClient(c.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +42,7 @@ func service(name string) *corev1.Service {
 // resumes on the same port and credentials, and the stand-in leaves the
 // kubernetes Service's endpoint (the port clients know) alone.
 func TestStandInWritesWhatTheResumedControlPlaneServes(t *testing.T) {
-	bin, err := binaries.Kubernetes("controlplane", testWriter{t})
+	bin, err := binaries.Kubernetes("controlplane", labtest.LogWriter(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ package labtest
 
 import (
 	"context"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
@@ -34,3 +36,15 @@ func Init() {
 // HandleSignals makes SIGINT and SIGTERM cancel labs being created, run
 // the registered teardowns and exit with status 130.
 func HandleSignals() { interrupt.HandleSignals() }
+
+// LogWriter sends what is written to it (a build's progress, say) to the
+// test's log, a line per write.
+func LogWriter(t testing.TB) io.Writer { return logWriter{t} }
+
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
