@@ -47,18 +47,21 @@ k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 # The steps of make test after go vet and the self-test build, by token.
 # TEST_LANES=3 (the default) runs three lanes side by side, each in order:
 # lane 1 holds the host-namespace lab (go test, the bench smoke, kube-proxy
-# nftables and iptables), lane 2 the UML guests, lane 3 kind first (a cold
-# machine builds the node image there: ~25 min, so it starts at once); the
-# self-tests and the other lanes' conformance runs use isolated labs. Each
+# nftables and iptables), lane 2 the UML guests, lane 3 the private docker
+# daemon (its package's tests, then kind: a cold machine builds the node
+# image there, ~25 min, so it starts at once); the self-tests and the other
+# lanes' conformance runs use isolated labs. The docker tests are a step of
+# lane 3, not of go test: one daemon runs at a time (docker.LockPath), so in
+# lane 1 they waited 29 min for kind and existing to finish (2026-12-06). Each
 # step's output goes to TEST_LOGS/lane<n>-<i>-<step>.log. TEST_LANES=1 runs
 # TEST_STEPS one after another: the same steps, about twice as long.
 # A self-test step (selftest:<mode>) runs each broken build of the
 # reference proxier and then the shipped one over the whole suite, so it is
 # also that mode's conformance run for IMPL=reference.
-TEST_STEPS := unit smoke selftest:iptables selftest:userspace selftest:nftables conf:iptables/kube-proxy conf:nftables/kube-proxy conf:ipvs/reference conf:ipvs/kube-proxy kind existing
-TEST_LANE_1 := unit smoke selftest:iptables conf:nftables/kube-proxy conf:iptables/kube-proxy
-TEST_LANE_2 := conf:ipvs/reference conf:ipvs/kube-proxy selftest:nftables
-TEST_LANE_3 := kind existing selftest:userspace
+TEST_STEPS := unit smoke selftest:iptables selftest:userspace selftest:nftables conf:iptables/kube-proxy conf:nftables/kube-proxy conf:ipvs/reference conf:ipvs/kube-proxy docker kind existing
+TEST_LANE_1 := unit smoke selftest:iptables selftest:nftables conf:nftables/kube-proxy
+TEST_LANE_2 := conf:ipvs/kube-proxy conf:ipvs/reference conf:iptables/kube-proxy
+TEST_LANE_3 := docker kind existing selftest:userspace
 TEST_LANES ?= 3
 TEST_LOGS ?= /tmp/proxymodes-test-logs/$(shell date +%Y%m%d-%H%M%S)
 test: deps kind-deps k8s ## run every test, conformance for every mode (ours), kube-proxy's iptables, ipvs and nftables modes (and iptables on kind, directly and as PROVIDER=existing), and a short bench sweep, as CI does [TEST_LANES=1|3]; ends with a table of step times
@@ -72,9 +75,11 @@ test: deps kind-deps k8s ## run every test, conformance for every mode (ours), k
 	conf() { local r=$$1 lab=$$2; env PROXYMODES_MODE=$${r%/*} PROXYMODES_IMPL=$${r#*/} PROXYMODES_K8S_BIN=$$k8s \
 		$${lab:+LAB_ISOLATED=1 PROXYMODES_LAB_NAME=$$lab} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./suites/conformance; }; \
 	token() { local t=$$1 lab=$$2; case $$t in \
-		unit) step "go test ./... but the conformance suite (unit, lab, proxier; the self-test step runs it)" \
-			env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/suites/conformance$$');; \
-		smoke) step "bench smoke sweep (100 and 1000 Services; the pipeline, not the speed)" \
+		unit) step "go test ./... but the conformance suite (the self-test step runs it) and harness/docker (lane 3)" \
+			env PM_BENCH_SMOKE=0 PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/suites/conformance$$' -e '/harness/docker$$');; \
+		docker) step "go test ./harness/docker (the private docker daemon: one at a time, so beside kind)" \
+			$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./harness/docker;; \
+		smoke) step "bench smoke sweep (100 Services; the pipeline, not the speed)" \
 			env PROXYMODES_K8S_BIN=$$k8s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestSmoke ./bench/sweep;; \
 		conf:*) local r=$${t#conf:}; step "conformance MODE=$${r%/*} IMPL=$${r#*/}$$([ $${r%/*} = ipvs ] && echo ' (user-mode Linux guests without host ip_vs)')$${lab:+, isolated lab $$lab}" conf $$r $$lab;; \
 		kind) step "conformance on kind, MODE=iptables (a first run builds the node image: ~25 min)" \

@@ -59,11 +59,13 @@ func TestConfigErrorsNameTheFix(t *testing.T) {
 	}
 }
 
-// TestSmoke runs a short sweep (100 and 1000 Services, every mode and
+// TestSmoke runs a short sweep (100 Services, every mode and
 // implementation this machine can run, one repetition) to prove the
 // pipeline works end to end: labs, proxier switching, measurements,
 // result files and cleanup. It asserts that every point produced its
-// metrics, never how fast anything was.
+// metrics, never how fast anything was. Larger counts are the nightly
+// bench's work: a 1000 point doubled this test's time in make test
+// (2026-12-06: 771-874 s for 100 and 1000) and checks nothing 100 does not.
 func TestSmoke(t *testing.T) {
 	if os.Getenv("PM_BENCH_SMOKE") == "0" {
 		// make test runs it on its own: its five minutes of holding the
@@ -72,14 +74,10 @@ func TestSmoke(t *testing.T) {
 	}
 	c := Defaults()
 	c.Label, c.LabName = "smoke", "bsmoke"
-	c.Counts = []int{100, 1000}
+	c.Counts = []int{100}
 	c.Repeats, c.Changes = 1, 3
 	c.Load = load.Options{Requests: 300, Concurrency: 4}
 	c.Limit = 5 * time.Minute
-	// kube-proxy's ipvs mode syncs 1000 Services in about 20 s in the UML
-	// guest, which makes its 1k point take over 10 minutes: the smoke
-	// check stays at 100 there.
-	c.MaxServices = map[string]int{local.KernelUML: 100}
 	// The other modes' pipeline runs on the host already; in the guest
 	// they cost 2-3 minutes of make test.
 	c.GuestModes = []string{result.ModeIPVS}
