@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -44,17 +43,13 @@ type apiRestarted struct {
 // Disruptive; never on PROVIDER=existing.
 func apiServerRestart() types.Feature {
 	var r *apiRestarted
-	// notHere is why the provider cannot restart its API server; every
-	// assessment skips with it.
-	var notHere string
 	return suite.NewFeature("API server restart", "apiserver-restart",
 		"the proxiers' API server stops and starts again: Services keep working, changes made meanwhile apply, the watch resumes").
 		WithLabel("disruptive", "true").
 		Assess("while the proxiers' API server is down, their Services keep working", func(ctx context.Context, a *suite.A) {
 			rs, ok := a.Cluster.(cluster.APIServerRestarter)
 			if !ok {
-				notHere = fmt.Sprintf("the %s provider does not stop and start the API server: the cluster is not the suite's", a.Cluster.Info().Provider)
-				a.Skipf("%s", notHere)
+				a.SkipFeature("the %s provider does not stop and start the API server: the cluster is not the suite's", a.Cluster.Info().Provider)
 			}
 			pods := a.Fixture.Backends(a, 3)
 			r = &apiRestarted{names: suite.Names(pods)}
@@ -110,9 +105,6 @@ func apiServerRestart() types.Feature {
 			}
 		}).
 		Assess("a Service created and one deleted while the proxiers' API server was down are applied once it returns", func(ctx context.Context, a *suite.A) {
-			if notHere != "" {
-				a.Skipf("%s", notHere)
-			}
 			if r == nil || r.back.IsZero() {
 				a.Fatalf("the API server restart did not happen (see the first assessment)")
 			}
@@ -131,9 +123,6 @@ func apiServerRestart() types.Feature {
 			a.Evidence("api-gone (%s): %s, %s after the API server was back", r.gone, s, a.ConvergedSince(r.back).Round(10*time.Millisecond))
 		}).
 		Assess("a Service created after the API server returns is applied: the proxiers watch again", func(ctx context.Context, a *suite.A) {
-			if notHere != "" {
-				a.Skipf("%s", notHere)
-			}
 			if r == nil || r.back.IsZero() {
 				a.Fatalf("the API server restart did not happen (see the first assessment)")
 			}

@@ -53,17 +53,13 @@ type flowResult struct {
 func proxierRestart() types.Feature {
 	const flowsN = 6
 	var r *restarted
-	// notHere is why the provider cannot restart its proxiers; every
-	// assessment skips with it.
-	var notHere string
 	return suite.NewFeature("proxier restart", "restart",
 		"every node's proxier stops and starts again: connections survive, changes made meanwhile apply, the rules come back as they were").
 		WithLabel("disruptive", "true").
 		Assess("after every proxier restarts, new connections through a ClusterIP work again", func(ctx context.Context, a *suite.A) {
 			rs, ok := a.Cluster.(cluster.ProxierRestarter)
 			if !ok {
-				notHere = fmt.Sprintf("the %s provider does not stop and start the proxiers: the cluster and its proxy are not the suite's", a.Cluster.Info().Provider)
-				a.Skipf("%s", notHere)
+				a.SkipFeature("the %s provider does not stop and start the proxiers: the cluster and its proxy are not the suite's", a.Cluster.Info().Provider)
 			}
 			pods := a.Fixture.Backends(a, 3)
 			r = &restarted{names: suite.Names(pods), before: map[string]string{}}
@@ -135,9 +131,6 @@ func proxierRestart() types.Feature {
 			r.after = exchangeAll(a, flows)
 		}).
 		Assess("established TCP connections through a ClusterIP keep working while the proxiers are down and after they restart", func(ctx context.Context, a *suite.A) {
-			if notHere != "" {
-				a.Skipf("%s", notHere)
-			}
 			if r == nil {
 				a.Fatalf("the restart did not happen (see the assessment before)")
 			}
@@ -157,9 +150,6 @@ func proxierRestart() types.Feature {
 			}
 		}).
 		Assess("a Service created and one deleted while the proxiers were down are applied once they are back", func(ctx context.Context, a *suite.A) {
-			if notHere != "" {
-				a.Skipf("%s", notHere)
-			}
 			if r == nil || r.fresh == "" {
 				a.Fatalf("the restart did not happen (see the first assessment)")
 			}
@@ -174,9 +164,6 @@ func proxierRestart() types.Feature {
 			}
 		}).
 		Assess("after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale", func(ctx context.Context, a *suite.A) {
-			if notHere != "" {
-				a.Skipf("%s", notHere)
-			}
 			if r == nil || r.fresh == "" {
 				a.Fatalf("the restart did not happen (see the first assessment)")
 			}

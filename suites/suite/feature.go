@@ -29,6 +29,10 @@ type Feature struct {
 	fx  *Fixture
 	rec *report.Feature
 	run *Run
+	// skipRest is why the rest of the feature cannot run here (set by
+	// A.SkipFeature): its later assessments skip with it, as a failure
+	// leaves them not run.
+	skipRest string
 }
 
 // NewFeature starts a feature. Select features with the e2e-framework
@@ -58,6 +62,7 @@ func (f *Feature) start(ctx context.Context, t *testing.T) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.run = run
+	f.skipRest = ""
 	f.rec = run.Report.Feature(f.name, f.label, f.desc)
 	f.fx = &Fixture{c: c, slug: slug(f.label), run: run}
 	run.Logf("feature %q (feature=%s): %s", f.name, f.label, f.desc)
@@ -69,10 +74,14 @@ func (f *Feature) Assess(name string, fn func(ctx context.Context, a *A)) *Featu
 	f.assessments = append(f.assessments, name)
 	f.b = f.b.Assess(name, func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 		f.mu.Lock()
-		fx, rec, run := f.fx, f.rec, f.run
+		fx, rec, run, skipRest := f.fx, f.rec, f.run, f.skipRest
 		f.mu.Unlock()
 		a := &A{T: t, Ctx: ctx, Cluster: fx.c, Promise: run.Settings.Promise, Fixture: fx, Run: run,
-			feature: rec.Name, rec: &report.Assessment{Name: name}}
+			feature: rec.Name, rec: &report.Assessment{Name: name}, skipFeature: func(why string) {
+				f.mu.Lock()
+				f.skipRest = why
+				f.mu.Unlock()
+			}}
 		start := time.Now()
 		run.Logf("  assess %q", name)
 		defer func() {
@@ -93,6 +102,9 @@ func (f *Feature) Assess(name string, fn func(ctx context.Context, a *A)) *Featu
 			run.Report.Add(rec, a.rec)
 			run.Logf("  %s %q (%s)", a.rec.Status, name, a.rec.Duration.Round(100*time.Millisecond))
 		}()
+		if skipRest != "" {
+			a.Skipf("%s", skipRest)
+		}
 		fn(ctx, a)
 		return ctx
 	})
@@ -142,6 +154,8 @@ type A struct {
 	// ask whether the proxier is done, and keep out of the measured
 	// connections' way (probe.SettlingPorts).
 	settling bool
+	// skipFeature makes the feature's later assessments skip.
+	skipFeature func(why string)
 }
 
 // Evidence records a measurement for the summary and logs it.
@@ -191,6 +205,18 @@ func (a *A) Skipf(format string, args ...any) {
 	a.T.Helper()
 	a.rec.Reason = fmt.Sprintf(format, args...)
 	a.T.Skipf(format, args...)
+}
+
+// SkipFeature skips this assessment and every later one of its feature
+// with the same reason: for what the provider or mode cannot do at all (a
+// cluster the suite cannot restart), not for one assessment's gap.
+func (a *A) SkipFeature(format string, args ...any) {
+	a.T.Helper()
+	why := fmt.Sprintf(format, args...)
+	if a.skipFeature != nil {
+		a.skipFeature(why)
+	}
+	a.Skipf("%s", why)
 }
 
 // Logf logs progress (not recorded as evidence).
