@@ -18,10 +18,6 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
 
-type tlog struct{ t *testing.T }
-
-func (l tlog) Logf(f string, a ...any) { l.t.Logf(f, a...) }
-
 const testImage = "proxymodes/test-busybox:1"
 
 // need skips unless this machine can run the daemon.
@@ -75,7 +71,7 @@ func TestDaemonLeavesHostAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute) // includes waiting for another run's daemon
 	defer cancel()
 	before := hostState(t)
-	d := start(t, ctx, tlog{t})
+	d := start(t, ctx, labtest.Logger(t))
 	// A privileged container on the kind network with a published port
 	// exercises the runc wrapper, the bridge and docker-proxy.
 	id, err := d.Output(ctx, "run", "-d", "--privileged", "--network", docker.NetworkName,
@@ -112,11 +108,11 @@ func TestImagesSurviveRestart(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute) // includes waiting for another run's daemon
 	defer cancel()
-	d := start(t, ctx, tlog{t})
+	d := start(t, ctx, labtest.Logger(t))
 	if err := d.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	d, err := docker.Start(ctx, docker.Options{Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +188,7 @@ func TestKilledRunIsCleanedUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	if err := docker.Cleanup(ctx, tlog{t}); err != nil {
+	if err := docker.Cleanup(ctx, labtest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	if left := docker.Leftovers(); len(left) > 0 {

@@ -37,14 +37,25 @@ func Init() {
 // the registered teardowns and exit with status 130.
 func HandleSignals() { interrupt.HandleSignals() }
 
-// LogWriter sends what is written to it (a build's progress, say) to the
-// test's log, a line per write.
-func LogWriter(t testing.TB) io.Writer { return logWriter{t} }
+// Log sends a harness component's progress to a test's log: it is the
+// Logger (Logf) the harness packages take, and an io.Writer (a build's
+// output, a line per write).
+type Log struct{ t testing.TB }
 
-type logWriter struct{ t testing.TB }
+// Logger returns t's Log.
+func Logger(t testing.TB) Log { return Log{t} }
 
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+// Logf logs a line.
+func (l Log) Logf(format string, args ...any) {
+	l.t.Helper()
+	l.t.Logf(format, args...)
+}
+
+func (l Log) Write(p []byte) (int, error) {
+	l.t.Helper()
+	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// LogWriter is Logger(t) as an io.Writer.
+func LogWriter(t testing.TB) io.Writer { return Logger(t) }

@@ -46,14 +46,6 @@ func needE2E(t *testing.T) {
 	}
 }
 
-type tlog struct{ t *testing.T }
-
-func (l tlog) Logf(f string, a ...any) { l.t.Logf(f, a...) }
-func (l tlog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // kindLogger sends kind's log to the test log.
 type kindLogger struct{ t *testing.T }
 
@@ -109,7 +101,7 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	before := hostState(t)
 
 	start := time.Now()
-	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	d, err := docker.Start(ctx, docker.Options{Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,13 +113,13 @@ func TestKindClusterOnOfflineImage(t *testing.T) {
 	t.Logf("TIMING daemon start: %s", time.Since(start).Round(time.Millisecond))
 
 	start = time.Now()
-	image, err := nodeimage.Ensure(ctx, d, tlog{t})
+	image, err := nodeimage.Ensure(ctx, d, labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("TIMING nodeimage.Ensure: %s (%s)", time.Since(start).Round(time.Millisecond), image)
 	start = time.Now()
-	if again, err := nodeimage.Ensure(ctx, d, tlog{t}); err != nil || again != image {
+	if again, err := nodeimage.Ensure(ctx, d, labtest.Logger(t)); err != nil || again != image {
 		t.Fatalf("second Ensure: %q, %v; want %q", again, err, image)
 	}
 	t.Logf("TIMING warm nodeimage.Ensure: %s", time.Since(start).Round(time.Millisecond))
@@ -318,14 +310,14 @@ func TestProxierAndEchoImagesRun(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	d, err := docker.Start(ctx, docker.Options{Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	unreg := labtest.OnInterrupt(d.Stop)
 	defer func() { unreg(); d.Stop(context.Background()) }()
 
-	proxier, err := nodeimage.Proxier(ctx, d, tlog{t})
+	proxier, err := nodeimage.Proxier(ctx, d, labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +328,7 @@ func TestProxierAndEchoImagesRun(t *testing.T) {
 		}
 	}
 
-	echo, err := nodeimage.Echo(ctx, d, tlog{t})
+	echo, err := nodeimage.Echo(ctx, d, labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,17 +374,17 @@ func TestKindTwoNodesPodNetwork(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	d, err := docker.Start(ctx, docker.Options{Logger: tlog{t}})
+	d, err := docker.Start(ctx, docker.Options{Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	unreg := labtest.OnInterrupt(d.Stop)
 	defer func() { unreg(); d.Stop(context.Background()) }()
-	image, err := nodeimage.Ensure(ctx, d, tlog{t})
+	image, err := nodeimage.Ensure(ctx, d, labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo, err := nodeimage.Echo(ctx, d, tlog{t})
+	echo, err := nodeimage.Echo(ctx, d, labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

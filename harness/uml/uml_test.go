@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/harness/agent"
+	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/uml"
 )
 
@@ -16,16 +17,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type tlog struct{ t testing.TB }
-
-func (l tlog) Logf(f string, a ...any) { l.t.Logf(f, a...) }
-
 func kernel(t *testing.T) *uml.Kernel {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root")
 	}
-	k, err := uml.Ensure(context.Background(), tlog{t})
+	k, err := uml.Ensure(context.Background(), labtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

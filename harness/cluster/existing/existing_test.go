@@ -30,14 +30,6 @@ func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
 // user's (the offline node image is built once per machine, cold ~25 min).
 const E2EEnv = "PROXYMODES_EXISTING_E2E"
 
-type tlog struct{ t *testing.T }
-
-func (l tlog) Logf(f string, a ...any) { l.t.Logf(f, a...) }
-func (l tlog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // The disruptive checks stop and start the proxiers only where the suite
 // owns the cluster: a user's cluster must never offer it.
 func TestNeverRestartsTheUsersProxy(t *testing.T) {
@@ -75,7 +67,7 @@ func TestOnKind(t *testing.T) {
 		t.Skip("needs root")
 	}
 	ctx := context.Background()
-	kc, err := kind.Up(ctx, kind.Options{Name: "existing", Mode: "iptables", Impl: kind.ImplKubeProxy, Logger: tlog{t}, BuildOutput: tlog{t}})
+	kc, err := kind.Up(ctx, kind.Options{Name: "existing", Mode: "iptables", Impl: kind.ImplKubeProxy, Logger: labtest.Logger(t), BuildOutput: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,14 +84,14 @@ func TestOnKind(t *testing.T) {
 	t.Run("provider", func(t *testing.T) {
 		// The wrong MODE stops the run, naming the right one, and
 		// leaves nothing behind.
-		_, err := existing.Up(ctx, existing.Options{Name: "wrong-mode", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "ipvs", Logger: tlog{t}})
+		_, err := existing.Up(ctx, existing.Options{Name: "wrong-mode", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "ipvs", Logger: labtest.Logger(t)})
 		if err == nil || !strings.Contains(err.Error(), "MODE=iptables") {
 			t.Fatalf("MODE=ipvs on a kube-proxy in iptables mode: want an error naming MODE=iptables, got %v", err)
 		}
 		if _, err := kc.Client().CoreV1().Namespaces().Get(ctx, existing.Namespace("wrong-mode"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Fatalf("the stopped run left its namespace (%v)", err)
 		}
-		c, err := existing.Up(ctx, existing.Options{Name: "provider-test", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "iptables", Logger: tlog{t}})
+		c, err := existing.Up(ctx, existing.Options{Name: "provider-test", Kubeconfig: kubeconfig, Echo: kc.EchoImage(), Mode: "iptables", Logger: labtest.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +128,7 @@ func TestOnKind(t *testing.T) {
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, existing.EnvEcho+"="+kc.EchoImage(),
 			"PROXYMODES_PROVIDER=existing", "PROXYMODES_MODE=iptables", "PROXYMODES_IMPL=kube-proxy")
-		cmd.Stdout, cmd.Stderr = tlog{t}, tlog{t}
+		cmd.Stdout, cmd.Stderr = labtest.Logger(t), labtest.Logger(t)
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("conformance with PROVIDER=existing on kind (kube-proxy, iptables): %v", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
 
@@ -22,7 +23,7 @@ func TestGuestLab(t *testing.T) {
 	downShared()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	l, err := local.Up(ctx, local.Options{Name: "lguest", Nodes: 2, Kernel: local.KernelUML, Logger: tlog{t}})
+	l, err := local.Up(ctx, local.Options{Name: "lguest", Nodes: 2, Kernel: local.KernelUML, Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

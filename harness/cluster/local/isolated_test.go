@@ -32,7 +32,7 @@ func TestIsolatedLabsRunSideBySide(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
-			labs[i], errs[i] = local.Up(ctx, local.Options{Name: name, Nodes: 2, Isolated: true, Logger: tlog{t},
+			labs[i], errs[i] = local.Up(ctx, local.Options{Name: name, Nodes: 2, Isolated: true, Logger: labtest.Logger(t),
 				Proxier: &local.ProxierOptions{Mode: "iptables"}})
 		}()
 	}

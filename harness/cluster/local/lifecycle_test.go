@@ -159,7 +159,7 @@ func TestInterruptDuringGuestBootLeavesNothing(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer local.Down(context.Background(), holderLab, tlog{t}) // if the test fails
+	defer local.Down(context.Background(), holderLab, labtest.Logger(t)) // if the test fails
 	// Both guests' kernels running: the lab is mid-boot, with the most to
 	// leak (processes, namespace, taps, run directories).
 	var seen []string
@@ -205,7 +205,7 @@ func TestKilledRunIsCleanedByNextUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 1, Logger: tlog{t}})
+	l, err := local.Up(ctx, local.Options{Name: holderLab, Nodes: 1, Logger: labtest.Logger(t)})
 	if err != nil {
 		t.Fatalf("up after a killed run: %v", err)
 	}
@@ -232,7 +232,7 @@ func TestKilledGuestRunIsCleanedByDown(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := local.Down(ctx, holderLab, tlog{t}); err != nil {
+	if err := local.Down(ctx, holderLab, labtest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	expectNoLeftovers(t, holderLab)
@@ -247,7 +247,7 @@ func TestHostLabSparesLiveIsolatedLabAndCleansKilledOne(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		l, err := local.Up(ctx, local.Options{Name: "lhost", Nodes: 1, Logger: tlog{t}})
+		l, err := local.Up(ctx, local.Options{Name: "lhost", Nodes: 1, Logger: labtest.Logger(t)})
 		if err != nil {
 			p.Kill()
 			t.Fatalf("a host-namespace lab beside an isolated one: %v", err)

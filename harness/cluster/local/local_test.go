@@ -38,10 +38,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type tlog struct{ t testing.TB }
-
-func (l tlog) Logf(f string, a ...any) { l.t.Logf(f, a...) }
-
 // stderrLog serves the shared lab, which outlives the test that starts it.
 type stderrLog struct{}
 
