@@ -9,6 +9,7 @@ package core
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	v1 "k8s.io/api/core/v1"
@@ -50,6 +51,9 @@ type ServicePort struct {
 	ClientIPAffinity bool
 	// StickyTimeoutSeconds is the affinity timeout (meaningful only with ClientIPAffinity).
 	StickyTimeoutSeconds int32
+	// InternalLocal is internalTrafficPolicy: Local: traffic to the
+	// ClusterIP goes only to endpoints on this node (see InternalEndpoints).
+	InternalLocal bool
 }
 
 // Equal reports whether two ServicePorts would produce the same rules.
@@ -59,7 +63,7 @@ func (s *ServicePort) Equal(o *ServicePort) bool {
 	}
 	if s.Name != o.Name || s.ClusterIP != o.ClusterIP || s.Port != o.Port || s.Protocol != o.Protocol ||
 		s.NodePort != o.NodePort || s.ClientIPAffinity != o.ClientIPAffinity ||
-		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || len(s.ExternalIPs) != len(o.ExternalIPs) {
+		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || s.InternalLocal != o.InternalLocal || len(s.ExternalIPs) != len(o.ExternalIPs) {
 		return false
 	}
 	for i := range s.ExternalIPs {
@@ -117,6 +121,42 @@ func UsableEndpoints(eps []Endpoint) []Endpoint {
 	return terminating
 }
 
+// InternalEndpoints returns the endpoints for traffic to sp's ClusterIP,
+// as kube-proxy categorizes them (without topology hints): under
+// internalTrafficPolicy Local only those on node, the ready ones or, when
+// none of them is ready, the serving terminating ones; otherwise
+// UsableEndpoints. noLocal is true when the policy leaves none although
+// the Service has usable endpoints on other nodes: that traffic is dropped,
+// not rejected as for a Service without endpoints.
+func InternalEndpoints(sp *ServicePort, eps []Endpoint, node string) (out []Endpoint, noLocal bool) {
+	usable := UsableEndpoints(eps)
+	if !sp.InternalLocal {
+		return usable, false
+	}
+	var local []Endpoint
+	for _, ep := range eps {
+		if ep.NodeName == node {
+			local = append(local, ep)
+		}
+	}
+	out = UsableEndpoints(local)
+	return out, len(out) == 0 && len(usable) > 0
+}
+
+// ReachableEndpoints returns every endpoint some traffic to sp may reach:
+// UsableEndpoints, and under internalTrafficPolicy Local this node's
+// terminating ones that InternalEndpoints falls back to.
+func ReachableEndpoints(sp *ServicePort, eps []Endpoint, node string) []Endpoint {
+	out := UsableEndpoints(eps)
+	internal, _ := InternalEndpoints(sp, eps, node)
+	for _, ep := range internal {
+		if !slices.Contains(out, ep) {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
 // NodeInfo is what the proxier knows about the node it runs on.
 type NodeInfo struct {
 	Name      string
@@ -134,6 +174,9 @@ type Snapshot struct {
 	Endpoints map[ServicePortName][]Endpoint
 	// Node is this node, when the Node object was seen.
 	Node *NodeInfo
+	// NodeName is this node's name (set even before its Node object is
+	// seen): endpoints whose NodeName equals it are local.
+	NodeName string
 }
 
 // NewSnapshot returns an empty snapshot.

@@ -7,10 +7,12 @@
 //	PREROUTING, OUTPUT -> PM-SERVICES -> PM-SVC-<hash>  (per service port, picks an endpoint)
 //	                                  -> PM-EXT-<hash>  (external IPs: mark for SNAT, then PM-SVC)
 //	                     PM-SERVICES (last rule, local dst) -> PM-NODEPORTS -> PM-EXT-<hash>
-//	PM-SVC-<hash> -> PM-SEP-<hash>  (per endpoint: hairpin mark + DNAT)
+//	                                  -> PM-SVL-<hash>  (internalTrafficPolicy Local: this node's endpoints only)
+//	PM-SVC-<hash>, PM-SVL-<hash> -> PM-SEP-<hash>  (per endpoint: hairpin mark + DNAT)
 //	POSTROUTING -> PM-POSTROUTING   (MASQUERADE packets carrying the mark set by PM-MARK-MASQ)
 //
-// filter: PM-SERVICES (REJECT cluster IPs without endpoints, from FORWARD and
+// filter: PM-SERVICES (REJECT cluster IPs without endpoints, DROP those whose
+// internalTrafficPolicy Local leaves none on this node, from FORWARD and
 // OUTPUT), PM-EXTERNAL-SERVICES (REJECT NodePorts/external IPs without
 // endpoints, from INPUT and FORWARD), PM-FORWARD (accept marked and
 // established service traffic).
@@ -24,6 +26,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +51,7 @@ const (
 	markMasqChain         = "PM-MARK-MASQ"
 
 	svcChainPrefix = "PM-SVC-"
+	svlChainPrefix = "PM-SVL-"
 	sepChainPrefix = "PM-SEP-"
 	extChainPrefix = "PM-EXT-"
 )
@@ -257,7 +261,8 @@ func (t *savedTables) serviceChains() []string {
 }
 
 func isServiceChain(name string) bool {
-	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, sepChainPrefix) || strings.HasPrefix(name, extChainPrefix)
+	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, svlChainPrefix) ||
+		strings.HasPrefix(name, sepChainPrefix) || strings.HasPrefix(name, extChainPrefix)
 }
 
 // chainHash names chains after a hash of what they serve, short enough for
@@ -269,6 +274,10 @@ func chainHash(parts ...string) string {
 
 func serviceChainName(sp core.ServicePortName) string {
 	return svcChainPrefix + chainHash(sp.String(), string(sp.Protocol))
+}
+
+func localChainName(sp core.ServicePortName) string {
+	return svlChainPrefix + chainHash(sp.String(), string(sp.Protocol))
 }
 
 func externalChainName(sp core.ServicePortName) string {
@@ -410,11 +419,24 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		label := name.String()
 		hasEndpoints := len(eps) > 0
 		usesExt := hasEndpoints && (svc.NodePort != 0 || len(svc.ExternalIPs) > 0)
+		// internalTrafficPolicy Local: the cluster IP picks among this
+		// node's endpoints in a chain of its own, and is dropped when
+		// there are none here (kube-proxy does the same).
+		internal, noLocal := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		internalChain := svcChain
+		if svc.InternalLocal {
+			internalChain = localChainName(name)
+		}
 
 		// Dispatch rules live in chains rewritten on every sync.
 		if hasEndpoints {
-			natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" cluster IP"),
-				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", svcChain)
+			if noLocal {
+				filterRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" has no local endpoints"),
+					"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", "DROP")
+			} else {
+				natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" cluster IP"),
+					"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", internalChain)
+			}
 			for _, eip := range svc.ExternalIPs {
 				natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"),
 					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", extChain)
@@ -447,18 +469,25 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			stats.Rewritten++
 		}
 
-		active.Insert(svcChain)
-		chains.chain(svcChain)
-		masqArgs := []string{"-A", svcChain, "-m", "comment", "--comment", quote(label + " cluster IP"),
-			"-m", proto, "-p", proto, "-d", vip, "--dport", port}
-		switch {
-		case p.masqueradeAll:
-			rules.add(append(masqArgs, "-j", markMasqChain)...)
-		case p.clusterCIDR.IsValid():
-			// Off-cluster sources reaching a cluster IP through this
-			// node may be answered by a pod on another node; SNAT so
-			// the reply comes back here.
-			rules.add(append(masqArgs, "!", "-s", p.clusterCIDR.String(), "-j", markMasqChain)...)
+		// The cluster-wide chain serves the cluster IP unless its policy
+		// is Local, and the external destinations.
+		usesSVC := !svc.InternalLocal || usesExt
+		if usesSVC {
+			active.Insert(svcChain)
+			chains.chain(svcChain)
+		}
+		if !svc.InternalLocal {
+			masqArgs := []string{"-A", svcChain, "-m", "comment", "--comment", quote(label + " cluster IP"),
+				"-m", proto, "-p", proto, "-d", vip, "--dport", port}
+			switch {
+			case p.masqueradeAll:
+				rules.add(append(masqArgs, "-j", markMasqChain)...)
+			case p.clusterCIDR.IsValid():
+				// Off-cluster sources reaching a cluster IP through this
+				// node may be answered by a pod on another node; SNAT so
+				// the reply comes back here.
+				rules.add(append(masqArgs, "!", "-s", p.clusterCIDR.String(), "-j", markMasqChain)...)
+			}
 		}
 
 		if usesExt {
@@ -468,35 +497,58 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			rules.add("-A", extChain, "-j", svcChain)
 		}
 
-		epChains := make([]string, len(eps))
-		for i, ep := range eps {
-			epChains[i] = endpointChainName(name, ep)
-		}
 		comment := func(args []string, text string) []string {
 			if comments {
 				args = append(args, "-m", "comment", "--comment", text)
 			}
 			return args
 		}
-		if svc.ClientIPAffinity {
-			seconds := strconv.Itoa(int(svc.StickyTimeoutSeconds))
-			for i, ep := range eps {
-				args := comment([]string{"-A", svcChain}, quote(label+" -> "+ep.String()))
-				rules.add(append(args, "-m", "recent", "--name", epChains[i], "--rcheck", "--seconds", seconds, "--reap", "-j", epChains[i])...)
-			}
-		}
-		for i, ep := range eps {
-			args := comment([]string{"-A", svcChain}, quote(label+" -> "+ep.String()))
-			if n := len(eps) - i; n > 1 {
-				if fault.Current() == fault.RandomSkewed {
-					n = len(eps)
+		// pick sends a packet in chain to one of eps: the one its client
+		// stuck to, else one at random.
+		pick := func(chain string, eps []core.Endpoint) {
+			if svc.ClientIPAffinity {
+				seconds := strconv.Itoa(int(svc.StickyTimeoutSeconds))
+				for _, ep := range eps {
+					sep := endpointChainName(name, ep)
+					args := comment([]string{"-A", chain}, quote(label+" -> "+ep.String()))
+					rules.add(append(args, "-m", "recent", "--name", sep, "--rcheck", "--seconds", seconds, "--reap", "-j", sep)...)
 				}
-				args = append(args, "-m", "statistic", "--mode", "random", "--probability", probability(n))
 			}
-			rules.add(append(args, "-j", epChains[i])...)
+			for i, ep := range eps {
+				args := comment([]string{"-A", chain}, quote(label+" -> "+ep.String()))
+				if n := len(eps) - i; n > 1 {
+					if fault.Current() == fault.RandomSkewed {
+						n = len(eps)
+					}
+					args = append(args, "-m", "statistic", "--mode", "random", "--probability", probability(n))
+				}
+				rules.add(append(args, "-j", endpointChainName(name, ep))...)
+			}
 		}
-		for i, ep := range eps {
-			sep := epChains[i]
+		if usesSVC {
+			pick(svcChain, eps)
+		}
+		if svc.InternalLocal && len(internal) > 0 {
+			active.Insert(internalChain)
+			chains.chain(internalChain)
+			pick(internalChain, internal)
+		}
+		// Each endpoint either chain picks gets its chain once: a node
+		// whose local endpoints are all terminating uses them locally
+		// while the cluster-wide chain has only the ready ones.
+		var used []core.Endpoint
+		if usesSVC {
+			used = eps
+		}
+		if svc.InternalLocal {
+			for _, ep := range internal {
+				if !slices.Contains(used, ep) {
+					used = append(used, ep)
+				}
+			}
+		}
+		for _, ep := range used {
+			sep := endpointChainName(name, ep)
 			active.Insert(sep)
 			chains.chain(sep)
 			// Hairpin: a pod reaching itself through the service needs

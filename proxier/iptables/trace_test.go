@@ -64,10 +64,17 @@ func checkTraces(t *testing.T, f *Fake, snap *core.Snapshot) {
 			t.Errorf("%s: trace: %v", name, err)
 			continue
 		}
-		want := endpointStrings(eps)
-		if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
+		internal, noLocal := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		if got, want := dnatTargets(outs), endpointStrings(internal); strings.Join(got, ",") != strings.Join(want, ",") {
 			t.Errorf("%s: cluster IP reaches %v, want %v\n%v", name, got, want, outs)
 		}
+		if noLocal {
+			fouts, err := f.Trace("filter", "FORWARD", vipPkt)
+			if err != nil || len(fouts) != 1 || fouts[0].Verdict != "DROP" {
+				t.Errorf("%s: internalTrafficPolicy Local without local endpoints: filter FORWARD gives %v (err %v), want DROP", name, fouts, err)
+			}
+		}
+		want := endpointStrings(eps)
 		for _, o := range outs {
 			if o.Verdict == "DNAT" && o.Mark&masqMark != 0 {
 				t.Errorf("%s: pod->cluster IP traffic was marked for masquerade: %v", name, o)
@@ -220,5 +227,43 @@ func TestTraceAffinity(t *testing.T) {
 		if !found {
 			t.Errorf("no recent --rcheck rule for %s with the 600s timeout", sep)
 		}
+	}
+}
+
+// internalTrafficPolicy Local: the cluster IP reaches this node's
+// endpoints only, and is dropped (not rejected) where there are none; the
+// NodePort still reaches every endpoint.
+func TestTraceInternalTrafficPolicyLocal(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "mixed", ClusterIP: "198.19.0.30", Port: 80, NodePort: 30080, InternalLocal: true,
+		Endpoints: []string{"198.18.64.30:8080"}, Remote: []string{"198.18.65.30:8080"}})
+	b.Add(testsnap.Port{Name: "elsewhere", ClusterIP: "198.19.0.31", Port: 80, InternalLocal: true,
+		Remote: []string{"198.18.65.31:8080"}})
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	trace := func(table, chain string, pkt Packet) []Outcome {
+		t.Helper()
+		outs, err := fake.Trace(table, chain, pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return outs
+	}
+	mixed := Packet{Protocol: "tcp", Src: podClient, Dst: netip.MustParseAddr("198.19.0.30"), DstPort: 80}
+	if got := dnatTargets(trace("nat", "PREROUTING", mixed)); strings.Join(got, ",") != "198.18.64.30:8080" {
+		t.Errorf("cluster IP with a local and a remote endpoint reaches %v, want only the local 198.18.64.30:8080", got)
+	}
+	np := Packet{Protocol: "tcp", Src: nodeClient, Dst: nodeIP, DstPort: 30080, LocalDst: true}
+	if got := dnatTargets(trace("nat", "PREROUTING", np)); strings.Join(got, ",") != "198.18.64.30:8080,198.18.65.30:8080" {
+		t.Errorf("NodePort reaches %v, want both endpoints (the policy is for the cluster IP)", got)
+	}
+	elsewhere := Packet{Protocol: "tcp", Src: podClient, Dst: netip.MustParseAddr("198.19.0.31"), DstPort: 80}
+	if got := dnatTargets(trace("nat", "PREROUTING", elsewhere)); len(got) != 0 {
+		t.Errorf("cluster IP without local endpoints reaches %v, want none", got)
+	}
+	if outs := trace("filter", "FORWARD", elsewhere); len(outs) != 1 || outs[0].Verdict != "DROP" {
+		t.Errorf("cluster IP without local endpoints: filter FORWARD gives %v, want DROP", outs)
 	}
 }

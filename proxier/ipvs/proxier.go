@@ -273,12 +273,20 @@ func (p *Proxier) desired(snap *core.Snapshot) (map[VSKey]*wantedVS, []VSKey, []
 			klog.V(4).InfoS("Skipping service port without an IPv4 cluster IP", "servicePort", name)
 			continue
 		}
-		var dests []RealServer
-		for _, ep := range core.UsableEndpoints(snap.Endpoints[name]) {
-			if ep.IP.Is4() {
-				dests = append(dests, RealServer{Address: ep.IP, Port: uint16(ep.Port), Weight: 1})
+		realServers := func(eps []core.Endpoint) []RealServer {
+			var out []RealServer
+			for _, ep := range eps {
+				if ep.IP.Is4() {
+					out = append(out, RealServer{Address: ep.IP, Port: uint16(ep.Port), Weight: 1})
+				}
 			}
+			return out
 		}
+		dests := realServers(core.UsableEndpoints(snap.Endpoints[name]))
+		// internalTrafficPolicy Local: the cluster IP's virtual server
+		// has this node's endpoints only, and none when there are none
+		// here (IPVS then refuses, as for kube-proxy).
+		internal, _ := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
 		base := VirtualServer{Protocol: proto, Scheduler: p.scheduler}
 		if svc.ClientIPAffinity {
 			base.Persistent, base.Timeout = true, uint32(svc.StickyTimeoutSeconds)
@@ -288,7 +296,7 @@ func (p *Proxier) desired(snap *core.Snapshot) (map[VSKey]*wantedVS, []VSKey, []
 			vs.Address, vs.Port = a, uint16(port)
 			return vs
 		}
-		add(name, at(svc.ClusterIP, svc.Port), dests)
+		add(name, at(svc.ClusterIP, svc.Port), realServers(internal))
 		vips[svc.ClusterIP] = true
 		for _, eip := range svc.ExternalIPs {
 			if eip.Is4() {

@@ -171,7 +171,7 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 	for _, name := range names {
 		svc := snap.Services[name]
 		proto := strings.ToLower(string(svc.Protocol))
-		for _, ep := range core.UsableEndpoints(snap.Endpoints[name]) {
+		for _, ep := range core.ReachableEndpoints(svc, snap.Endpoints[name], snap.NodeName) {
 			if !ep.IP.Is4() || !fault.Hairpin() {
 				continue
 			}

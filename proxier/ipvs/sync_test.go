@@ -210,6 +210,39 @@ TCP 198.19.200.1:80 rr
 	checkOps(t, "links", e.links.Ops, nil)
 }
 
+// internalTrafficPolicy Local: the cluster IP's virtual server has this
+// node's endpoints only (none where there are none, so IPVS refuses), the
+// NodePort's every endpoint; the policy changing back rewrites it.
+func TestInternalTrafficPolicyLocal(t *testing.T) {
+	e := newEnv(t)
+	b := testsnap.New()
+	mixed := b.Add(testsnap.Port{Name: "mixed", PortName: "http", ClusterIP: "198.19.0.40", Port: 80, NodePort: 30040, InternalLocal: true,
+		Endpoints: []string{"198.18.64.40:8080"}, Remote: []string{"198.18.65.40:8080"}})
+	b.Add(testsnap.Port{Name: "elsewhere", PortName: "http", ClusterIP: "198.19.0.41", Port: 80, InternalLocal: true,
+		Remote: []string{"198.18.65.41:8080"}})
+	b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{node1}}
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30040 rr
+  -> 198.18.64.40:8080 Masq 1 0 0
+  -> 198.18.65.40:8080 Masq 1 0 0
+TCP 198.19.0.40:80 rr
+  -> 198.18.64.40:8080 Masq 1 0 0
+TCP 198.19.0.41:80 rr
+`)
+	b.Snap.Services[mixed].InternalLocal = false
+	e.sync(t, b.Snap, partialSync("mixed"))
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30040 rr
+  -> 198.18.64.40:8080 Masq 1 0 0
+  -> 198.18.65.40:8080 Masq 1 0 0
+TCP 198.19.0.40:80 rr
+  -> 198.18.64.40:8080 Masq 1 0 0
+  -> 198.18.65.40:8080 Masq 1 0 0
+TCP 198.19.0.41:80 rr
+`)
+}
+
 func TestNodePortAddressesFallBackToLocalAddresses(t *testing.T) {
 	e := newEnv(t)
 	b, _ := webSnap()

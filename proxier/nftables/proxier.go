@@ -7,6 +7,8 @@
 //	    fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
 //	svc-<id>: mark off-cluster sources for SNAT; affinity checks;
 //	    numgen random mod N vmap { 0 : goto ep-<id>, ... }
+//	svl-<id>: the same over this node's endpoints, for a cluster IP with
+//	    internalTrafficPolicy Local (dropped where there are none)
 //	ext-<id>: mark for SNAT, goto svc-<id>           (NodePorts and external IPs)
 //	ep-<id>:  mark hairpin traffic, refresh affinity, dnat to the endpoint
 //	nat-postrouting -> masquerading: masquerade what carries the mark
@@ -55,6 +57,7 @@ const (
 	ipProtoPortMapType   = "ipv4_addr . inet_proto . inet_service : verdict"
 	protoPortMapType     = "inet_proto . inet_service : verdict"
 	svcChainPrefix       = "svc-"
+	svlChainPrefix       = "svl-"
 	extChainPrefix       = "ext-"
 	epChainPrefix        = "ep-"
 	affinitySetPrefix    = "affinity-"
@@ -280,7 +283,7 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 			o = &objects{}
 			owned[name.NamespacedName] = o
 		}
-		p.renderService(tx, snap.Services[name], core.UsableEndpoints(snap.Endpoints[name]), o)
+		p.renderService(tx, snap.Services[name], snap.Endpoints[name], snap.NodeName, o)
 		st.Rewritten++
 	}
 
@@ -344,17 +347,24 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 }
 
 func isServiceObject(name string) bool {
-	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, extChainPrefix) || strings.HasPrefix(name, epChainPrefix)
+	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, svlChainPrefix) ||
+		strings.HasPrefix(name, extChainPrefix) || strings.HasPrefix(name, epChainPrefix)
 }
 
 // renderService writes one Service port: its map elements, and when it
-// has endpoints its chains (and affinity sets), recording them in o.
-func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort, eps []core.Endpoint, o *objects) {
+// has endpoints its chains (and affinity sets), recording them in o. all
+// are the port's endpoints, usable or not; node is this node.
+func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort, all []core.Endpoint, node string, o *objects) {
 	label := svc.Name.String()
 	proto := strings.ToLower(string(svc.Protocol))
 	port := strconv.Itoa(int(svc.Port))
 	sid := id(label, proto)
-	svcChain, extChain := svcChainPrefix+sid, extChainPrefix+sid
+	svcChain, extChain, svlChain := svcChainPrefix+sid, extChainPrefix+sid, svlChainPrefix+sid
+	eps := core.UsableEndpoints(all)
+	// internalTrafficPolicy Local: the cluster IP picks among this node's
+	// endpoints in a chain of its own, and is dropped when there are none
+	// here (kube-proxy does the same).
+	internal, noLocal := core.InternalEndpoints(svc, all, node)
 	element := func(m string, key []string, verdict string) {
 		e := &knftables.Element{Map: m, Key: key, Value: []string{verdict}, Comment: knftables.PtrTo(label)}
 		tx.Add(e)
@@ -387,42 +397,72 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	}
 	rule := func(c string, parts ...any) { tx.Add(&knftables.Rule{Chain: c, Rule: knftables.Concat(parts...)}) }
 
-	epChains := make([]string, len(eps))
-	affinity := make([]string, len(eps))
-	for i, ep := range eps {
+	hasExt := len(ipKeys) > 1 || svc.NodePort != 0
+	// The cluster-wide chain serves the cluster IP unless its policy is
+	// Local, and the external destinations.
+	usesSVC := !svc.InternalLocal || hasExt
+	usesSVL := svc.InternalLocal && len(internal) > 0
+	// Each endpoint either chain picks gets its chain once: a node whose
+	// local endpoints are all terminating uses them locally while the
+	// cluster-wide chain has only the ready ones.
+	var used []core.Endpoint
+	if usesSVC {
+		used = eps
+	}
+	if usesSVL {
+		for _, ep := range internal {
+			if !slices.Contains(used, ep) {
+				used = append(used, ep)
+			}
+		}
+	}
+	epChains := make(map[core.Endpoint]string, len(used))
+	affinity := make(map[core.Endpoint]string, len(used))
+	for _, ep := range used {
 		eid := id(label, proto, ep.String())
-		epChains[i] = epChainPrefix + eid
+		epChains[ep] = epChainPrefix + eid
 		if svc.ClientIPAffinity {
 			// The timeout is part of the name: a set's timeout cannot
 			// change, so a new timeout is a new set.
-			affinity[i] = affinitySetPrefix + eid + "-" + strconv.Itoa(int(svc.StickyTimeoutSeconds))
+			affinity[ep] = affinitySetPrefix + eid + "-" + strconv.Itoa(int(svc.StickyTimeoutSeconds))
 		}
 	}
 	// Chains and sets exist before any rule or element names them: nft
 	// checks each command of a transaction in order.
-	hasExt := len(ipKeys) > 1 || svc.NodePort != 0
-	chain(svcChain)
+	if usesSVC {
+		chain(svcChain)
+	}
+	if usesSVL {
+		chain(svlChain)
+	}
 	if hasExt {
 		chain(extChain)
 	}
-	for i, ep := range eps {
-		chain(epChains[i])
+	for _, ep := range used {
+		chain(epChains[ep])
 		if svc.ClientIPAffinity {
-			tx.Add(&knftables.Set{Name: affinity[i], Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+			tx.Add(&knftables.Set{Name: affinity[ep], Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 				Timeout: knftables.PtrTo(time.Duration(svc.StickyTimeoutSeconds) * time.Second), Comment: knftables.PtrTo(label + " -> " + ep.String())})
-			o.sets = append(o.sets, affinity[i])
+			o.sets = append(o.sets, affinity[ep])
 		}
 	}
 
-	element(serviceIPsMap, ipKeys[0], "goto "+svcChain)
 	switch {
-	case p.masqueradeAll:
-		rule(svcChain, "jump", markMasqChain)
-	case p.clusterCIDR.IsValid():
-		// Off-cluster sources reaching a cluster IP through this node may
-		// be answered by a pod on another node; SNAT so the reply comes
-		// back here.
-		rule(svcChain, "ip saddr !=", p.clusterCIDR, "jump", markMasqChain)
+	case !svc.InternalLocal:
+		element(serviceIPsMap, ipKeys[0], "goto "+svcChain)
+		switch {
+		case p.masqueradeAll:
+			rule(svcChain, "jump", markMasqChain)
+		case p.clusterCIDR.IsValid():
+			// Off-cluster sources reaching a cluster IP through this node
+			// may be answered by a pod on another node; SNAT so the reply
+			// comes back here.
+			rule(svcChain, "ip saddr !=", p.clusterCIDR, "jump", markMasqChain)
+		}
+	case noLocal:
+		element(noEndpointServices, ipKeys[0], "drop")
+	default:
+		element(serviceIPsMap, ipKeys[0], "goto "+svlChain)
 	}
 	if hasExt {
 		rule(extChain, "jump", markMasqChain)
@@ -435,37 +475,48 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		}
 	}
 
-	if svc.ClientIPAffinity {
-		for i := range eps {
-			rule(svcChain, "ip saddr", "@"+affinity[i], "goto", epChains[i])
+	// pick sends a packet in chain to one of eps: the one its client
+	// stuck to, else one at random.
+	pick := func(chain string, eps []core.Endpoint) {
+		if svc.ClientIPAffinity {
+			for _, ep := range eps {
+				rule(chain, "ip saddr", "@"+affinity[ep], "goto", epChains[ep])
+			}
+		}
+		var vmap []string
+		for i, ep := range eps {
+			vmap = append(vmap, fmt.Sprintf("%d : goto %s", i, epChains[ep]))
+		}
+		if fault.Current() == fault.RandomSkewed && len(eps) > 1 {
+			// The last endpoint gets two of n+1 picks.
+			vmap = append(vmap, fmt.Sprintf("%d : goto %s", len(eps), epChains[eps[len(eps)-1]]))
+		}
+		if len(eps) == 1 {
+			rule(chain, "goto", epChains[eps[0]])
+		} else {
+			// The spaces around the commas keep "goto <chain>" a word of
+			// its own (the Fake checks such references by splitting on
+			// spaces).
+			rule(chain, "numgen random mod", len(vmap), "vmap {", strings.Join(vmap, " , "), "}")
 		}
 	}
-	var vmap []string
-	for i := range eps {
-		vmap = append(vmap, fmt.Sprintf("%d : goto %s", i, epChains[i]))
+	if usesSVC {
+		pick(svcChain, eps)
 	}
-	if fault.Current() == fault.RandomSkewed && len(eps) > 1 {
-		// The last endpoint gets two of n+1 picks.
-		vmap = append(vmap, fmt.Sprintf("%d : goto %s", len(eps), epChains[len(eps)-1]))
-	}
-	if len(eps) == 1 {
-		rule(svcChain, "goto", epChains[0])
-	} else {
-		// The spaces around the commas keep "goto <chain>" a word of its
-		// own (the Fake checks such references by splitting on spaces).
-		rule(svcChain, "numgen random mod", len(vmap), "vmap {", strings.Join(vmap, " , "), "}")
+	if usesSVL {
+		pick(svlChain, internal)
 	}
 
-	for i, ep := range eps {
+	for _, ep := range used {
 		// Hairpin: a pod reaching itself through the Service needs SNAT,
 		// or it would answer itself directly.
 		if fault.Hairpin() {
-			rule(epChains[i], "ip saddr", ep.IP, "jump", markMasqChain)
+			rule(epChains[ep], "ip saddr", ep.IP, "jump", markMasqChain)
 		}
 		if svc.ClientIPAffinity {
-			rule(epChains[i], "update", "@"+affinity[i], "{ ip saddr }")
+			rule(epChains[ep], "update", "@"+affinity[ep], "{ ip saddr }")
 		}
-		rule(epChains[i], "meta l4proto", proto, "dnat to", ep.AddrPort())
+		rule(epChains[ep], "meta l4proto", proto, "dnat to", ep.AddrPort())
 	}
 }
 

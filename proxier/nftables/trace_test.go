@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
 func traced(t *testing.T, fake *knftables.Fake, base string, p Packet) []string {
@@ -114,6 +116,36 @@ func TestTraceAffinity(t *testing.T) {
 	}
 	if viaSet == 0 || len(outs) != 2 {
 		t.Errorf("outcomes %v: want the 2 endpoints, reached through their affinity sets too", outs)
+	}
+}
+
+// internalTrafficPolicy Local: the cluster IP reaches this node's
+// endpoints only, and is dropped (not rejected) where there are none; the
+// NodePort still reaches every endpoint.
+func TestTraceInternalTrafficPolicyLocal(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "mixed", ClusterIP: "198.19.0.60", Port: 80, NodePort: 30060, InternalLocal: true,
+		Endpoints: []string{"198.18.64.60:8080"}, Remote: []string{"198.18.65.60:8080"}})
+	b.Add(testsnap.Port{Name: "elsewhere", ClusterIP: "198.19.0.61", Port: 80, InternalLocal: true,
+		Remote: []string{"198.18.65.61:8080"}})
+	p, fake := newFakeProxier(t)
+	sync(t, p, b.Snap, fullSync())
+	mixed, elsewhere := netip.MustParseAddr("198.19.0.60"), netip.MustParseAddr("198.19.0.61")
+	for _, tc := range []struct {
+		name string
+		base string
+		p    Packet
+		want []string
+	}{
+		{"the cluster IP reaches the local endpoint only", "nat-prerouting", Packet{Src: pod, Dst: mixed, DstPort: 80}, []string{"dnat 198.18.64.60:8080"}},
+		{"the NodePort reaches both", "nat-prerouting", Packet{Src: outside, Dst: nodeIP, DstPort: 30060, LocalDst: true},
+			[]string{"dnat 198.18.64.60:8080 masq", "dnat 198.18.65.60:8080 masq"}},
+		{"no local endpoint: not DNATed", "nat-prerouting", Packet{Src: pod, Dst: elsewhere, DstPort: 80}, []string{"accept"}},
+		{"no local endpoint: dropped when forwarded", "filter-forward", Packet{Src: pod, Dst: elsewhere, DstPort: 80}, []string{"drop"}},
+	} {
+		if got := traced(t, fake, tc.base, tc.p); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

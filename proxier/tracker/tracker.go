@@ -188,6 +188,7 @@ func (t *Tracker) Take() (*core.Snapshot, core.ChangeSet, []time.Time) {
 	snap := &core.Snapshot{
 		Services:  make(map[core.ServicePortName]*core.ServicePort, len(prev.Services)),
 		Endpoints: make(map[core.ServicePortName][]core.Endpoint, len(prev.Endpoints)),
+		NodeName:  t.nodeName,
 	}
 	if t.node != nil {
 		n := *t.node
@@ -375,6 +376,7 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 			Protocol:         proto,
 			ExternalIPs:      externalIPs,
 			ClientIPAffinity: affinity,
+			InternalLocal:    svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
 		}
 		if affinity {
 			sp.StickyTimeoutSeconds = timeout

@@ -89,6 +89,15 @@ func TestServiceConversion(t *testing.T) {
 	if got := ServicePorts(svc)[0].StickyTimeoutSeconds; got != 60 {
 		t.Errorf("timeout %d, want 60", got)
 	}
+	if p.InternalLocal {
+		t.Errorf("no internalTrafficPolicy: got Local")
+	}
+	for policy, want := range map[v1.ServiceInternalTrafficPolicy]bool{v1.ServiceInternalTrafficPolicyLocal: true, v1.ServiceInternalTrafficPolicyCluster: false} {
+		svc.Spec.InternalTrafficPolicy = &policy
+		if got := ServicePorts(svc)[1].InternalLocal; got != want {
+			t.Errorf("internalTrafficPolicy %s: InternalLocal %t, want %t", policy, got, want)
+		}
+	}
 	for name, s := range map[string]*v1.Service{
 		"headless":     service("h", v1.ClusterIPNone),
 		"externalname": service("e", "", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName }),

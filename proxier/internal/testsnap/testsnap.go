@@ -20,8 +20,19 @@ var ClusterCIDR = netip.MustParsePrefix("198.18.64.0/18")
 // Builder adds services to a snapshot.
 type Builder struct{ Snap *core.Snapshot }
 
-// New starts an empty snapshot.
-func New() *Builder { return &Builder{Snap: core.NewSnapshot()} }
+// Node is the node the snapshots are for; endpoints are on it unless a
+// Port says otherwise.
+const Node = "node-1"
+
+// OtherNode holds Port.Remote endpoints.
+const OtherNode = "node-2"
+
+// New starts an empty snapshot for Node.
+func New() *Builder {
+	b := &Builder{Snap: core.NewSnapshot()}
+	b.Snap.NodeName = Node
+	return b
+}
 
 // Port describes one service port to add.
 type Port struct {
@@ -33,7 +44,9 @@ type Port struct {
 	ExternalIPs               []string
 	Affinity                  bool
 	Timeout                   int32    // default 10800 when Affinity
-	Endpoints                 []string // "ip:port"; all ready
+	Endpoints                 []string // "ip:port"; all ready, on Node
+	Remote                    []string // "ip:port"; all ready, on OtherNode
+	InternalLocal             bool     // internalTrafficPolicy: Local
 }
 
 // Add adds a service port and its endpoints and returns its name.
@@ -47,7 +60,7 @@ func (b *Builder) Add(p Port) core.ServicePortName {
 	name := core.ServicePortName{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, Port: p.PortName, Protocol: p.Protocol}
 	sp := &core.ServicePort{
 		Name: name, ClusterIP: netip.MustParseAddr(p.ClusterIP), Port: p.Port, Protocol: p.Protocol,
-		NodePort: p.NodePort, ClientIPAffinity: p.Affinity,
+		NodePort: p.NodePort, ClientIPAffinity: p.Affinity, InternalLocal: p.InternalLocal,
 	}
 	for _, e := range p.ExternalIPs {
 		sp.ExternalIPs = append(sp.ExternalIPs, netip.MustParseAddr(e))
@@ -61,13 +74,17 @@ func (b *Builder) Add(p Port) core.ServicePortName {
 	b.Snap.Services[name] = sp
 	var eps []core.Endpoint
 	seen := map[string]bool{}
-	for _, e := range p.Endpoints {
+	for i, e := range append(append([]string(nil), p.Endpoints...), p.Remote...) {
 		if seen[e] {
 			continue
 		}
 		seen[e] = true
+		node := Node
+		if i >= len(p.Endpoints) {
+			node = OtherNode
+		}
 		ap := netip.MustParseAddrPort(e)
-		eps = append(eps, core.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true, NodeName: "node-1"})
+		eps = append(eps, core.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true, NodeName: node})
 	}
 	if len(eps) > 0 {
 		core.SortEndpoints(eps)
@@ -105,8 +122,9 @@ func Synthetic(n, eps int) *core.Snapshot {
 }
 
 // Random returns a randomized snapshot from seed: a mix of protocols,
-// NodePorts, external IPs, affinity and 0..5 endpoints per port, with some
-// endpoints not ready or terminating.
+// NodePorts, external IPs, affinity, internalTrafficPolicy Local and 0..5
+// endpoints per port on either node, with some endpoints not ready or
+// terminating.
 func Random(seed int64) *core.Snapshot {
 	r := rand.New(rand.NewSource(seed))
 	b := New()
@@ -127,6 +145,7 @@ func Random(seed int64) *core.Snapshot {
 			ext = []string{ServiceIP(60000 + i)}
 		}
 		nodePortSvc := r.Intn(3) == 0
+		internalLocal := r.Intn(4) == 0
 		usedPort := map[int32]bool{}
 		for pi := 0; pi < nPorts; pi++ {
 			port := int32(1 + r.Intn(65535))
@@ -137,7 +156,7 @@ func Random(seed int64) *core.Snapshot {
 			p := Port{
 				Namespace: fmt.Sprintf("ns%d", r.Intn(3)), Name: fmt.Sprintf("svc%d", i), PortName: fmt.Sprintf("p%d", pi),
 				Protocol: protos[r.Intn(len(protos))], ClusterIP: ServiceIP(ipIdx), Port: port,
-				ExternalIPs: ext, Affinity: affinity, Timeout: int32(r.Intn(86400)),
+				ExternalIPs: ext, Affinity: affinity, Timeout: int32(r.Intn(86400)), InternalLocal: internalLocal,
 			}
 			if nodePortSvc {
 				np := int32(30000 + r.Intn(2768))
@@ -154,6 +173,9 @@ func Random(seed int64) *core.Snapshot {
 			// Knock some endpoints out of ready.
 			eps := b.Snap.Endpoints[name]
 			for k := range eps {
+				if r.Intn(2) == 0 {
+					eps[k].NodeName = OtherNode
+				}
 				switch r.Intn(6) {
 				case 0:
 					eps[k].Ready = false
