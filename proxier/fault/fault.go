@@ -39,6 +39,8 @@ const (
 	IPVSStateKept Fault = "ipvs-state-kept"
 	// NodePortIgnored programs no NodePorts.
 	NodePortIgnored Fault = "nodeport-ignored"
+	// InternalPolicyIgnored treats internalTrafficPolicy Local as Cluster.
+	InternalPolicyIgnored Fault = "internal-policy-ignored"
 	// RandomSkewed gives every iptables endpoint rule probability 1/n
 	// instead of 1/(n-i) (with 3 endpoints they get 1/3, 2/9 and 4/9), and
 	// the last nftables endpoint two of n+1 numgen picks (1/4, 1/4, 1/2).
@@ -87,6 +89,7 @@ var Descriptions = map[Fault]string{
 	ServiceDeleteIgnored:  "a deleted Service keeps its rules",
 	IPVSStateKept:         "a deleted Service's IPVS virtual servers and VIPs are kept",
 	NodePortIgnored:       "NodePorts are not programmed",
+	InternalPolicyIgnored: "internalTrafficPolicy Local is treated as Cluster",
 	RandomSkewed:          "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",
 	RoundRobinBroken:      "round-robin is replaced by a random or hashed choice",
 	RetryDisabled:         "a failed dial is not retried on another endpoint",

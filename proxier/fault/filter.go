@@ -21,13 +21,13 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 	switch {
 	case which == APILossFlushes && f.APIDown:
 		out := core.NewSnapshot()
-		out.Node = snap.Node
+		out.Node, out.NodeName = snap.Node, snap.NodeName
 		return out
 	case which == APIChangesMissed && f.APILost && f.prev != nil:
 		return f.prev
 	}
 	out := core.NewSnapshot()
-	out.Node = snap.Node
+	out.Node, out.NodeName = snap.Node, snap.NodeName
 	for n, sp := range snap.Services {
 		c := *sp
 		out.Services[n] = &c
@@ -53,6 +53,8 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 			}
 		case NodePortIgnored:
 			sp.NodePort = 0
+		case InternalPolicyIgnored:
+			sp.InternalLocal = false
 		case RemovedEndpointKept:
 			out.Endpoints[n] = union(out.Endpoints[n], prev.Endpoints[n])
 		case EndpointAddIgnored:

@@ -32,22 +32,26 @@ func ips(s *core.Snapshot) []string {
 
 func TestFilterBreaksOnlyItsPromise(t *testing.T) {
 	in := snapshot(true, 40, "198.18.1.2")
+	in.Services[spn].InternalLocal = true
 	for _, c := range []struct {
 		f                 Fault
 		affinity          bool
 		timeout, nodePort int32
+		internalLocal     bool
 	}{
-		{AffinityIgnored, false, 0, 30080},
-		{AffinityEarlyExpiry, true, 10, 30080},
-		{AffinityNeverExpires, true, core.DefaultStickyTimeoutSeconds, 30080},
-		{NodePortIgnored, true, 40, 0},
-		{StaleConntrackKept, true, 40, 30080},
+		{AffinityIgnored, false, 0, 30080, true},
+		{AffinityEarlyExpiry, true, 10, 30080, true},
+		{AffinityNeverExpires, true, core.DefaultStickyTimeoutSeconds, 30080, true},
+		{NodePortIgnored, true, 40, 0, true},
+		{StaleConntrackKept, true, 40, 30080, true},
+		{InternalPolicyIgnored, true, 40, 30080, false},
 	} {
 		var f Filter
 		out := f.Apply(c.f, in)
 		sp := out.Services[spn]
-		if sp.ClientIPAffinity != c.affinity || sp.StickyTimeoutSeconds != c.timeout || sp.NodePort != c.nodePort {
-			t.Errorf("%s: got affinity %t timeout %d nodePort %d, want %t %d %d", c.f, sp.ClientIPAffinity, sp.StickyTimeoutSeconds, sp.NodePort, c.affinity, c.timeout, c.nodePort)
+		if sp.ClientIPAffinity != c.affinity || sp.StickyTimeoutSeconds != c.timeout || sp.NodePort != c.nodePort || sp.InternalLocal != c.internalLocal {
+			t.Errorf("%s: got affinity %t timeout %d nodePort %d internalLocal %t, want %t %d %d %t", c.f,
+				sp.ClientIPAffinity, sp.StickyTimeoutSeconds, sp.NodePort, sp.InternalLocal, c.affinity, c.timeout, c.nodePort, c.internalLocal)
 		}
 		if in.Services[spn].StickyTimeoutSeconds != 40 || in.Services[spn].NodePort != 30080 || !in.Services[spn].ClientIPAffinity {
 			t.Fatalf("%s modified the tracker's snapshot", c.f)

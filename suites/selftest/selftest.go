@@ -56,6 +56,7 @@ const (
 	apiDown    = "while the proxiers' API server is down, their Services keep working"
 	apiMissed  = "a Service created and one deleted while the proxiers' API server was down are applied once it returns"
 	restarted  = "after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale"
+	itpLocal   = "with internalTrafficPolicy Local a client reaches every endpoint on its own node and none on another"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -80,6 +81,8 @@ var table = []struct {
 	{Case{fault.ServiceDeleteIgnored, "cleanup", []string{rules}}, nil},
 	{Case{fault.IPVSStateKept, "cleanup", []string{ipvsState}}, []string{"ipvs"}},
 	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
+	// Upstream's userspace mode never had the policy: nothing to break.
+	{Case{fault.InternalPolicyIgnored, "internal-traffic-policy", []string{itpLocal}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables", "nftables"}},
 	{Case{fault.RoundRobinBroken, "round-robin", []string{cyclic}}, []string{"userspace", "ipvs"}},
