@@ -57,6 +57,11 @@ type Promise struct {
 	// kernel; the userspace proxy carries every connection in its own
 	// process, so they end with it.
 	FlowsOutliveProxier bool
+	// InternalTrafficLocal: internalTrafficPolicy Local is honoured: a
+	// client reaches only endpoints on its own node, and none from a node
+	// without one. Upstream's userspace mode never implemented it (the
+	// mode was removed in 1.26, the policy went GA in 1.26).
+	InternalTrafficLocal bool
 	// AffinityExpirySlack is how long past timeoutSeconds (counted from a
 	// client's last connection) the affinity may still hold.
 	AffinityExpirySlack time.Duration
@@ -70,21 +75,24 @@ type Promise struct {
 var Table = []Promise{
 	{
 		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false, FlowsOutliveProxier: false,
-		AffinityExpirySlack: 2 * time.Second,
-		CleanupChecks:       []Inspection{IPTables, Listeners},
+		InternalTrafficLocal: false,
+		AffinityExpirySlack:  2 * time.Second,
+		CleanupChecks:        []Inspection{IPTables, Listeners},
 		Basis: "kube-proxy userspace (removed in 1.26): the node proxy accepts, picks round-robin, " +
 			"honours ClientIP affinity and retries the next endpoint with growing dial timeouts (250ms, 500ms, 1s, 2s); " +
 			"backends see the node's address, never the client pod's",
 	},
 	{
 		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		AffinityExpirySlack: 2 * time.Second,
-		CleanupChecks:       []Inspection{IPTables},
+		InternalTrafficLocal: true,
+		AffinityExpirySlack:  2 * time.Second,
+		CleanupChecks:        []Inspection{IPTables},
 		Basis: "statistic --mode random --probability 1/(n-i) chains; ClientIP affinity with the recent module; " +
 			"no retry: a connection whose DNAT target does not answer fails",
 	},
 	{
 		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
+		InternalTrafficLocal: true,
 		// An IPVS persistence template cannot expire while connections it
 		// controls are still in IPVS's table, and a closed TCP connection
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
@@ -103,8 +111,9 @@ var Table = []Promise{
 	},
 	{
 		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		AffinityExpirySlack: 2 * time.Second,
-		CleanupChecks:       []Inspection{IPTables, NFTables},
+		InternalTrafficLocal: true,
+		AffinityExpirySlack:  2 * time.Second,
+		CleanupChecks:        []Inspection{IPTables, NFTables},
 		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
 			"ClientIP affinity is a set with the Service's timeout; no retry; Services without endpoints are rejected",
 	},
@@ -175,7 +184,8 @@ func (p Promise) Summary() string {
 		cc = append(cc, string(c))
 	}
 	sort.Strings(cc)
-	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t cleanup=%s", p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, strings.Join(cc, "+"))
+	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t internal-traffic-local=%t cleanup=%s",
+		p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, p.InternalTrafficLocal, strings.Join(cc, "+"))
 }
 
 // Has reports whether the mode keeps state of kind i.

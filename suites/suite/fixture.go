@@ -101,6 +101,12 @@ func (fx *Fixture) BackendWithAltPort(a *A, group string, alt uint16) cluster.Po
 	return fx.addPod(a, cluster.PodSpec{Labels: fx.GroupSelector(group), AltTCPPort: alt})
 }
 
+// BackendOn adds one backend of group on node.
+func (fx *Fixture) BackendOn(a *A, group, node string) cluster.Pod {
+	a.Helper()
+	return fx.addPod(a, cluster.PodSpec{Node: node, Labels: fx.GroupSelector(group)})
+}
+
 // AddPod adds one backend pod with the feature's selector on a node.
 func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
 	a.Helper()
@@ -179,6 +185,8 @@ type ServiceOptions struct {
 	// EndpointSlices the feature writes itself (Fixture.EndpointSlice).
 	Selectorless bool // ExtraPorts are added after the "tcp" and "udp" ports.
 	ExtraPorts   []corev1.ServicePort
+	// InternalLocal sets internalTrafficPolicy: Local.
+	InternalLocal bool
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of
@@ -203,6 +211,10 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 	svc.Spec.Ports = append(svc.Spec.Ports, o.ExtraPorts...)
 	if o.NodePort {
 		svc.Spec.Type = corev1.ServiceTypeNodePort
+	}
+	if o.InternalLocal {
+		local := corev1.ServiceInternalTrafficPolicyLocal
+		svc.Spec.InternalTrafficPolicy = &local
 	}
 	SetAffinity(svc, o.Affinity)
 	created, err := fx.c.Client().CoreV1().Services(fx.Namespace()).Create(a.Ctx, svc, metav1.CreateOptions{})
