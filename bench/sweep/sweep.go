@@ -58,6 +58,8 @@ type Config struct {
 	// every mode there, so that IPVS is compared with the others in one
 	// kernel.
 	GuestModes []string
+	// GuestImpls likewise limits the implementations measured there.
+	GuestImpls []string
 }
 
 // Defaults is the default sweep (`make bench`).
@@ -198,6 +200,9 @@ func plan(c Config, hostIPVS bool) []kernelPlan {
 			for _, i := range c.Impls {
 				if i == result.ImplKubeProxy && m == result.ModeUserspace {
 					continue // upstream removed it in v1.26
+				}
+				if k == local.KernelUML && c.GuestImpls != nil && !slices.Contains(c.GuestImpls, i) {
+					continue
 				}
 				kp.proxiers = append(kp.proxiers, proxier{mode: m, impl: i})
 			}
