@@ -429,8 +429,10 @@ func Distribution(s probe.Summary, names []string) string {
 			parts = append(parts, fmt.Sprintf("UNEXPECTED %s=%d", n, k))
 		}
 	}
-	if e := len(s.Errors()); e > 0 {
-		parts = append(parts, fmt.Sprintf("errors=%d", e))
+	if e := s.Errors(); len(e) > 0 {
+		// The first error says what kind of failure it was (a timeout, a
+		// refusal, no route), which a count alone hides.
+		parts = append(parts, fmt.Sprintf("errors=%d (first: %v)", len(e), e[0]))
 	}
 	return strings.Join(parts, " ")
 }
