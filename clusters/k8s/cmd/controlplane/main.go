@@ -30,6 +30,7 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo"
 	"k8s.io/component-base/version"
+	genericcm "k8s.io/controller-manager/app"
 	"k8s.io/klog/v2"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	apiserveroptions "k8s.io/kubernetes/cmd/kube-apiserver/app/options"
@@ -196,9 +197,32 @@ func startControllerManager(ctx context.Context, args []string, done chan<- erro
 	if err != nil {
 		return err
 	}
-	go func() { done <- kcmapp.Run(ctx, c.Complete()) }()
+	go func() {
+		// kube-controller-manager gives the API server 10 s to turn
+		// healthy and exits otherwise. With labs starting side by side
+		// on 2 busy cores the API server's bootstrap roles took longer
+		// (2026-12-07, three labs beside make test), and the whole lab
+		// failed; so it starts once the API server is healthy, which
+		// may take up to apiHealthyWithin.
+		deadline := time.Now().Add(apiHealthyWithin)
+		for {
+			err := genericcm.WaitForAPIServer(c.Client, 10*time.Second)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				done <- fmt.Errorf("the API server was not healthy within %s: %w", apiHealthyWithin, err)
+				return
+			}
+		}
+		done <- kcmapp.Run(ctx, c.Complete())
+	}()
 	return nil
 }
+
+// apiHealthyWithin bounds the wait for the API server before the
+// controller manager starts.
+const apiHealthyWithin = 3 * time.Minute
 
 // The version is stamped at link time with -X k8s.io/component-base/version.gitVersion.
 func versionString() string {
