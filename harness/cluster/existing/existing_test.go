@@ -30,6 +30,10 @@ func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
 // user's (the offline node image is built once per machine, cold ~25 min).
 const E2EEnv = "PROXYMODES_EXISTING_E2E"
 
+// RunEnv narrows its conformance run to the tests a go test -run pattern
+// selects (make existing-e2e EXISTING_RUN=...); empty runs the whole suite.
+const RunEnv = "PROXYMODES_EXISTING_RUN"
+
 // The disruptive checks stop and start the proxiers only where the suite
 // owns the cluster: a user's cluster must never offer it.
 func TestNeverRestartsTheUsersProxy(t *testing.T) {
@@ -124,7 +128,11 @@ func TestOnKind(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("go", "test", "-count=1", "-timeout", "30m", "-v", "./suites/conformance")
+		args := []string{"test", "-count=1", "-timeout", "30m", "-v"}
+		if run := os.Getenv(RunEnv); run != "" {
+			args = append(args, "-run", run)
+		}
+		cmd := exec.Command("go", append(args, "./suites/conformance")...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, existing.EnvEcho+"="+kc.EchoImage(),
 			"PROXYMODES_PROVIDER=existing", "PROXYMODES_MODE=iptables", "PROXYMODES_IMPL=kube-proxy")
