@@ -75,10 +75,25 @@ func roleMain(args []string) int {
 	fs.IntVar(&c.TCPPort, "tcp-port", TCPPort, "raw TCP port (0 disables)")
 	fs.IntVar(&c.UDPPort, "udp-port", UDPPort, "UDP port (0 disables)")
 	fs.IntVar(&c.AltTCPPort, "alt-tcp-port", 0, "a second raw TCP port (0: none)")
+	drain := fs.Bool("drain", false, "keep serving after SIGTERM until killed, as a container that drains during its termination grace period")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	sigs := []os.Signal{syscall.SIGINT}
+	if *drain {
+		// The kubelet sends SIGTERM when a graceful deletion starts and
+		// SIGKILL when the grace period ends: serving until then is what
+		// makes an endpoint "serving and terminating".
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		go func() {
+			<-term
+			fmt.Fprintln(os.Stderr, "backend: SIGTERM: draining, serving until killed")
+		}()
+	} else {
+		sigs = append(sigs, syscall.SIGTERM)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	defer stop()
 	ready := make(chan struct{})
 	go func() {

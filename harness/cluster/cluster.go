@@ -65,6 +65,10 @@ type PodSpec struct {
 	// AltTCPPort, when not 0, is a second raw TCP port the backend serves,
 	// declared as the container port named AltPortName.
 	AltTCPPort uint16
+	// Drain makes the backend keep serving after SIGTERM until it is
+	// killed, so that a graceful deletion (PodTerminator) leaves it
+	// serving for its grace period, where a kubelet signals it.
+	Drain bool
 }
 
 // AltPortName names a pod's AltTCPPort among its container ports.
@@ -134,6 +138,15 @@ type Flow interface {
 // run wherever its namespaces live.
 type FlowOpener interface {
 	OpenFlow(ctx context.Context, ns string, proto probe.Proto, dst netip.AddrPort) (Flow, error)
+}
+
+// PodTerminator is what a provider implements to delete a pod gracefully,
+// as `kubectl delete` does: the Pod object gets its deletionTimestamp, so
+// its endpoints turn Ready=false, Serving=true, Terminating=true, while
+// its backend goes on serving (a PodSpec.Drain backend, where a kubelet
+// signals it) until the grace period ends or DeletePod removes it.
+type PodTerminator interface {
+	TerminatePod(ctx context.Context, namespace, name string, grace time.Duration) error
 }
 
 // ProxierRestarter is what a provider implements to let the disruptive

@@ -122,6 +122,9 @@ func (c *Cluster) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod
 			}},
 		},
 	}
+	if spec.Drain {
+		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--drain")
+	}
 	if spec.AltTCPPort != 0 {
 		echo := &p.Spec.Containers[0]
 		echo.Args = append(echo.Args, "--alt-tcp-port", strconv.Itoa(int(spec.AltTCPPort)))
@@ -204,6 +207,14 @@ func (c *Cluster) podNetns(ctx context.Context, node string, ip netip.Addr) (str
 		return f[0], nil
 	}
 	return "", fmt.Errorf("no single network namespace in %s's /var/run/netns holds %s (found %q): the node's container runtime must name pod namespaces there (containerd and CRI-O do)", node, ip, out)
+}
+
+// TerminatePod implements cluster.PodTerminator: the kubelet signals the
+// backend (which drains if the pod was made with PodSpec.Drain) and kills
+// it when grace ends; DeletePod ends it sooner.
+func (c *Cluster) TerminatePod(ctx context.Context, namespace, name string, grace time.Duration) error {
+	seconds := int64(grace / time.Second)
+	return c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &seconds})
 }
 
 // DeletePod implements cluster.Cluster. It returns once nothing of the

@@ -428,6 +428,18 @@ func (l *Lab) DeletePod(ctx context.Context, namespace, name string) error {
 	return l.removePod(ctx, p.Pod)
 }
 
+// TerminatePod implements cluster.PodTerminator. The lab is the kubelet
+// here: it gives the Pod its deletionTimestamp and leaves the backend
+// serving, as a draining container would be, until DeletePod; nothing
+// ends it when grace runs out.
+func (l *Lab) TerminatePod(ctx context.Context, namespace, name string, grace time.Duration) error {
+	if _, ok := l.findPod(podKey(namespace, name)); !ok {
+		return fmt.Errorf("no pod %s/%s in lab %s", namespace, name, l.opts.Name)
+	}
+	seconds := int64(grace / time.Second)
+	return l.Client().CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &seconds})
+}
+
 func (l *Lab) findPod(key string) (podState, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
