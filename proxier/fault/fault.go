@@ -41,6 +41,12 @@ const (
 	NodePortIgnored Fault = "nodeport-ignored"
 	// InternalPolicyIgnored treats internalTrafficPolicy Local as Cluster.
 	InternalPolicyIgnored Fault = "internal-policy-ignored"
+	// TerminatingAsReady sends new connections to serving terminating
+	// endpoints as if they were ready.
+	TerminatingAsReady Fault = "terminating-as-ready"
+	// TerminatingDropped never falls back to serving terminating
+	// endpoints: an endpoint that is not ready is gone.
+	TerminatingDropped Fault = "terminating-dropped"
 	// RandomSkewed gives every iptables endpoint rule probability 1/n
 	// instead of 1/(n-i) (with 3 endpoints they get 1/3, 2/9 and 4/9), and
 	// the last nftables endpoint two of n+1 numgen picks (1/4, 1/4, 1/2).
@@ -90,6 +96,8 @@ var Descriptions = map[Fault]string{
 	IPVSStateKept:         "a deleted Service's IPVS virtual servers and VIPs are kept",
 	NodePortIgnored:       "NodePorts are not programmed",
 	InternalPolicyIgnored: "internalTrafficPolicy Local is treated as Cluster",
+	TerminatingAsReady:    "serving terminating endpoints get new connections as if ready",
+	TerminatingDropped:    "serving terminating endpoints are never used, even when no endpoint is ready",
 	RandomSkewed:          "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",
 	RoundRobinBroken:      "round-robin is replaced by a random or hashed choice",
 	RetryDisabled:         "a failed dial is not retried on another endpoint",

@@ -61,6 +61,19 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 			if old := prev.Endpoints[n]; len(old) > 0 {
 				out.Endpoints[n] = only(out.Endpoints[n], old)
 			}
+		case TerminatingAsReady, TerminatingDropped:
+			var eps []core.Endpoint
+			for _, e := range out.Endpoints[n] {
+				switch {
+				case e.Ready:
+				case which == TerminatingDropped:
+					continue
+				case e.Serving && e.Terminating:
+					e.Ready = true
+				}
+				eps = append(eps, e)
+			}
+			out.Endpoints[n] = eps
 		}
 	}
 	if which == ServiceDeleteIgnored {

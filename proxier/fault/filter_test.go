@@ -2,6 +2,7 @@ package fault
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -138,5 +139,35 @@ func TestFilterAPIFaults(t *testing.T) {
 	}
 	if out := missed.Apply(APIChangesMissed, core.NewSnapshot()); len(out.Services) != 1 {
 		t.Errorf("api-changes-missed: a Service deleted after the API was lost is gone")
+	}
+}
+
+func TestTerminatingFaults(t *testing.T) {
+	in := snapshot(false, 0, "198.18.1.2", "198.18.1.3", "198.18.1.4")
+	eps := in.Endpoints[spn]
+	eps[1].Ready, eps[1].Serving, eps[1].Terminating = false, true, true
+	eps[2].Ready, eps[2].Serving, eps[2].Terminating = false, false, true
+	for _, c := range []struct {
+		f    Fault
+		want string // ready endpoints, then all
+	}{
+		{TerminatingAsReady, "198.18.1.2 198.18.1.3 / 198.18.1.2 198.18.1.3 198.18.1.4"},
+		{TerminatingDropped, "198.18.1.2 / 198.18.1.2"},
+		{NodePortIgnored, "198.18.1.2 / 198.18.1.2 198.18.1.3 198.18.1.4"},
+	} {
+		var f Filter
+		out := f.Apply(c.f, in)
+		var ready []string
+		for _, e := range out.Endpoints[spn] {
+			if e.Ready {
+				ready = append(ready, e.IP.String())
+			}
+		}
+		if got := strings.Join(ready, " ") + " / " + strings.Join(ips(out), " "); got != c.want {
+			t.Errorf("%s: %s, want %s", c.f, got, c.want)
+		}
+	}
+	if !in.Endpoints[spn][1].Terminating || in.Endpoints[spn][1].Ready {
+		t.Errorf("the input snapshot was modified")
 	}
 }

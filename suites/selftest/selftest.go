@@ -57,6 +57,8 @@ const (
 	apiMissed  = "a Service created and one deleted while the proxiers' API server was down are applied once it returns"
 	restarted  = "after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale"
 	itpLocal   = "with internalTrafficPolicy Local a client reaches every endpoint on its own node and none on another"
+	termAvoid  = "a terminating endpoint gets no new connections while ready ones exist, and its established connection keeps working"
+	termOnly   = "with only terminating endpoints left, new connections reach them"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -83,6 +85,8 @@ var table = []struct {
 	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
 	// Upstream's userspace mode never had the policy: nothing to break.
 	{Case{fault.InternalPolicyIgnored, "internal-traffic-policy", []string{itpLocal}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.TerminatingAsReady, "terminating", []string{termAvoid}}, nil},
+	{Case{fault.TerminatingDropped, "terminating", []string{termOnly}}, nil},
 	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables", "nftables"}},
 	{Case{fault.RoundRobinBroken, "round-robin", []string{cyclic}}, []string{"userspace", "ipvs"}},

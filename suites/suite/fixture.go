@@ -107,6 +107,32 @@ func (fx *Fixture) BackendOn(a *A, group, node string) cluster.Pod {
 	return fx.addPod(a, cluster.PodSpec{Node: node, Labels: fx.GroupSelector(group)})
 }
 
+// DrainingBackendOn adds one backend of group on node (any node when
+// empty) that keeps serving while it terminates (Terminate).
+func (fx *Fixture) DrainingBackendOn(a *A, group, node string) cluster.Pod {
+	a.Helper()
+	return fx.addPod(a, cluster.PodSpec{Node: node, Labels: fx.GroupSelector(group), Drain: true})
+}
+
+// TerminateGrace is the grace period of Terminate: far longer than any
+// check of a terminating endpoint, which ends with the feature's teardown.
+const TerminateGrace = 10 * time.Minute
+
+// Terminate deletes a pod gracefully (cluster.PodTerminator): its endpoint
+// turns Ready=false, Serving=true, Terminating=true while it serves on.
+// A provider that cannot skips the rest of the feature.
+func (fx *Fixture) Terminate(a *A, p cluster.Pod) {
+	a.Helper()
+	pt, ok := fx.c.(cluster.PodTerminator)
+	if !ok {
+		a.SkipFeature("the %s provider cannot delete a pod gracefully (cluster.PodTerminator)", fx.c.Info().Provider)
+	}
+	if err := pt.TerminatePod(a.Ctx, p.Namespace, p.Name, TerminateGrace); err != nil {
+		a.Fatalf("deleting pod %s with a grace period of %s: %v", p, TerminateGrace, err)
+	}
+	a.Logf("pod %s: graceful deletion started (grace %s)", p, TerminateGrace)
+}
+
 // AddPod adds one backend pod with the feature's selector on a node.
 func (fx *Fixture) AddPod(a *A, name, node string) cluster.Pod {
 	a.Helper()
