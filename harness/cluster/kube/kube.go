@@ -223,7 +223,15 @@ func (c *Cluster) TerminatePod(ctx context.Context, namespace, name string, grac
 // (the same "connection refused" a REJECT rule gives), which would let a
 // check mistake the dying pod for the proxy's work.
 func (c *Cluster) DeletePod(ctx context.Context, namespace, name string) error {
-	err := c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(0))})
+	// A pod that is terminating already (TerminatePod) keeps its grace
+	// period in the kubelet even when its object is force-deleted, and a
+	// draining backend serves on until then: shortening the grace to 1 s
+	// makes the kubelet kill it now and remove the object itself.
+	grace := int64(0)
+	if p, err := c.cfg.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{}); err == nil && p.DeletionTimestamp != nil {
+		grace = 1
+	}
+	err := c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
