@@ -7,10 +7,7 @@ import (
 	"io"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
 
@@ -35,23 +32,7 @@ func (s agentShell) executor(node string, env []string, stdin bool, argv []strin
 	}
 	// env(1) sets the variables: pods/exec has no environment of its own.
 	cmd := append(append([]string{"env"}, env...), argv...)
-	req := s.client.CoreV1().RESTClient().Post().Resource("pods").Namespace(s.namespace).Name(pod).
-		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
-		Container: agentContainer, Command: cmd, Stdin: stdin, Stdout: true, Stderr: true,
-	}, scheme.ParameterCodec)
-	// What kubectl does: WebSocket first, SPDY when the server or a proxy
-	// refuses the upgrade.
-	ws, err := remotecommand.NewWebSocketExecutor(s.rest, "GET", req.URL().String())
-	if err != nil {
-		return nil, err
-	}
-	spdy, err := remotecommand.NewSPDYExecutor(s.rest, "POST", req.URL())
-	if err != nil {
-		return nil, err
-	}
-	return remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
-		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-	})
+	return kube.PodExecutor(s.rest, s.client, s.namespace, pod, agentContainer, cmd, stdin)
 }
 
 func (s agentShell) Run(ctx context.Context, node string, env []string, argv ...string) (string, error) {

@@ -10,6 +10,7 @@ package kube
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,8 +26,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
@@ -113,7 +117,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec cluster.PodSpec) (cluster.Pod
 			TerminationGracePeriodSeconds: ptrTo(int64(0)),
 			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 			Containers: []corev1.Container{{
-				Name: "echo", Image: c.cfg.Echo, ImagePullPolicy: c.cfg.Pull,
+				Name: echoContainer, Image: c.cfg.Echo, ImagePullPolicy: c.cfg.Pull,
 				Args: []string{"--name", spec.Name},
 				Ports: []corev1.ContainerPort{
 					{Name: "tcp", ContainerPort: backend.TCPPort, Protocol: corev1.ProtocolTCP},
@@ -217,6 +221,46 @@ func (c *Cluster) TerminatePod(ctx context.Context, namespace, name string, grac
 	return c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &seconds})
 }
 
+// echoContainer names the backend's container in the pods AddPod makes.
+const echoContainer = "echo"
+
+// PodExecutor runs argv in a pod's container over pods/exec, as kubectl
+// does: WebSocket first, SPDY when the server or a proxy refuses the
+// upgrade.
+func PodExecutor(rc *rest.Config, client kubernetes.Interface, namespace, pod, container string, argv []string, stdin bool) (remotecommand.Executor, error) {
+	req := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(namespace).Name(pod).
+		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
+		Container: container, Command: argv, Stdin: stdin, Stdout: true, Stderr: true,
+	}, scheme.ParameterCodec)
+	ws, err := remotecommand.NewWebSocketExecutor(rc, "GET", req.URL().String())
+	if err != nil {
+		return nil, err
+	}
+	spdy, err := remotecommand.NewSPDYExecutor(rc, "POST", req.URL())
+	if err != nil {
+		return nil, err
+	}
+	return remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+}
+
+// endDrain makes a draining backend that is terminating exit: the kubelet
+// would wait out the grace period it was deleted with, even for a force
+// delete. The backend is PID 1 of its container and handles SIGINT, so
+// the signal reaches it from inside.
+func (c *Cluster) endDrain(ctx context.Context, namespace, name string) error {
+	ex, err := PodExecutor(c.cfg.REST, c.cfg.Client, namespace, name, echoContainer, []string{"sh", "-c", "kill -INT 1"}, false)
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: io.Discard, Stderr: &stderr}); err != nil {
+		return fmt.Errorf("ending the drain of %s/%s: %w: %s", namespace, name, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
 // DeletePod implements cluster.Cluster. It returns once nothing of the
 // pod remains: the Pod object is gone and so is its network namespace.
 // Between the two, a killed backend's namespace still answers TCP with RST
@@ -224,14 +268,15 @@ func (c *Cluster) TerminatePod(ctx context.Context, namespace, name string, grac
 // check mistake the dying pod for the proxy's work.
 func (c *Cluster) DeletePod(ctx context.Context, namespace, name string) error {
 	// A pod that is terminating already (TerminatePod) keeps its grace
-	// period in the kubelet even when its object is force-deleted, and a
-	// draining backend serves on until then: shortening the grace to 1 s
-	// makes the kubelet kill it now and remove the object itself.
-	grace := int64(0)
+	// period in the kubelet even when its object is force-deleted (a
+	// shorter one given later was not honoured either), and a draining
+	// backend serves on until then.
 	if p, err := c.cfg.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{}); err == nil && p.DeletionTimestamp != nil {
-		grace = 1
+		if err := c.endDrain(ctx, namespace, name); err != nil {
+			return err
+		}
 	}
-	err := c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+	err := c.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(0))})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
