@@ -86,7 +86,11 @@ var table = []struct {
 	// Upstream's userspace mode never had the policy: nothing to break.
 	{Case{fault.InternalPolicyIgnored, "internal-traffic-policy", []string{itpLocal}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.TerminatingAsReady, "terminating", []string{termAvoid}}, nil},
-	{Case{fault.TerminatingDropped, "terminating", []string{termOnly}}, nil},
+	// The userspace proxier closes the proxied connections of an endpoint
+	// that leaves the snapshot, so there the fault already breaks the
+	// established connection of the first assessment.
+	{Case{fault.TerminatingDropped, "terminating", []string{termOnly}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.TerminatingDropped, "terminating", []string{termAvoid}}, []string{"userspace"}},
 	{Case{fault.StaleConntrackKept, "cleanup", []string{staleUDP}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.RandomSkewed, "random", []string{uniform}}, []string{"iptables", "nftables"}},
 	{Case{fault.RoundRobinBroken, "round-robin", []string{cyclic}}, []string{"userspace", "ipvs"}},
