@@ -49,8 +49,9 @@ k8s: ## build the pinned Kubernetes binaries into $(CACHE) (once; ~9 min cold)
 
 # The steps of make test after go vet and the self-test build, by token.
 # TEST_LANES=3 (the default) runs three lanes side by side, each in order:
-# lane 1 holds the host-namespace lab (go test, the bench smoke, kube-proxy
-# nftables and iptables), lane 2 the UML guests, lane 3 the private docker
+# lane 1 holds the host-namespace lab (go test, the bench smoke, the
+# iptables self-test, nftables for both implementations, kube-proxy
+# iptables), lane 2 the UML guests, lane 3 the private docker
 # daemon (its package's tests, then kind: a cold machine builds the node
 # image there, ~25 min, so it starts at once); the self-tests and the other
 # lanes' conformance runs use isolated labs. The docker tests are a step of
