@@ -147,9 +147,15 @@ func InternalEndpoints(sp *ServicePort, eps []Endpoint, node string) (out []Endp
 // UsableEndpoints, and under internalTrafficPolicy Local this node's
 // terminating ones that InternalEndpoints falls back to.
 func ReachableEndpoints(sp *ServicePort, eps []Endpoint, node string) []Endpoint {
-	out := UsableEndpoints(eps)
 	internal, _ := InternalEndpoints(sp, eps, node)
-	for _, ep := range internal {
+	return UnionEndpoints(UsableEndpoints(eps), internal)
+}
+
+// UnionEndpoints returns a followed by the endpoints of b that a lacks; a
+// and b are not modified.
+func UnionEndpoints(a, b []Endpoint) []Endpoint {
+	out := slices.Clone(a)
+	for _, ep := range b {
 		if !slices.Contains(out, ep) {
 			out = append(out, ep)
 		}

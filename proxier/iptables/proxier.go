@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -536,17 +535,14 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		// Each endpoint either chain picks gets its chain once: a node
 		// whose local endpoints are all terminating uses them locally
 		// while the cluster-wide chain has only the ready ones.
-		var used []core.Endpoint
+		var cluster, local []core.Endpoint
 		if usesSVC {
-			used = eps
+			cluster = eps
 		}
 		if svc.InternalLocal {
-			for _, ep := range internal {
-				if !slices.Contains(used, ep) {
-					used = append(used, ep)
-				}
-			}
+			local = internal
 		}
+		used := core.UnionEndpoints(cluster, local)
 		for _, ep := range used {
 			sep := endpointChainName(name, ep)
 			active.Insert(sep)

@@ -405,17 +405,14 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	// Each endpoint either chain picks gets its chain once: a node whose
 	// local endpoints are all terminating uses them locally while the
 	// cluster-wide chain has only the ready ones.
-	var used []core.Endpoint
+	var cluster, local []core.Endpoint
 	if usesSVC {
-		used = eps
+		cluster = eps
 	}
 	if usesSVL {
-		for _, ep := range internal {
-			if !slices.Contains(used, ep) {
-				used = append(used, ep)
-			}
-		}
+		local = internal
 	}
+	used := core.UnionEndpoints(cluster, local)
 	epChains := make(map[core.Endpoint]string, len(used))
 	affinity := make(map[core.Endpoint]string, len(used))
 	for _, ep := range used {
