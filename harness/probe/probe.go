@@ -120,20 +120,37 @@ func Run(ctx context.Context, t Target, n int, timeout time.Duration) Summary {
 	return s
 }
 
-// Once opens one connection.
+// GreetingTimeout bounds the wait for a backend's answer on a TCP or HTTP
+// connection that is already established. The probe's own timeout bounds
+// what the proxy decides: the connection's setup (a SYN the proxier drops,
+// rejects or sends to a dead endpoint) and a UDP reply. Once the handshake
+// is done the proxy has chosen, and what is left is the backend process
+// getting the CPU to write its line. On a loaded node that can take longer
+// than a setup bound sized for a prompt failure: CI, 2026-12-07, kind under
+// make test's three lanes, one of 14 concurrent affinity probes got no
+// greeting within 2 s although its connection was established to the right
+// backend (conntrack ASSURED, no retransmission); its RST shows the line
+// arrived after the client had given up. A proxier that breaks an
+// established connection still fails: the greeting never comes, or a
+// reset ends it.
+const GreetingTimeout = 10 * time.Second
+
+// Once opens one connection. timeout bounds its setup (TCP, HTTP) or the
+// whole exchange (UDP); GreetingTimeout bounds the answer on an
+// established connection. Both end early if ctx does.
 func Once(ctx context.Context, t Target, timeout time.Duration) Result {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	start := time.Now()
 	var line string
 	var err error
 	switch t.Proto {
 	case TCP:
-		line, err = tcpOnce(ctx, t)
+		line, err = tcpOnce(ctx, t, timeout)
 	case UDP:
-		line, err = udpOnce(ctx, t)
+		uctx, cancel := context.WithTimeout(ctx, timeout)
+		line, err = udpOnce(uctx, t)
+		cancel()
 	case HTTP:
-		line, err = httpOnce(ctx, t)
+		line, err = httpOnce(ctx, t, timeout)
 	default:
 		err = fmt.Errorf("unknown probe protocol %q (use tcp, udp or http)", t.Proto)
 	}
@@ -169,16 +186,21 @@ func dialFrom(ctx context.Context, t Target, network string, port int) (net.Conn
 	return netlab.Dialer(t.NS, &d)(ctx, network, t.Addr.String())
 }
 
-func tcpOnce(ctx context.Context, t Target) (string, error) {
-	conn, err := Dial(ctx, t, "tcp")
+func tcpOnce(ctx context.Context, t Target, timeout time.Duration) (string, error) {
+	conn, err := dialWithin(ctx, t, "tcp", timeout)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
+	conn.SetDeadline(deadline(ctx, GreetingTimeout))
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
 	return bufio.NewReader(conn).ReadString('\n')
+}
+
+func dialWithin(ctx context.Context, t Target, network string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return Dial(ctx, t, network)
 }
 
 // UDPSends is how often a UDP probe sends its datagram, evenly spread
@@ -223,15 +245,17 @@ func udpOnce(ctx context.Context, t Target) (string, error) {
 	}
 }
 
-func httpOnce(ctx context.Context, t Target) (string, error) {
+func httpOnce(ctx context.Context, t Target, timeout time.Duration) (string, error) {
 	tr := &http.Transport{
 		DisableKeepAlives: true,
 		Proxy:             nil,
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return Dial(ctx, t, network)
+			return dialWithin(ctx, t, network, timeout)
 		},
 	}
 	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, timeout+GreetingTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+t.Addr.String()+"/", nil)
 	if err != nil {
 		return "", err
