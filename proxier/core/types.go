@@ -54,6 +54,15 @@ type ServicePort struct {
 	// InternalLocal is internalTrafficPolicy: Local: traffic to the
 	// ClusterIP goes only to endpoints on this node (see InternalEndpoints).
 	InternalLocal bool
+	// ExternalLocal is externalTrafficPolicy: Local on a Service reachable
+	// from outside (a NodePort or external IPs): that traffic goes only to
+	// endpoints on this node, keeping the client's address (see
+	// ExternalEndpoints).
+	ExternalLocal bool
+	// HealthCheckNodePort is the Service's healthCheckNodePort (0: none),
+	// where the proxier tells load balancers whether this node has a
+	// ready endpoint of it.
+	HealthCheckNodePort int32
 }
 
 // Equal reports whether two ServicePorts would produce the same rules.
@@ -63,7 +72,8 @@ func (s *ServicePort) Equal(o *ServicePort) bool {
 	}
 	if s.Name != o.Name || s.ClusterIP != o.ClusterIP || s.Port != o.Port || s.Protocol != o.Protocol ||
 		s.NodePort != o.NodePort || s.ClientIPAffinity != o.ClientIPAffinity ||
-		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || s.InternalLocal != o.InternalLocal || len(s.ExternalIPs) != len(o.ExternalIPs) {
+		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || s.InternalLocal != o.InternalLocal ||
+		s.ExternalLocal != o.ExternalLocal || s.HealthCheckNodePort != o.HealthCheckNodePort || len(s.ExternalIPs) != len(o.ExternalIPs) {
 		return false
 	}
 	for i := range s.ExternalIPs {
@@ -123,32 +133,54 @@ func UsableEndpoints(eps []Endpoint) []Endpoint {
 
 // InternalEndpoints returns the endpoints for traffic to sp's ClusterIP,
 // as kube-proxy categorizes them (without topology hints): under
-// internalTrafficPolicy Local only those on node, the ready ones or, when
-// none of them is ready, the serving terminating ones; otherwise
-// UsableEndpoints. noLocal is true when the policy leaves none although
-// the Service has usable endpoints on other nodes: that traffic is dropped,
-// not rejected as for a Service without endpoints.
+// internalTrafficPolicy Local LocalEndpoints, otherwise UsableEndpoints.
+// noLocal is true when the policy leaves none although the Service has
+// usable endpoints on other nodes: that traffic is dropped, not rejected as
+// for a Service without endpoints.
 func InternalEndpoints(sp *ServicePort, eps []Endpoint, node string) (out []Endpoint, noLocal bool) {
+	return policyEndpoints(sp.InternalLocal, eps, node)
+}
+
+// ExternalEndpoints is InternalEndpoints for traffic from outside the
+// cluster to a NodePort or an external IP, under externalTrafficPolicy.
+// Traffic from a pod or from the node itself is not external: with the
+// Local policy it still takes UsableEndpoints (kube-proxy's short circuit
+// in the iptables and nftables modes).
+func ExternalEndpoints(sp *ServicePort, eps []Endpoint, node string) (out []Endpoint, noLocal bool) {
+	return policyEndpoints(sp.ExternalLocal, eps, node)
+}
+
+func policyEndpoints(local bool, eps []Endpoint, node string) ([]Endpoint, bool) {
 	usable := UsableEndpoints(eps)
-	if !sp.InternalLocal {
+	if !local {
 		return usable, false
 	}
+	out := LocalEndpoints(eps, node)
+	return out, len(out) == 0 && len(usable) > 0
+}
+
+// LocalEndpoints returns the endpoints on node that a Local traffic policy
+// uses: the ready ones or, when none of them is ready, the serving
+// terminating ones.
+func LocalEndpoints(eps []Endpoint, node string) []Endpoint {
 	var local []Endpoint
 	for _, ep := range eps {
 		if ep.NodeName == node {
 			local = append(local, ep)
 		}
 	}
-	out = UsableEndpoints(local)
-	return out, len(out) == 0 && len(usable) > 0
+	return UsableEndpoints(local)
 }
 
 // ReachableEndpoints returns every endpoint some traffic to sp may reach:
-// UsableEndpoints, and under internalTrafficPolicy Local this node's
-// terminating ones that InternalEndpoints falls back to.
+// UsableEndpoints, and this node's terminating ones that a Local policy
+// falls back to.
 func ReachableEndpoints(sp *ServicePort, eps []Endpoint, node string) []Endpoint {
-	internal, _ := InternalEndpoints(sp, eps, node)
-	return UnionEndpoints(UsableEndpoints(eps), internal)
+	out := UsableEndpoints(eps)
+	if sp.InternalLocal || sp.ExternalLocal {
+		out = UnionEndpoints(out, LocalEndpoints(eps, node))
+	}
+	return out
 }
 
 // UnionEndpoints returns a followed by the endpoints of b that a lacks; a

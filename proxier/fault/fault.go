@@ -41,6 +41,10 @@ const (
 	NodePortIgnored Fault = "nodeport-ignored"
 	// InternalPolicyIgnored treats internalTrafficPolicy Local as Cluster.
 	InternalPolicyIgnored Fault = "internal-policy-ignored"
+	// ExternalPolicyIgnored treats externalTrafficPolicy Local as Cluster.
+	ExternalPolicyIgnored Fault = "external-policy-ignored"
+	// HealthCheckIgnored serves no healthCheckNodePort.
+	HealthCheckIgnored Fault = "health-check-ignored"
 	// TerminatingAsReady sends new connections to serving terminating
 	// endpoints as if they were ready.
 	TerminatingAsReady Fault = "terminating-as-ready"
@@ -96,6 +100,8 @@ var Descriptions = map[Fault]string{
 	IPVSStateKept:         "a deleted Service's IPVS virtual servers and VIPs are kept",
 	NodePortIgnored:       "NodePorts are not programmed",
 	InternalPolicyIgnored: "internalTrafficPolicy Local is treated as Cluster",
+	ExternalPolicyIgnored: "externalTrafficPolicy Local is treated as Cluster",
+	HealthCheckIgnored:    "no healthCheckNodePort is served",
 	TerminatingAsReady:    "serving terminating endpoints get new connections as if ready",
 	TerminatingDropped:    "serving terminating endpoints are never used, even when no endpoint is ready",
 	RandomSkewed:          "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",

@@ -55,6 +55,10 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 			sp.NodePort = 0
 		case InternalPolicyIgnored:
 			sp.InternalLocal = false
+		case ExternalPolicyIgnored:
+			sp.ExternalLocal = false
+		case HealthCheckIgnored:
+			sp.HealthCheckNodePort = 0
 		case RemovedEndpointKept:
 			out.Endpoints[n] = union(out.Endpoints[n], prev.Endpoints[n])
 		case EndpointAddIgnored:

@@ -34,25 +34,32 @@ func ips(s *core.Snapshot) []string {
 func TestFilterBreaksOnlyItsPromise(t *testing.T) {
 	in := snapshot(true, 40, "198.18.1.2")
 	in.Services[spn].InternalLocal = true
+	in.Services[spn].ExternalLocal = true
+	in.Services[spn].HealthCheckNodePort = 31000
 	for _, c := range []struct {
-		f                 Fault
-		affinity          bool
-		timeout, nodePort int32
-		internalLocal     bool
+		f                            Fault
+		affinity                     bool
+		timeout, nodePort            int32
+		internalLocal, externalLocal bool
+		healthCheck                  int32
 	}{
-		{AffinityIgnored, false, 0, 30080, true},
-		{AffinityEarlyExpiry, true, 10, 30080, true},
-		{AffinityNeverExpires, true, core.DefaultStickyTimeoutSeconds, 30080, true},
-		{NodePortIgnored, true, 40, 0, true},
-		{StaleConntrackKept, true, 40, 30080, true},
-		{InternalPolicyIgnored, true, 40, 30080, false},
+		{AffinityIgnored, false, 0, 30080, true, true, 31000},
+		{AffinityEarlyExpiry, true, 10, 30080, true, true, 31000},
+		{AffinityNeverExpires, true, core.DefaultStickyTimeoutSeconds, 30080, true, true, 31000},
+		{NodePortIgnored, true, 40, 0, true, true, 31000},
+		{StaleConntrackKept, true, 40, 30080, true, true, 31000},
+		{InternalPolicyIgnored, true, 40, 30080, false, true, 31000},
+		{ExternalPolicyIgnored, true, 40, 30080, true, false, 31000},
+		{HealthCheckIgnored, true, 40, 30080, true, true, 0},
 	} {
 		var f Filter
 		out := f.Apply(c.f, in)
 		sp := out.Services[spn]
-		if sp.ClientIPAffinity != c.affinity || sp.StickyTimeoutSeconds != c.timeout || sp.NodePort != c.nodePort || sp.InternalLocal != c.internalLocal {
-			t.Errorf("%s: got affinity %t timeout %d nodePort %d internalLocal %t, want %t %d %d %t", c.f,
-				sp.ClientIPAffinity, sp.StickyTimeoutSeconds, sp.NodePort, sp.InternalLocal, c.affinity, c.timeout, c.nodePort, c.internalLocal)
+		if sp.ClientIPAffinity != c.affinity || sp.StickyTimeoutSeconds != c.timeout || sp.NodePort != c.nodePort ||
+			sp.InternalLocal != c.internalLocal || sp.ExternalLocal != c.externalLocal || sp.HealthCheckNodePort != c.healthCheck {
+			t.Errorf("%s: got affinity %t timeout %d nodePort %d internalLocal %t externalLocal %t healthCheck %d, want %t %d %d %t %t %d", c.f,
+				sp.ClientIPAffinity, sp.StickyTimeoutSeconds, sp.NodePort, sp.InternalLocal, sp.ExternalLocal, sp.HealthCheckNodePort,
+				c.affinity, c.timeout, c.nodePort, c.internalLocal, c.externalLocal, c.healthCheck)
 		}
 		if in.Services[spn].StickyTimeoutSeconds != 40 || in.Services[spn].NodePort != 30080 || !in.Services[spn].ClientIPAffinity {
 			t.Fatalf("%s modified the tracker's snapshot", c.f)

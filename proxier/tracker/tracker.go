@@ -384,6 +384,15 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			sp.NodePort = p.NodePort
 		}
+		// As kube-proxy: the external policy applies only where there is
+		// external traffic, and the health check port only to a
+		// LoadBalancer Service under the Local policy.
+		if svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal && (sp.NodePort != 0 || len(externalIPs) > 0 || svc.Spec.Type == v1.ServiceTypeLoadBalancer) {
+			sp.ExternalLocal = true
+			if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+				sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+			}
+		}
 		out = append(out, sp)
 	}
 	return out

@@ -98,6 +98,22 @@ func TestServiceConversion(t *testing.T) {
 			t.Errorf("internalTrafficPolicy %s: InternalLocal %t, want %t", policy, got, want)
 		}
 	}
+	if p.ExternalLocal || p.HealthCheckNodePort != 0 {
+		t.Errorf("no externalTrafficPolicy: got Local (%+v)", p)
+	}
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	svc.Spec.HealthCheckNodePort = 31000
+	if got := ServicePorts(svc)[0]; !got.ExternalLocal || got.HealthCheckNodePort != 0 {
+		t.Errorf("a NodePort Service under externalTrafficPolicy Local: ExternalLocal %t, health check port %d; want true, 0 (only a LoadBalancer has one)", got.ExternalLocal, got.HealthCheckNodePort)
+	}
+	svc.Spec.Type = v1.ServiceTypeLoadBalancer
+	if got := ServicePorts(svc)[1]; !got.ExternalLocal || got.HealthCheckNodePort != 31000 {
+		t.Errorf("a LoadBalancer Service under externalTrafficPolicy Local: ExternalLocal %t, health check port %d; want true, 31000", got.ExternalLocal, got.HealthCheckNodePort)
+	}
+	internalOnly := service("i", "198.19.0.2", func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal })
+	if got := ServicePorts(internalOnly)[0]; got.ExternalLocal {
+		t.Errorf("a ClusterIP Service without external IPs has no external traffic, yet ExternalLocal")
+	}
 	for name, s := range map[string]*v1.Service{
 		"headless":     service("h", v1.ClusterIPNone),
 		"externalname": service("e", "", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName }),

@@ -47,6 +47,8 @@ type Port struct {
 	Endpoints                 []string // "ip:port"; all ready, on Node
 	Remote                    []string // "ip:port"; all ready, on OtherNode
 	InternalLocal             bool     // internalTrafficPolicy: Local
+	ExternalLocal             bool     // externalTrafficPolicy: Local
+	HealthCheckNodePort       int32
 }
 
 // Add adds a service port and its endpoints and returns its name.
@@ -61,6 +63,7 @@ func (b *Builder) Add(p Port) core.ServicePortName {
 	sp := &core.ServicePort{
 		Name: name, ClusterIP: netip.MustParseAddr(p.ClusterIP), Port: p.Port, Protocol: p.Protocol,
 		NodePort: p.NodePort, ClientIPAffinity: p.Affinity, InternalLocal: p.InternalLocal,
+		ExternalLocal: p.ExternalLocal, HealthCheckNodePort: p.HealthCheckNodePort,
 	}
 	for _, e := range p.ExternalIPs {
 		sp.ExternalIPs = append(sp.ExternalIPs, netip.MustParseAddr(e))
@@ -122,7 +125,7 @@ func Synthetic(n, eps int) *core.Snapshot {
 }
 
 // Random returns a randomized snapshot from seed: a mix of protocols,
-// NodePorts, external IPs, affinity, internalTrafficPolicy Local and 0..5
+// NodePorts, external IPs, affinity, both traffic policies Local and 0..5
 // endpoints per port on either node, with some endpoints not ready or
 // terminating.
 func Random(seed int64) *core.Snapshot {
@@ -146,6 +149,7 @@ func Random(seed int64) *core.Snapshot {
 		}
 		nodePortSvc := r.Intn(3) == 0
 		internalLocal := r.Intn(4) == 0
+		externalLocal := (nodePortSvc || ext != nil) && r.Intn(3) == 0
 		usedPort := map[int32]bool{}
 		for pi := 0; pi < nPorts; pi++ {
 			port := int32(1 + r.Intn(65535))
@@ -157,6 +161,7 @@ func Random(seed int64) *core.Snapshot {
 				Namespace: fmt.Sprintf("ns%d", r.Intn(3)), Name: fmt.Sprintf("svc%d", i), PortName: fmt.Sprintf("p%d", pi),
 				Protocol: protos[r.Intn(len(protos))], ClusterIP: ServiceIP(ipIdx), Port: port,
 				ExternalIPs: ext, Affinity: affinity, Timeout: int32(r.Intn(86400)), InternalLocal: internalLocal,
+				ExternalLocal: externalLocal,
 			}
 			if nodePortSvc {
 				np := int32(30000 + r.Intn(2768))
