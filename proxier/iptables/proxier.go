@@ -8,13 +8,16 @@
 //	                                  -> PM-EXT-<hash>  (external IPs: mark for SNAT, then PM-SVC)
 //	                     PM-SERVICES (last rule, local dst) -> PM-NODEPORTS -> PM-EXT-<hash>
 //	                                  -> PM-SVL-<hash>  (internalTrafficPolicy Local: this node's endpoints only)
+//	PM-EXT-<hash> under externalTrafficPolicy Local: pods and the node itself -> PM-SVC,
+//	                     other clients -> PM-SVL-<hash> without SNAT
 //	PM-SVC-<hash>, PM-SVL-<hash> -> PM-SEP-<hash>  (per endpoint: hairpin mark + DNAT)
 //	POSTROUTING -> PM-POSTROUTING   (MASQUERADE packets carrying the mark set by PM-MARK-MASQ)
 //
 // filter: PM-SERVICES (REJECT cluster IPs without endpoints, DROP those whose
 // internalTrafficPolicy Local leaves none on this node, from FORWARD and
 // OUTPUT), PM-EXTERNAL-SERVICES (REJECT NodePorts/external IPs without
-// endpoints, from INPUT and FORWARD), PM-FORWARD (accept marked and
+// endpoints, DROP those whose externalTrafficPolicy Local leaves none on
+// this node, from INPUT and FORWARD), PM-FORWARD (accept marked and
 // established service traffic).
 package iptables
 
@@ -421,11 +424,17 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		// internalTrafficPolicy Local: the cluster IP picks among this
 		// node's endpoints in a chain of its own, and is dropped when
 		// there are none here (kube-proxy does the same).
-		internal, noLocal := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		_, noLocal := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
 		internalChain := svcChain
 		if svc.InternalLocal {
 			internalChain = localChainName(name)
 		}
+		// externalTrafficPolicy Local: outside clients reach this node's
+		// endpoints only, without SNAT, and are dropped where there are
+		// none; pods and the node itself still reach every endpoint.
+		external, noLocalExternal := core.ExternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		local := core.LocalEndpoints(snap.Endpoints[name], snap.NodeName)
+		usesLocal := len(local) > 0 && (svc.InternalLocal || (usesExt && svc.ExternalLocal))
 
 		// Dispatch rules live in chains rewritten on every sync.
 		if hasEndpoints {
@@ -443,6 +452,21 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			if svc.NodePort != 0 {
 				natRules.add("-A", nodePortsChain, "-m", "comment", "--comment", label,
 					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", extChain)
+			}
+			if noLocalExternal {
+				// What the external chain did not send to the cluster-wide
+				// chain (pods, the node itself) is still addressed to the
+				// node here.
+				reason := quote(label + " has no local endpoints")
+				for _, eip := range svc.ExternalIPs {
+					filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
+						"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", "DROP")
+				}
+				if svc.NodePort != 0 {
+					filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
+						"-m", "addrtype", "--dst-type", "LOCAL",
+						"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", "DROP")
+				}
 			}
 		} else {
 			reason := quote(label + " has no endpoints")
@@ -492,8 +516,25 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		if usesExt {
 			active.Insert(extChain)
 			chains.chain(extChain)
-			rules.add("-A", extChain, "-m", "comment", "--comment", quote("masquerade traffic for "+label+" external destinations"), "-j", markMasqChain)
-			rules.add("-A", extChain, "-j", svcChain)
+			if svc.ExternalLocal {
+				if p.clusterCIDR.IsValid() {
+					rules.add("-A", extChain, "-m", "comment", "--comment", quote("pod traffic for "+label+" external destinations"),
+						"-s", p.clusterCIDR.String(), "-j", svcChain)
+				}
+				// The node's own traffic leaves from an address of the
+				// node, which an endpoint elsewhere could not answer
+				// without SNAT.
+				rules.add("-A", extChain, "-m", "comment", "--comment", quote("masquerade LOCAL traffic for "+label+" external destinations"),
+					"-m", "addrtype", "--src-type", "LOCAL", "-j", markMasqChain)
+				rules.add("-A", extChain, "-m", "comment", "--comment", quote("route LOCAL traffic for "+label+" external destinations"),
+					"-m", "addrtype", "--src-type", "LOCAL", "-j", svcChain)
+				if len(external) > 0 {
+					rules.add("-A", extChain, "-j", localChainName(name))
+				}
+			} else {
+				rules.add("-A", extChain, "-m", "comment", "--comment", quote("masquerade traffic for "+label+" external destinations"), "-j", markMasqChain)
+				rules.add("-A", extChain, "-j", svcChain)
+			}
 		}
 
 		comment := func(args []string, text string) []string {
@@ -527,20 +568,22 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		if usesSVC {
 			pick(svcChain, eps)
 		}
-		if svc.InternalLocal && len(internal) > 0 {
-			active.Insert(internalChain)
-			chains.chain(internalChain)
-			pick(internalChain, internal)
+		// Both Local policies pick among the same endpoints: this node's.
+		if usesLocal {
+			lc := localChainName(name)
+			active.Insert(lc)
+			chains.chain(lc)
+			pick(lc, local)
 		}
 		// Each endpoint either chain picks gets its chain once: a node
 		// whose local endpoints are all terminating uses them locally
 		// while the cluster-wide chain has only the ready ones.
-		var cluster, local []core.Endpoint
+		var cluster []core.Endpoint
 		if usesSVC {
 			cluster = eps
 		}
-		if svc.InternalLocal {
-			local = internal
+		if !usesLocal {
+			local = nil
 		}
 		used := core.UnionEndpoints(cluster, local)
 		for _, ep := range used {

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -86,37 +87,55 @@ func checkTraces(t *testing.T, f *Fake, snap *core.Snapshot) {
 				t.Errorf("%s: no endpoints: filter FORWARD gives %v (err %v), want REJECT", name, fouts, err)
 			}
 		}
+		// An outside client reaches the endpoints externalTrafficPolicy
+		// allows, with SNAT unless it is Local; pods and the node itself
+		// reach every usable endpoint.
+		external, noLocalExternal := core.ExternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		var dsts []Packet
 		if svc.NodePort != 0 {
-			np := Packet{Protocol: proto, Src: nodeClient, Dst: nodeIP, DstPort: uint16(svc.NodePort), LocalDst: true}
-			outs, err := f.Trace("nat", "PREROUTING", np)
-			if err != nil {
-				t.Errorf("%s: nodeport trace: %v", name, err)
-				continue
-			}
-			if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
-				t.Errorf("%s: NodePort %d reaches %v, want %v", name, svc.NodePort, got, want)
-			}
-			for _, o := range outs {
-				if o.Verdict == "DNAT" && o.Mark&masqMark == 0 {
-					t.Errorf("%s: NodePort traffic not marked for masquerade: %v", name, o)
-				}
-			}
-			if len(eps) == 0 {
-				fouts, err := f.Trace("filter", "INPUT", np)
+			dsts = append(dsts, Packet{Protocol: proto, Dst: nodeIP, DstPort: uint16(svc.NodePort), LocalDst: true})
+		}
+		for _, eip := range svc.ExternalIPs {
+			dsts = append(dsts, Packet{Protocol: proto, Dst: eip, DstPort: uint16(svc.Port)})
+		}
+		for _, d := range dsts {
+			what := fmt.Sprintf("%s: %s:%d", name, d.Dst, d.DstPort)
+			outside, pod, self := d, d, d
+			outside.Src, pod.Src, self.Src, self.LocalSrc = nodeClient, podClient, nodeIP, true
+			checkExternal(t, f, what+" from outside", "PREROUTING", outside, endpointStrings(external), !svc.ExternalLocal)
+			checkExternal(t, f, what+" from a pod", "PREROUTING", pod, want, !svc.ExternalLocal)
+			checkExternal(t, f, what+" from the node", "OUTPUT", self, want, true)
+			switch {
+			case len(eps) == 0:
+				fouts, err := f.Trace("filter", "INPUT", outside)
 				if err != nil || len(fouts) != 1 || fouts[0].Verdict != "REJECT" {
-					t.Errorf("%s: no endpoints: NodePort filter INPUT gives %v (err %v), want REJECT", name, fouts, err)
+					t.Errorf("%s: no endpoints: filter INPUT gives %v (err %v), want REJECT", what, fouts, err)
+				}
+			case noLocalExternal:
+				fouts, err := f.Trace("filter", "INPUT", outside)
+				if err != nil || len(fouts) != 1 || fouts[0].Verdict != "DROP" {
+					t.Errorf("%s: externalTrafficPolicy Local without local endpoints: filter INPUT gives %v (err %v), want DROP", what, fouts, err)
 				}
 			}
 		}
-		for _, eip := range svc.ExternalIPs {
-			outs, err := f.Trace("nat", "PREROUTING", Packet{Protocol: proto, Src: nodeClient, Dst: eip, DstPort: uint16(svc.Port)})
-			if err != nil {
-				t.Errorf("%s: external IP trace: %v", name, err)
-				continue
-			}
-			if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
-				t.Errorf("%s: external IP %s reaches %v, want %v", name, eip, got, want)
-			}
+	}
+}
+
+// checkExternal traces pkt from the nat chain start: it must reach exactly
+// want, and be marked for masquerade exactly when masq.
+func checkExternal(t *testing.T, f *Fake, what, start string, pkt Packet, want []string, masq bool) {
+	t.Helper()
+	outs, err := f.Trace("nat", start, pkt)
+	if err != nil {
+		t.Errorf("%s: trace: %v", what, err)
+		return
+	}
+	if got := dnatTargets(outs); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("%s reaches %v, want %v\n%v", what, got, want, outs)
+	}
+	for _, o := range outs {
+		if o.Verdict == "DNAT" && (o.Mark&masqMark != 0) != masq {
+			t.Errorf("%s: marked for masquerade %t, want %t: %v", what, o.Mark&masqMark != 0, masq, o)
 		}
 	}
 }
