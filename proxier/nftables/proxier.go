@@ -8,12 +8,17 @@
 //	svc-<id>: mark off-cluster sources for SNAT; affinity checks;
 //	    numgen random mod N vmap { 0 : goto ep-<id>, ... }
 //	svl-<id>: the same over this node's endpoints, for a cluster IP with
-//	    internalTrafficPolicy Local (dropped where there are none)
+//	    internalTrafficPolicy Local (dropped where there are none) and for
+//	    outside clients under externalTrafficPolicy Local
 //	ext-<id>: mark for SNAT, goto svc-<id>           (NodePorts and external IPs)
+//	    under externalTrafficPolicy Local: pods goto svc-<id>; the node
+//	    itself marked, goto svc-<id>; anyone else goto svl-<id> unmarked
+//	    (dropped in endpoints-check where this node has no endpoints)
 //	ep-<id>:  mark hairpin traffic, refresh affinity, dnat to the endpoint
 //	nat-postrouting -> masquerading: masquerade what carries the mark
 //	filter-input/forward/output (ct state new) -> endpoints-check:
-//	    vmaps @no-endpoint-services / @no-endpoint-nodeports -> goto reject
+//	    vmaps @no-endpoint-services / @no-endpoint-nodeports -> goto reject,
+//	    or drop for a traffic policy Local without endpoints on this node
 //
 // A full sync is one transaction that rewrites every Service and removes
 // what is no longer wanted; a partial sync touches only the changed
@@ -364,7 +369,7 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	// internalTrafficPolicy Local: the cluster IP picks among this node's
 	// endpoints in a chain of its own, and is dropped when there are none
 	// here (kube-proxy does the same).
-	internal, noLocal := core.InternalEndpoints(svc, all, node)
+	_, noLocal := core.InternalEndpoints(svc, all, node)
 	element := func(m string, key []string, verdict string) {
 		e := &knftables.Element{Map: m, Key: key, Value: []string{verdict}, Comment: knftables.PtrTo(label)}
 		tx.Add(e)
@@ -398,19 +403,26 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 	rule := func(c string, parts ...any) { tx.Add(&knftables.Rule{Chain: c, Rule: knftables.Concat(parts...)}) }
 
 	hasExt := len(ipKeys) > 1 || svc.NodePort != 0
+	// externalTrafficPolicy Local: outside clients reach this node's
+	// endpoints only, keeping their address, and are dropped where there
+	// are none; pods and the node itself still reach every endpoint.
+	external, noLocalExternal := core.ExternalEndpoints(svc, all, node)
 	// The cluster-wide chain serves the cluster IP unless its policy is
-	// Local, and the external destinations.
+	// Local, and the external destinations (even under a Local policy,
+	// for pods and the node itself).
 	usesSVC := !svc.InternalLocal || hasExt
-	usesSVL := svc.InternalLocal && len(internal) > 0
+	// Both Local policies pick among the same endpoints: this node's.
+	local := core.LocalEndpoints(all, node)
+	usesSVL := len(local) > 0 && (svc.InternalLocal || (hasExt && svc.ExternalLocal))
 	// Each endpoint either chain picks gets its chain once: a node whose
 	// local endpoints are all terminating uses them locally while the
 	// cluster-wide chain has only the ready ones.
-	var cluster, local []core.Endpoint
+	var cluster []core.Endpoint
 	if usesSVC {
 		cluster = eps
 	}
-	if usesSVL {
-		local = internal
+	if !usesSVL {
+		local = nil
 	}
 	used := core.UnionEndpoints(cluster, local)
 	epChains := make(map[core.Endpoint]string, len(used))
@@ -449,7 +461,11 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		element(serviceIPsMap, ipKeys[0], "goto "+svcChain)
 		switch {
 		case p.masqueradeAll:
-			rule(svcChain, "jump", markMasqChain)
+			// Only the cluster IP: external destinations reach this chain
+			// too, and under externalTrafficPolicy Local a pod's traffic
+			// to them keeps its address (as in kube-proxy, whose rule
+			// matches the cluster IPs).
+			rule(svcChain, "ip daddr", svc.ClusterIP, "jump", markMasqChain)
 		case p.clusterCIDR.IsValid():
 			// Off-cluster sources reaching a cluster IP through this node
 			// may be answered by a pod on another node; SNAT so the reply
@@ -462,13 +478,46 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		element(serviceIPsMap, ipKeys[0], "goto "+svlChain)
 	}
 	if hasExt {
-		rule(extChain, "jump", markMasqChain)
-		rule(extChain, "goto", svcChain)
+		if svc.ExternalLocal {
+			// A pod's traffic is not external: it reaches the Service
+			// as if it had gone out to a load balancer and come back.
+			if p.clusterCIDR.IsValid() {
+				rule(extChain, "ip saddr", p.clusterCIDR, "goto", svcChain)
+			}
+			// The node's own traffic leaves from an address of the node,
+			// which an endpoint elsewhere could not answer without SNAT.
+			rule(extChain, "fib saddr type local jump", markMasqChain)
+			rule(extChain, "fib saddr type local goto", svcChain)
+			if len(external) > 0 {
+				rule(extChain, "goto", svlChain)
+			}
+		} else {
+			rule(extChain, "jump", markMasqChain)
+			rule(extChain, "goto", svcChain)
+		}
+		// The elements stay even when no endpoint is here for outside
+		// clients: pods and the node itself still need the chain.
 		for _, k := range ipKeys[1:] {
 			element(serviceIPsMap, k, "goto "+extChain)
 		}
 		if svc.NodePort != 0 {
 			element(serviceNodePortsMap, []string{proto, nodePort}, "goto "+extChain)
+		}
+		if noLocalExternal {
+			// What falls off the external chain is still addressed to the
+			// external IP or NodePort when endpoints-check sees it: the
+			// filter hooks run at filter priority, after nat-prerouting's
+			// and nat-output's DNAT (dstnat priority) on the same path, so
+			// short-circuited traffic is by then addressed to an endpoint
+			// and matches none of these keys (short of an endpoint on the
+			// node's own address at a port that is also a NodePort here,
+			// which kube-proxy does not guard against either).
+			for _, k := range ipKeys[1:] {
+				element(noEndpointServices, k, "drop")
+			}
+			if svc.NodePort != 0 {
+				element(noEndpointNodePorts, []string{proto, nodePort}, "drop")
+			}
 		}
 	}
 
@@ -501,7 +550,7 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		pick(svcChain, eps)
 	}
 	if usesSVL {
-		pick(svlChain, internal)
+		pick(svlChain, local)
 	}
 
 	for _, ep := range used {

@@ -136,17 +136,20 @@ func TestDeletedServiceLeavesNothing(t *testing.T) {
 
 // Any sequence of partial syncs ends where one full sync of the last
 // state would: the partial bookkeeping never leaves or misses anything.
+// Each state's table also passes the trace oracle.
 func TestRandomPartialSyncsMatchAFullSync(t *testing.T) {
 	for seed := int64(1); seed <= 40; seed++ {
 		p, fake := newFakeProxier(t)
 		prev := testsnap.Random(seed)
 		sync(t, p, prev, fullSync())
+		checkTraces(t, fake, prev)
 		for step := int64(1); step <= 4; step++ {
 			next := testsnap.Random(seed*100 + step)
 			sync(t, p, next, changed(prev, next))
 			if got, want := fake.Dump(), fresh(t, next); got != want {
 				t.Fatalf("seed %d step %d: partial sync left:\n%s\nwant:\n%s", seed, step, got, want)
 			}
+			checkTraces(t, fake, next)
 			prev = next
 		}
 	}

@@ -54,6 +54,13 @@ func TestRealKernel(t *testing.T) {
 		}
 		web := b.Add(testsnap.Port{Name: "web", PortName: "http", ClusterIP: "198.19.0.10", Port: 80,
 			Endpoints: []string{"198.18.64.10:8080", "198.18.67.10:8080"}})
+		// externalTrafficPolicy Local, with and without an endpoint here:
+		// the kernel must take the external chain's fib rules in chains
+		// both nat-prerouting and nat-output reach.
+		b.Add(testsnap.Port{Name: "etp-local", ClusterIP: "198.19.0.70", Port: 80, NodePort: 30070, ExternalIPs: []string{"198.19.200.70"},
+			ExternalLocal: true, Affinity: true, Endpoints: []string{"198.18.64.70:8080"}, Remote: []string{"198.18.65.70:8080"}})
+		b.Add(testsnap.Port{Name: "etp-elsewhere", ClusterIP: "198.19.0.71", Port: 80, NodePort: 30071, ExternalIPs: []string{"198.19.200.71"},
+			ExternalLocal: true, InternalLocal: true, Remote: []string{"198.18.65.71:8080"}})
 		if err := p.Sync(b.Snap, changed(b.Snap)); err != nil {
 			t.Errorf("partial sync after %s changed: %v\n%s", web, err, p.LastTransaction())
 			return

@@ -17,6 +17,9 @@ type Packet struct {
 	// LocalDst answers "fib daddr type local": the destination is one of
 	// the node's own addresses.
 	LocalDst bool
+	// LocalSrc answers "fib saddr type local": the packet comes from one
+	// of the node's own addresses (the node itself sent it).
+	LocalSrc bool
 	// Established is true for a packet of a connection conntrack knows;
 	// false means ct state new.
 	Established bool
@@ -147,8 +150,10 @@ func (tr *tracer) walk(chain string, st state, depth int) ([]end, error) {
 
 func (tr *tracer) rule(rule string, st state, depth int) ([]end, error) {
 	f := strings.Fields(rule)
-	maybe := false
-	// Matches first: one that fails skips the rule.
+	maybe, skip := false, false
+	// Matches first: one that fails skips the rule, but only after the
+	// statement is known, so that a rule this packet does not match
+	// cannot hide a form the tracer does not understand.
 	for {
 		n, m, err := tr.match(f)
 		if err != nil {
@@ -159,13 +164,20 @@ func (tr *tracer) rule(rule string, st state, depth int) ([]end, error) {
 		}
 		switch m {
 		case no:
-			return []end{{kind: next, st: st}}, nil
+			skip = true
 		case perhaps:
 			maybe = true
 		}
 		f = f[n:]
 	}
-	res, err := tr.statement(f, st, depth)
+	run, err := tr.parse(f)
+	if err != nil {
+		return nil, err
+	}
+	if skip {
+		return []end{{kind: next, st: st}}, nil
+	}
+	res, err := run(st, depth)
 	if err != nil || !maybe {
 		return res, err
 	}
@@ -203,6 +215,8 @@ func (tr *tracer) match(f []string) (int, matched, error) {
 		return 3, truth(!p.Established), nil
 	case len(f) >= 8 && strings.Join(f[:8], " ") == "fib daddr type local ip daddr != 127.0.0.0/8":
 		return 8, truth(p.LocalDst && !netip.MustParsePrefix("127.0.0.0/8").Contains(p.Dst)), nil
+	case len(f) >= 4 && strings.Join(f[:4], " ") == "fib saddr type local":
+		return 4, truth(p.LocalSrc), nil
 	case len(f) >= 3 && f[0] == "meta" && f[1] == "l4proto" && f[2] != ".":
 		return 3, truth(f[2] == p.Protocol), nil
 	case len(f) >= 3 && f[0] == "ip" && f[1] == "saddr":
@@ -219,6 +233,15 @@ func (tr *tracer) match(f []string) (int, matched, error) {
 		}
 		in, err := contains(v, p.Src)
 		return n, truth(in != neg), err
+	case len(f) >= 3 && f[0] == "ip" && f[1] == "daddr" && f[2] != ".":
+		// Only a plain address: the dispatch rules' "ip daddr . ..."
+		// keys are map lookups, and nothing here writes a prefix or a
+		// negation for the destination.
+		a, err := netip.ParseAddr(f[2])
+		if err != nil {
+			return 0, no, fmt.Errorf("the tracer does not know the daddr match %q", strings.Join(f[:3], " "))
+		}
+		return 3, truth(a == p.Dst), nil
 	}
 	return 0, yes, nil
 }
@@ -242,76 +265,91 @@ func final(v string, st state, dnat string) end {
 }
 
 func (tr *tracer) statement(f []string, st state, depth int) ([]end, error) {
+	run, err := tr.parse(f)
+	if err != nil {
+		return nil, err
+	}
+	return run(st, depth)
+}
+
+// step runs a parsed statement on one branch.
+type step func(st state, depth int) ([]end, error)
+
+func continues(st state, _ int) ([]end, error) { return []end{{kind: next, st: st}}, nil }
+
+// parse recognises a statement without running it.
+func (tr *tracer) parse(f []string) (step, error) {
 	s := strings.Join(f, " ")
 	switch {
 	case len(f) == 2 && (f[0] == "jump" || f[0] == "goto"):
-		ends, err := tr.walk(f[1], st, depth+1)
-		if err != nil {
-			return nil, err
-		}
-		if f[0] == "goto" {
-			// The callee's end is this chain's end.
-			return ends, nil
-		}
-		for i := range ends {
-			if ends[i].kind == back {
-				ends[i].kind = next
+		return func(st state, depth int) ([]end, error) {
+			ends, err := tr.walk(f[1], st, depth+1)
+			if err != nil {
+				return nil, err
 			}
-		}
-		return ends, nil
+			if f[0] == "goto" {
+				// The callee's end is this chain's end.
+				return ends, nil
+			}
+			for i := range ends {
+				if ends[i].kind == back {
+					ends[i].kind = next
+				}
+			}
+			return ends, nil
+		}, nil
 	case s == "return":
-		return []end{{kind: back, st: st}}, nil
+		return func(st state, _ int) ([]end, error) { return []end{{kind: back, st: st}}, nil }, nil
 	case s == "reject" || s == "drop":
-		return []end{final(s, st, "")}, nil
+		return func(st state, _ int) ([]end, error) { return []end{final(s, st, "")}, nil }, nil
 	case s == "masquerade fully-random":
-		return []end{final("masquerade", st, "")}, nil
+		return func(st state, _ int) ([]end, error) { return []end{final("masquerade", st, "")}, nil }, nil
 	case len(f) == 3 && f[0] == "dnat" && f[1] == "to":
-		return []end{final("dnat", st, f[2])}, nil
+		return func(st state, _ int) ([]end, error) { return []end{final("dnat", st, f[2])}, nil }, nil
 	case len(f) == 7 && strings.Join(f[:5], " ") == "meta mark set meta mark" && (f[5] == "|" || f[5] == "^"):
 		m, err := parseMark(f[6])
 		if err != nil {
 			return nil, err
 		}
-		if f[5] == "|" {
-			st.mark |= m
-		} else {
-			st.mark ^= m
-		}
-		return []end{{kind: next, st: st}}, nil
+		return func(st state, _ int) ([]end, error) {
+			if f[5] == "|" {
+				st.mark |= m
+			} else {
+				st.mark ^= m
+			}
+			return []end{{kind: next, st: st}}, nil
+		}, nil
 	case len(f) == 7 && f[0] == "meta" && f[1] == "mark" && f[2] == "&" && f[4] == "==" && f[6] == "return":
 		m, err1 := parseMark(f[3])
 		want, err2 := parseMark(f[5])
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("bad mark test %q", s)
 		}
-		if st.mark&m == want {
-			return []end{{kind: back, st: st}}, nil
-		}
-		return []end{{kind: next, st: st}}, nil
+		return func(st state, _ int) ([]end, error) {
+			if st.mark&m == want {
+				return []end{{kind: back, st: st}}, nil
+			}
+			return []end{{kind: next, st: st}}, nil
+		}, nil
 	case len(f) >= 2 && f[0] == "update" && strings.HasPrefix(f[1], "@"):
-		return []end{{kind: next, st: st}}, nil
+		return continues, nil
 	case len(f) >= 3 && f[len(f)-2] == "vmap" && strings.HasPrefix(f[len(f)-1], "@"):
-		return tr.mapLookup(f, st, depth)
+		if _, err := tr.mapKey(strings.Join(f[:len(f)-2], " ")); err != nil {
+			return nil, err
+		}
+		return func(st state, depth int) ([]end, error) { return tr.mapLookup(f, st, depth) }, nil
 	case len(f) > 6 && f[0] == "numgen" && f[1] == "random" && f[2] == "mod" && f[4] == "vmap":
-		return tr.numgen(f, st, depth)
+		return func(st state, depth int) ([]end, error) { return tr.numgen(f, st, depth) }, nil
 	}
 	return nil, fmt.Errorf("the tracer does not know the statement %q", s)
 }
 
-// mapLookup handles "<key expression> vmap @map" for the two keys the
-// mode uses.
+// mapLookup handles "<key expression> vmap @map".
 func (tr *tracer) mapLookup(f []string, st state, depth int) ([]end, error) {
-	key := strings.Join(f[:len(f)-2], " ")
 	name := strings.TrimPrefix(f[len(f)-1], "@")
-	p := tr.pkt
-	var k []string
-	switch key {
-	case "ip daddr . meta l4proto . th dport":
-		k = []string{p.Dst.String(), p.Protocol, strconv.Itoa(int(p.DstPort))}
-	case "meta l4proto . th dport":
-		k = []string{p.Protocol, strconv.Itoa(int(p.DstPort))}
-	default:
-		return nil, fmt.Errorf("the tracer does not know the map key %q", key)
+	k, err := tr.mapKey(strings.Join(f[:len(f)-2], " "))
+	if err != nil {
+		return nil, err
 	}
 	m := tr.fake.Table.Maps[name]
 	if m == nil {
@@ -322,6 +360,19 @@ func (tr *tracer) mapLookup(f []string, st state, depth int) ([]end, error) {
 		return []end{{kind: next, st: st}}, nil
 	}
 	return tr.statement(strings.Fields(strings.Join(e.Value, " ")), st, depth)
+}
+
+// mapKey is the packet's key for a map lookup's key expression, for the
+// two keys the mode uses.
+func (tr *tracer) mapKey(key string) ([]string, error) {
+	p := tr.pkt
+	switch key {
+	case "ip daddr . meta l4proto . th dport":
+		return []string{p.Dst.String(), p.Protocol, strconv.Itoa(int(p.DstPort))}, nil
+	case "meta l4proto . th dport":
+		return []string{p.Protocol, strconv.Itoa(int(p.DstPort))}, nil
+	}
+	return nil, fmt.Errorf("the tracer does not know the map key %q", key)
 }
 
 // numgen follows every pick of "numgen random mod N vmap { i : goto c , ... }".

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"sigs.k8s.io/knftables"
 
+	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
@@ -51,6 +53,120 @@ var (
 	extIP   = netip.MustParseAddr("198.19.200.1") // np's external IP
 	emptyIP = netip.MustParseAddr("198.19.0.40")  // no endpoints, NodePort 30090
 )
+
+// The random oracle's clients: testsnap.Random puts no endpoint on
+// podClient (PodIP stays below 198.18.127.0), so no hairpin mark muddles
+// the masquerade checks.
+var (
+	podClient  = netip.MustParseAddr("198.18.127.250")
+	nodeClient = outside
+)
+
+const masqMark = 0x4000
+
+func dnatTargets(outs []Outcome) []string {
+	var got []string
+	for _, o := range outs {
+		if o.Verdict == "dnat" {
+			got = append(got, o.DNAT)
+		}
+	}
+	slices.Sort(got)
+	return got
+}
+
+func endpointStrings(eps []core.Endpoint) []string {
+	var want []string
+	for _, ep := range eps {
+		want = append(want, ep.String())
+	}
+	slices.Sort(want)
+	return want
+}
+
+// checkTraces checks every service port of snap against the table in
+// fake: a pod reaches the endpoints internalTrafficPolicy allows at the
+// cluster IP, unmarked; at a NodePort or external IP an outside client
+// reaches those externalTrafficPolicy allows, marked unless it is Local,
+// while pods and the node itself reach every usable endpoint. What has no
+// endpoints is rejected in the filter hooks, what a Local policy leaves
+// none for on this node is dropped.
+func checkTraces(t *testing.T, fake *knftables.Fake, snap *core.Snapshot) {
+	t.Helper()
+	for _, name := range snap.SortedServicePorts() {
+		svc := snap.Services[name]
+		all := snap.Endpoints[name]
+		eps := core.UsableEndpoints(all)
+		want := endpointStrings(eps)
+		proto := strings.ToLower(string(svc.Protocol))
+
+		vip := Packet{Protocol: proto, Src: podClient, Dst: svc.ClusterIP, DstPort: uint16(svc.Port)}
+		internal, noLocal := core.InternalEndpoints(svc, all, snap.NodeName)
+		checkNAT(t, fake, fmt.Sprintf("%s: cluster IP from a pod", name), "nat-prerouting", vip, endpointStrings(internal), false)
+		switch {
+		case len(eps) == 0:
+			checkFilter(t, fake, fmt.Sprintf("%s: cluster IP without endpoints", name), "filter-forward", vip, "reject")
+		case noLocal:
+			checkFilter(t, fake, fmt.Sprintf("%s: cluster IP, internalTrafficPolicy Local without local endpoints", name), "filter-forward", vip, "drop")
+		}
+
+		external, noLocalExternal := core.ExternalEndpoints(svc, all, snap.NodeName)
+		type dst struct {
+			p      Packet
+			filter string // where a packet nat left alone is checked
+		}
+		var dsts []dst
+		if svc.NodePort != 0 {
+			dsts = append(dsts, dst{Packet{Protocol: proto, Dst: nodeIP, DstPort: uint16(svc.NodePort), LocalDst: true}, "filter-input"})
+		}
+		for _, eip := range svc.ExternalIPs {
+			dsts = append(dsts, dst{Packet{Protocol: proto, Dst: eip, DstPort: uint16(svc.Port)}, "filter-forward"})
+		}
+		for _, d := range dsts {
+			what := fmt.Sprintf("%s: %s:%d", name, d.p.Dst, d.p.DstPort)
+			out, pd, self := d.p, d.p, d.p
+			out.Src, pd.Src, self.Src, self.LocalSrc = nodeClient, podClient, nodeIP, true
+			checkNAT(t, fake, what+" from outside", "nat-prerouting", out, endpointStrings(external), !svc.ExternalLocal)
+			checkNAT(t, fake, what+" from a pod", "nat-prerouting", pd, want, !svc.ExternalLocal)
+			checkNAT(t, fake, what+" from the node", "nat-output", self, want, true)
+			switch {
+			case len(eps) == 0:
+				checkFilter(t, fake, what+" from outside without endpoints", d.filter, out, "reject")
+			case noLocalExternal:
+				checkFilter(t, fake, what+" from outside, externalTrafficPolicy Local without local endpoints", d.filter, out, "drop")
+			}
+		}
+	}
+}
+
+// checkNAT traces pkt from a nat base chain: it must reach exactly want,
+// and be marked for masquerade exactly when masq.
+func checkNAT(t *testing.T, fake *knftables.Fake, what, base string, pkt Packet, want []string, masq bool) {
+	t.Helper()
+	outs, err := Trace(fake, base, pkt)
+	if err != nil {
+		t.Errorf("%s: trace: %v", what, err)
+		return
+	}
+	if got := dnatTargets(outs); !slices.Equal(got, want) {
+		t.Errorf("%s reaches %v, want %v\n%v", what, got, want, outs)
+	}
+	for _, o := range outs {
+		if o.Verdict == "dnat" && (o.Mark&masqMark != 0) != masq {
+			t.Errorf("%s: marked for masquerade %t, want %t: %v", what, o.Mark&masqMark != 0, masq, o)
+		}
+	}
+}
+
+// checkFilter traces pkt, not DNATed, from a filter base chain: the one
+// outcome must be verdict.
+func checkFilter(t *testing.T, fake *knftables.Fake, what, base string, pkt Packet, verdict string) {
+	t.Helper()
+	outs, err := Trace(fake, base, pkt)
+	if err != nil || len(outs) != 1 || outs[0].Verdict != verdict {
+		t.Errorf("%s: %s gives %v (err %v), want %s", what, base, outs, err, verdict)
+	}
+}
 
 // Where packets go, for each kind of destination the mode handles.
 func TestTrace(t *testing.T) {
@@ -146,6 +262,63 @@ func TestTraceInternalTrafficPolicyLocal(t *testing.T) {
 		if got := traced(t, fake, tc.base, tc.p); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// externalTrafficPolicy Local: outside clients reach this node's
+// endpoints only, unmarked, and are dropped where there are none; pods
+// reach every endpoint unmarked and the node itself every endpoint
+// marked. With masquerade-all only the cluster IP is marked for pods.
+func TestTraceExternalTrafficPolicyLocal(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "mixed", ClusterIP: "198.19.0.70", Port: 80, NodePort: 30070, ExternalIPs: []string{"198.19.200.70"},
+		ExternalLocal: true, Endpoints: []string{"198.18.64.70:8080"}, Remote: []string{"198.18.65.70:8080"}})
+	b.Add(testsnap.Port{Name: "elsewhere", ClusterIP: "198.19.0.71", Port: 80, NodePort: 30071, ExternalIPs: []string{"198.19.200.71"},
+		ExternalLocal: true, Remote: []string{"198.18.65.71:8080"}})
+	mixedExt, elsewhereExt := netip.MustParseAddr("198.19.200.70"), netip.MustParseAddr("198.19.200.71")
+	local, remote := "dnat 198.18.64.70:8080", "dnat 198.18.65.70:8080"
+	p, fake := newFakeProxier(t)
+	sync(t, p, b.Snap, fullSync())
+	for _, tc := range []struct {
+		name string
+		base string
+		p    Packet
+		want []string
+	}{
+		{"outside to the NodePort: the local endpoint, unmarked", "nat-prerouting", Packet{Src: outside, Dst: nodeIP, DstPort: 30070, LocalDst: true}, []string{local}},
+		{"outside to the external IP: the local endpoint, unmarked", "nat-prerouting", Packet{Src: outside, Dst: mixedExt, DstPort: 80}, []string{local}},
+		{"a pod to the NodePort: both, unmarked", "nat-prerouting", Packet{Src: pod, Dst: nodeIP, DstPort: 30070, LocalDst: true}, []string{local, remote}},
+		{"a pod to the external IP: both, unmarked", "nat-prerouting", Packet{Src: pod, Dst: mixedExt, DstPort: 80}, []string{local, remote}},
+		{"the node to the NodePort: both, marked", "nat-output", Packet{Src: nodeIP, LocalSrc: true, Dst: nodeIP, DstPort: 30070, LocalDst: true},
+			[]string{local + " masq", remote + " masq"}},
+		{"the node to the external IP: both, marked", "nat-output", Packet{Src: nodeIP, LocalSrc: true, Dst: mixedExt, DstPort: 80},
+			[]string{local + " masq", remote + " masq"}},
+		{"outside, no local endpoint: the NodePort is not DNATed", "nat-prerouting", Packet{Src: outside, Dst: nodeIP, DstPort: 30071, LocalDst: true}, []string{"accept"}},
+		{"outside, no local endpoint: the NodePort is dropped", "filter-input", Packet{Src: outside, Dst: nodeIP, DstPort: 30071, LocalDst: true}, []string{"drop"}},
+		{"outside, no local endpoint: the external IP is dropped", "filter-forward", Packet{Src: outside, Dst: elsewhereExt, DstPort: 80}, []string{"drop"}},
+		{"a pod, no local endpoint: the NodePort still reaches the remote one", "nat-prerouting", Packet{Src: pod, Dst: nodeIP, DstPort: 30071, LocalDst: true},
+			[]string{"dnat 198.18.65.71:8080"}},
+		{"the node, no local endpoint: the external IP reaches the remote one, marked", "nat-output", Packet{Src: nodeIP, LocalSrc: true, Dst: elsewhereExt, DstPort: 80},
+			[]string{"dnat 198.18.65.71:8080 masq"}},
+		{"the cluster IP is not affected", "nat-prerouting", Packet{Src: pod, Dst: netip.MustParseAddr("198.19.0.71"), DstPort: 80}, []string{"dnat 198.18.65.71:8080"}},
+	} {
+		if got := traced(t, fake, tc.base, tc.p); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	checkTraces(t, fake, b.Snap)
+
+	all := knftables.NewFake(knftables.IPv4Family, TableName)
+	pa, err := New(Config{NFT: all, ClusterCIDR: testsnap.ClusterCIDR, MasqueradeAll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync(t, pa, b.Snap, fullSync())
+	if got, want := traced(t, all, "nat-prerouting", Packet{Src: pod, Dst: nodeIP, DstPort: 30070, LocalDst: true}), []string{local, remote}; !slices.Equal(got, want) {
+		t.Errorf("masquerade-all, a pod to the NodePort: %v, want %v", got, want)
+	}
+	if got, want := traced(t, all, "nat-prerouting", Packet{Src: pod, Dst: netip.MustParseAddr("198.19.0.70"), DstPort: 80}), []string{local + " masq", remote + " masq"}; !slices.Equal(got, want) {
+		t.Errorf("masquerade-all, a pod to the cluster IP: %v, want %v", got, want)
 	}
 }
 
