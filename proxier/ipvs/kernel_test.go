@@ -9,6 +9,7 @@ package ipvs
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -494,8 +495,15 @@ func (n *node) addPod(name string, ip netip.Addr, port int) (*pod, error) {
 				defer c.Close()
 				r := bufio.NewReader(c)
 				for {
-					if _, err := r.ReadString('\n'); err != nil {
+					line, err := r.ReadString('\n')
+					if err != nil {
 						return
+					}
+					if strings.TrimSpace(line) == "peer" {
+						// Whether the client was source-NATed shows
+						// only here, in the address the pod sees.
+						fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+						continue
 					}
 					fmt.Fprintf(c, "%s\n", name)
 				}
@@ -521,9 +529,21 @@ func ask(addr string) (string, error) {
 	return roundTrip(c)
 }
 
-func roundTrip(c net.Conn) (string, error) {
+// askPeer is ask, answered with "name client-address" as the pod sees it.
+func askPeer(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return request(c, "peer")
+}
+
+func roundTrip(c net.Conn) (string, error) { return request(c, "who") }
+
+func request(c net.Conn, what string) (string, error) {
 	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := fmt.Fprintln(c, "who"); err != nil {
+	if _, err := fmt.Fprintln(c, what); err != nil {
 		return "", err
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -532,7 +552,9 @@ func roundTrip(c net.Conn) (string, error) {
 
 // TestKernelTraffic sends connections through the real IPVS: the VIP
 // answers, rr alternates between real servers, persistence pins a client,
-// and an established connection survives a proxier restart.
+// an established connection survives a proxier restart, and a NodePort
+// under externalTrafficPolicy Local reaches only this node's pod without
+// SNAT.
 func TestKernelTraffic(t *testing.T) {
 	inNode(t, func(n *node) {
 		var pods []*pod
@@ -621,6 +643,47 @@ func TestKernelTraffic(t *testing.T) {
 		}
 		if st := px2.LastStats(); st.ServicesAdded+st.ServicesDeleted+st.DestsDeleted+st.DestsQuiesced != 0 {
 			t.Errorf("restart changed IPVS: %+v", st)
+		}
+
+		// externalTrafficPolicy Local, with pod b standing for an endpoint
+		// on another node: the node's own connections to the NodePort
+		// (not source-NATed under this policy either) reach pod a only,
+		// from the node's address; where the node has no endpoint the
+		// NodePort refuses.
+		np := b.Add(testsnap.Port{Name: "np", ClusterIP: "198.19.0.30", Port: 80, NodePort: 30080, ExternalLocal: true,
+			Endpoints: []string{"198.18.64.10:8080"}, Remote: []string{"198.18.64.11:8080"}})
+		b.Add(testsnap.Port{Name: "elsewhere", ClusterIP: "198.19.0.31", Port: 80, NodePort: 30081, ExternalLocal: true,
+			Remote: []string{"198.18.64.11:8080"}})
+		b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{node1}}
+		if !n.sync(px2, b.Snap, partialSync("np", "elsewhere")) {
+			return
+		}
+		nodePort := netip.AddrPortFrom(node1, 30080).String()
+		for i := 0; i < 4; i++ {
+			if got, err := askPeer(nodePort); err != nil || got != "a "+node1.String() {
+				t.Errorf("Local NodePort, connection %d: answered %q (%v), want pod a seeing %s\n%s", i, got, err, node1, n.rules())
+			}
+		}
+		if got, err := ask(netip.AddrPortFrom(node1, 30081).String()); err == nil {
+			t.Errorf("Local NodePort without a local endpoint answered %q, want the connection refused", got)
+		}
+		// Cluster: both pods, masqueraded to the node's address towards
+		// them.
+		b.Snap.Services[np].ExternalLocal = false
+		if !n.sync(px2, b.Snap, partialSync("np")) {
+			return
+		}
+		seen := map[string]bool{}
+		for i := 0; i < 4; i++ {
+			got, err := askPeer(nodePort)
+			if err != nil {
+				t.Errorf("Cluster NodePort, connection %d: %v", i, err)
+				continue
+			}
+			seen[got] = true
+		}
+		if want := map[string]bool{"a 198.18.64.1": true, "b 198.18.64.1": true}; !maps.Equal(seen, want) {
+			t.Errorf("Cluster NodePort answered %v, want both pods seeing the masqueraded 198.18.64.1", seen)
 		}
 	})
 }

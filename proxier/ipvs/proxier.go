@@ -1,9 +1,13 @@
 // Package ipvs is the IPVS proxy mode. Every Service port becomes an IPVS
 // virtual server on its cluster IP (and on each external IP, and on each
 // node address for a NodePort); its usable endpoints become real servers
-// reached by masquerading. The VIPs are bound to a dummy device
-// (kube-ipvs0) so the node accepts their traffic, and a small iptables
-// batch marks the connections that must be source-NATed.
+// reached by masquerading. Under a Local traffic policy the virtual servers
+// it governs (internal: the cluster IP; external: NodePorts and external
+// IPs) get only this node's endpoints, and external traffic under
+// externalTrafficPolicy Local is not source-NATed, so the backend sees the
+// client. The VIPs are bound to a dummy device (kube-ipvs0) so the node
+// accepts their traffic, and a small iptables batch marks the connections
+// that must be source-NATed.
 //
 // Each sync diffs the kernel's IPVS table against the snapshot and applies
 // only the difference, so a restarted proxier converges without flushing
@@ -282,11 +286,20 @@ func (p *Proxier) desired(snap *core.Snapshot) (map[VSKey]*wantedVS, []VSKey, []
 			}
 			return out
 		}
-		dests := realServers(core.UsableEndpoints(snap.Endpoints[name]))
 		// internalTrafficPolicy Local: the cluster IP's virtual server
 		// has this node's endpoints only, and none when there are none
 		// here (IPVS then refuses, as for kube-proxy).
 		internal, _ := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		// externalTrafficPolicy Local does the same for the NodePort and
+		// external-IP virtual servers. IPVS cannot tell a pod or the node
+		// itself from an outside client there, so unlike the iptables
+		// mode they get this node's endpoints too. Where there are none,
+		// kube-proxy falls back to the cluster-wide endpoints when the
+		// internal policy allows it (kubernetes#97081), which lets pods
+		// in but sends outside clients to a backend whose unSNATed reply
+		// never reaches them; refusing fails them fast instead.
+		external, _ := core.ExternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+		dests := realServers(external)
 		base := VirtualServer{Protocol: proto, Scheduler: p.scheduler}
 		if svc.ClientIPAffinity {
 			base.Persistent, base.Timeout = true, uint32(svc.StickyTimeoutSeconds)

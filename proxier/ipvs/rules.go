@@ -18,7 +18,10 @@ import (
 //	nat PREROUTING, OUTPUT -> PM-IPVS-SERVICES
 //	    cluster IP from outside the cluster CIDR -> PM-IPVS-MARK-MASQ
 //	    external IP                              -> PM-IPVS-MARK-MASQ
-//	    (last) local destination -> PM-IPVS-NODEPORTS -> PM-IPVS-MARK-MASQ
+//	    external IP, externalTrafficPolicy Local -> RETURN
+//	    (last) local destination -> PM-IPVS-NODEPORTS
+//	        node port                              -> PM-IPVS-MARK-MASQ
+//	        node port, externalTrafficPolicy Local -> RETURN
 //	nat POSTROUTING -> PM-IPVS-POSTROUTING
 //	    hairpin (a pod reaching itself through its Service) -> MASQUERADE
 //	    marked -> MASQUERADE
@@ -216,16 +219,27 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 			// the pod could not answer.
 			n.add(append(clusterIP, "-m", "addrtype", "--src-type", "LOCAL", "-j", markMasqChain)...)
 		}
+		// externalTrafficPolicy Local keeps the client's address: its
+		// virtual servers only have this node's endpoints, whose replies
+		// come back through this node anyway. The match RETURNs rather
+		// than being left out so that no later rule (the node-port jump,
+		// when an external IP is also a node address) marks it; kube-proxy
+		// matches its KUBE-NODE-PORT-LOCAL-* and KUBE-EXTERNAL-IP-LOCAL
+		// sets first for the same reason.
+		extTarget, extComment := markMasqChain, ""
+		if svc.ExternalLocal {
+			extTarget, extComment = "RETURN", ", externalTrafficPolicy Local"
+		}
 		for _, eip := range svc.ExternalIPs {
 			if !eip.Is4() {
 				continue
 			}
-			n.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"),
-				"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", markMasqChain)
+			n.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"+extComment),
+				"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", extTarget)
 		}
 		if svc.NodePort != 0 {
-			n.add("-A", nodePortsChain, "-m", "comment", "--comment", quote(label+" node port"),
-				"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", markMasqChain)
+			n.add("-A", nodePortsChain, "-m", "comment", "--comment", quote(label+" node port"+extComment),
+				"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", extTarget)
 		}
 	}
 	n.add("-A", servicesChain, "-m", "comment", "--comment", quote("proxymodes ipvs node ports; NOTE: this must be the last rule in this chain"),

@@ -35,6 +35,15 @@ var goldenCases = []struct {
 		b.Add(testsnap.Port{Name: "empty", ClusterIP: "198.19.0.99", Port: 80})
 		return b
 	}},
+	{"external-local", nil, func() *testsnap.Builder {
+		b := testsnap.New()
+		b.Add(testsnap.Port{Name: "local", PortName: "http", ClusterIP: "198.19.0.50", Port: 80, NodePort: 30050,
+			ExternalIPs: []string{"198.19.200.5"}, ExternalLocal: true,
+			Endpoints: []string{"198.18.64.50:8080"}, Remote: []string{"198.18.65.50:8080"}})
+		b.Add(testsnap.Port{Name: "cluster", PortName: "http", ClusterIP: "198.19.0.30", Port: 80, NodePort: 30080,
+			ExternalIPs: []string{"198.19.200.1"}, Endpoints: []string{"198.18.64.30:8080"}})
+		return b
+	}},
 	{"masquerade-all", func(c *Config) { c.MasqueradeAll = true }, func() *testsnap.Builder {
 		b := testsnap.New()
 		b.Add(testsnap.Port{Name: "web", PortName: "http", ClusterIP: "198.19.0.10", Port: 80, Endpoints: []string{"198.18.64.10:8080"}})

@@ -2,6 +2,8 @@ package ipvs
 
 import (
 	"errors"
+	"maps"
+	"math/rand"
 	"net/netip"
 	"slices"
 	"strings"
@@ -241,6 +243,201 @@ TCP 198.19.0.40:80 rr
   -> 198.18.65.40:8080 Masq 1 0 0
 TCP 198.19.0.41:80 rr
 `)
+}
+
+// externalTrafficPolicy Local: the NodePort and external-IP virtual
+// servers have this node's endpoints only (none where there are none, so
+// IPVS refuses) while the cluster IP keeps every endpoint, and outside
+// traffic to them is not marked for SNAT. Partial syncs switching the
+// policy either way rewrite both the real servers and the rules.
+func TestExternalTrafficPolicyLocal(t *testing.T) {
+	e := newEnv(t)
+	b := testsnap.New()
+	both := b.Add(testsnap.Port{Name: "both", PortName: "http", ClusterIP: "198.19.0.50", Port: 80, NodePort: 30050,
+		ExternalIPs: []string{"198.19.200.5"}, ExternalLocal: true,
+		Endpoints: []string{"198.18.64.50:8080"}, Remote: []string{"198.18.65.50:8080"}})
+	elsewhere := b.Add(testsnap.Port{Name: "elsewhere", PortName: "http", ClusterIP: "198.19.0.51", Port: 80, NodePort: 30051,
+		ExternalLocal: true, Remote: []string{"198.18.65.51:8080"}})
+	b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{node1}}
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30050 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+TCP 198.18.0.1:30051 rr
+TCP 198.19.0.50:80 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+  -> 198.18.65.50:8080 Masq 1 0 0
+TCP 198.19.0.51:80 rr
+  -> 198.18.65.51:8080 Masq 1 0 0
+TCP 198.19.200.5:80 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+`)
+	client := netip.MustParseAddr("198.18.0.99")
+	pod := netip.MustParseAddr("198.18.70.5")
+	external := []iptables.Packet{
+		{Protocol: "tcp", Src: client, Dst: node1, DstPort: 30050, LocalDst: true},
+		{Protocol: "tcp", Src: client, Dst: node1, DstPort: 30051, LocalDst: true},
+		{Protocol: "tcp", Src: client, Dst: netip.MustParseAddr("198.19.200.5"), DstPort: 80, LocalDst: true},
+		// IPVS gives pods the same real servers, so they need no SNAT
+		// either.
+		{Protocol: "tcp", Src: pod, Dst: netip.MustParseAddr("198.19.200.5"), DstPort: 80, LocalDst: true},
+	}
+	checkMasq := func(want bool) {
+		t.Helper()
+		for _, pkt := range external {
+			if got := masqueraded(t, e, "PREROUTING", pkt); got != want {
+				t.Errorf("%s -> %s:%d marked for SNAT %t, want %t", pkt.Src, pkt.Dst, pkt.DstPort, got, want)
+			}
+		}
+		// The cluster IP is not governed by the external policy.
+		if !masqueraded(t, e, "PREROUTING", iptables.Packet{Protocol: "tcp", Src: client, Dst: netip.MustParseAddr("198.19.0.50"), DstPort: 80, LocalDst: true}) {
+			t.Errorf("off-cluster client to the cluster IP not marked for SNAT")
+		}
+	}
+	checkMasq(false)
+
+	// Back to Cluster: the remote endpoints join, and SNAT is back.
+	b.Snap.Services[both].ExternalLocal = false
+	b.Snap.Services[elsewhere].ExternalLocal = false
+	e.sync(t, b.Snap, partialSync("both", "elsewhere"))
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30050 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+  -> 198.18.65.50:8080 Masq 1 0 0
+TCP 198.18.0.1:30051 rr
+  -> 198.18.65.51:8080 Masq 1 0 0
+TCP 198.19.0.50:80 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+  -> 198.18.65.50:8080 Masq 1 0 0
+TCP 198.19.0.51:80 rr
+  -> 198.18.65.51:8080 Masq 1 0 0
+TCP 198.19.200.5:80 rr
+  -> 198.18.64.50:8080 Masq 1 0 0
+  -> 198.18.65.50:8080 Masq 1 0 0
+`)
+	checkMasq(true)
+
+	// And Local again: the remote real servers of the external virtual
+	// servers drain like any endpoint that stopped being usable there;
+	// the cluster IP's stay.
+	b.Snap.Services[both].ExternalLocal = true
+	b.Snap.Services[elsewhere].ExternalLocal = true
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("both", "elsewhere"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"update-dest TCP/198.19.200.5:80 198.18.65.50:8080 weight 0",
+		"update-dest TCP/198.18.0.1:30050 198.18.65.50:8080 weight 0",
+		"update-dest TCP/198.18.0.1:30051 198.18.65.51:8080 weight 0",
+	})
+	checkMasq(false)
+}
+
+// Under externalTrafficPolicy Local a node whose endpoints are all
+// terminating serves external traffic from them, while the cluster IP
+// uses the ready ones elsewhere; the hairpin rule covers the local one.
+func TestExternalTrafficPolicyLocalFallsBackToTerminating(t *testing.T) {
+	e := newEnv(t)
+	b := testsnap.New()
+	name := b.Add(testsnap.Port{Name: "draining", PortName: "http", ClusterIP: "198.19.0.52", Port: 80, NodePort: 30052,
+		ExternalLocal: true, Endpoints: []string{"198.18.64.52:8080"}, Remote: []string{"198.18.65.52:8080"}})
+	for i, ep := range b.Snap.Endpoints[name] {
+		if ep.NodeName == testsnap.Node {
+			b.Snap.Endpoints[name][i].Ready, b.Snap.Endpoints[name][i].Terminating = false, true
+		}
+	}
+	b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{node1}}
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30052 rr
+  -> 198.18.64.52:8080 Masq 1 0 0
+TCP 198.19.0.52:80 rr
+  -> 198.18.65.52:8080 Masq 1 0 0
+`)
+	if !strings.Contains(e.ipt.Dump(), "-s 198.18.64.52/32 -d 198.18.64.52/32") && !strings.Contains(e.ipt.Dump(), "-s 198.18.64.52 -d 198.18.64.52") {
+		t.Errorf("no hairpin rule for the terminating local endpoint:\n%s", e.ipt.Dump())
+	}
+}
+
+// masqueraded traces pkt through the nat table from chain and reports
+// whether it leaves marked for SNAT.
+func masqueraded(t *testing.T, e *env, chain string, pkt iptables.Packet) bool {
+	t.Helper()
+	out, err := e.ipt.Trace("nat", chain, pkt)
+	if err != nil || len(out) != 1 || out[0].Verdict != "ACCEPT" {
+		t.Errorf("%s -> %s:%d: outcomes %v (err %v), want one ACCEPT", pkt.Src, pkt.Dst, pkt.DstPort, out, err)
+		return false
+	}
+	return out[0].Mark&0x4000 != 0
+}
+
+// Any sequence of partial syncs (once the real servers they quiesced have
+// drained) ends where one full sync of the last state would, rules
+// included: whole new random states, and states that only switch
+// externalTrafficPolicy of some Services.
+func TestRandomPartialSyncsMatchAFullSync(t *testing.T) {
+	fresh := func(snap *core.Snapshot) (string, string) {
+		e := newEnv(t)
+		e.sync(t, snap, fullSync())
+		return e.ipvs.Dump(), e.ipt.Dump()
+	}
+	for seed := int64(1); seed <= 40; seed++ {
+		r := rand.New(rand.NewSource(seed))
+		e := newEnv(t)
+		prev := testsnap.Random(seed)
+		e.sync(t, prev, fullSync())
+		for step := int64(1); step <= 6; step++ {
+			next := testsnap.Random(seed*100 + step)
+			if step%2 == 1 {
+				next = switchExternalPolicy(prev, r)
+			}
+			e.sync(t, next, changedServices(prev, next))
+			// Nothing has connections in the fake, so the next sync
+			// deletes whatever the previous one quiesced.
+			e.sync(t, next, partialSync())
+			wantIPVS, wantRules := fresh(next)
+			if got := e.ipvs.Dump(); got != wantIPVS {
+				t.Fatalf("seed %d step %d: partial syncs left IPVS:\n%s\nwant:\n%s", seed, step, got, wantIPVS)
+			}
+			if got := e.ipt.Dump(); got != wantRules {
+				t.Fatalf("seed %d step %d: partial syncs left rules:\n%s\nwant:\n%s", seed, step, got, wantRules)
+			}
+			prev = next
+		}
+	}
+}
+
+// switchExternalPolicy returns a copy of snap in which about half of the
+// externally reachable Services switch externalTrafficPolicy.
+func switchExternalPolicy(snap *core.Snapshot, r *rand.Rand) *core.Snapshot {
+	out := core.NewSnapshot()
+	out.Node, out.NodeName = snap.Node, snap.NodeName
+	maps.Copy(out.Endpoints, snap.Endpoints)
+	flip := map[types.NamespacedName]bool{}
+	for _, name := range snap.SortedServicePorts() {
+		if _, seen := flip[name.NamespacedName]; !seen {
+			flip[name.NamespacedName] = r.Intn(2) == 0
+		}
+		sp := *snap.Services[name]
+		if flip[name.NamespacedName] && (sp.NodePort != 0 || len(sp.ExternalIPs) > 0) {
+			sp.ExternalLocal = !sp.ExternalLocal
+		}
+		out.Services[name] = &sp
+	}
+	return out
+}
+
+// changedServices is the ChangeSet the tracker would hand over from a to
+// b: the Services whose ports or endpoints differ.
+func changedServices(a, b *core.Snapshot) core.ChangeSet {
+	c := partialSync()
+	for _, s := range []*core.Snapshot{a, b} {
+		for name := range s.Services {
+			if !a.Services[name].Equal(b.Services[name]) || !slices.Equal(a.Endpoints[name], b.Endpoints[name]) {
+				c.Services.Insert(name.NamespacedName)
+			}
+		}
+	}
+	return c
 }
 
 func TestNodePortAddressesFallBackToLocalAddresses(t *testing.T) {
