@@ -56,6 +56,9 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// Health is updated after each successful sync; nil disables it.
 	Health *Health
+	// ServiceHealth serves healthCheckNodePorts after each successful
+	// sync; nil disables them.
+	ServiceHealth *ServiceHealth
 	// Conntrack clears stale UDP entries after syncs; nil disables it.
 	Conntrack conntrack.Cleaner
 	// Clock is the time source; nil means the real clock.
@@ -151,6 +154,9 @@ func (p *Proxier) Run(ctx context.Context) error {
 		return err
 	}
 	synced := []cache.InformerSynced{svcInformer.HasSynced, sliceInformer.HasSynced}
+	if p.cfg.ServiceHealth != nil {
+		defer p.cfg.ServiceHealth.Close()
+	}
 
 	if p.cfg.NodeName != "" {
 		nodeFactory := informers.NewSharedInformerFactoryWithOptions(p.cfg.Client, 0,
@@ -256,6 +262,12 @@ func (p *Proxier) SyncOnce() error {
 	p.cfg.Metrics.ObserveSync(end.Sub(start), changes.Full)
 	p.pendingTriggers = nil
 	p.cfg.Health.Updated(end)
+	// After the rules: a load balancer told "200" may send at once.
+	if p.cfg.ServiceHealth != nil {
+		if err := p.cfg.ServiceHealth.Sync(snap); err != nil {
+			klog.ErrorS(err, "Serving health check ports failed; retrying at the next sync")
+		}
+	}
 	if p.cfg.Conntrack != nil && fault.Current() != fault.StaleConntrackKept {
 		if err := p.cfg.Conntrack.ClearStale(snap, p.pendingStale); err != nil {
 			klog.ErrorS(err, "Clearing stale conntrack entries failed")

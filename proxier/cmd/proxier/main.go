@@ -264,7 +264,7 @@ func serve(ctx context.Context, o options) error {
 	cfg := server.Config{
 		Client: client, NodeName: node, Mode: mode,
 		MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: o.fullSyncPeriod,
-		Metrics: m, Health: health,
+		Metrics: m, Health: health, ServiceHealth: server.NewServiceHealth(health, nil),
 	}
 	if o.conntrackCleanup {
 		cfg.Conntrack = conntrack.NewUDPCleaner()
