@@ -27,6 +27,9 @@ const (
 	TCP  Proto = "tcp"  // connect and read the backend's greeting line
 	UDP  Proto = "udp"  // send a datagram and read the reply
 	HTTP Proto = "http" // GET / with a new connection
+	// Health GETs / and keeps the status and body whatever they are: a
+	// health check port answers, not a backend.
+	Health Proto = "health"
 )
 
 // Target is where to probe from and to.
@@ -53,6 +56,9 @@ type Result struct {
 	Client  string // client address the backend saw
 	Err     error
 	Latency time.Duration
+	// Status and Body are a Health probe's answer.
+	Status int
+	Body   string
 }
 
 // Summary aggregates many results.
@@ -151,6 +157,11 @@ func Once(ctx context.Context, t Target, timeout time.Duration) Result {
 		cancel()
 	case HTTP:
 		line, err = httpOnce(ctx, t, timeout)
+	case Health:
+		r := Result{}
+		r.Status, r.Body, r.Err = httpGet(ctx, t, timeout)
+		r.Latency = time.Since(start)
+		return r
 	default:
 		err = fmt.Errorf("unknown probe protocol %q (use tcp, udp or http)", t.Proto)
 	}
@@ -246,6 +257,16 @@ func udpOnce(ctx context.Context, t Target) (string, error) {
 }
 
 func httpOnce(ctx context.Context, t Target, timeout time.Duration) (string, error) {
+	status, body, err := httpGet(ctx, t, timeout)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("HTTP %d from %s", status, t.Addr)
+	}
+	return body, err
+}
+
+// httpGet GETs / on a new connection whose setup timeout bounds; the answer
+// has GreetingTimeout more.
+func httpGet(ctx context.Context, t Target, timeout time.Duration) (int, string, error) {
 	tr := &http.Transport{
 		DisableKeepAlives: true,
 		Proxy:             nil,
@@ -258,19 +279,16 @@ func httpOnce(ctx context.Context, t Target, timeout time.Duration) (string, err
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+t.Addr.String()+"/", nil)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("HTTP %d from %s", resp.StatusCode, t.Addr)
-	}
-	return string(body), nil
+	return resp.StatusCode, string(body), nil
 }

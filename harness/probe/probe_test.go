@@ -3,6 +3,8 @@ package probe
 import (
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
@@ -64,5 +66,28 @@ func TestGreetingWaitEndsWithContext(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("the probe outlived its context by %s", took-400*time.Millisecond)
+	}
+}
+
+// A health probe reports the answer, whatever its status.
+func TestHealthProbeKeepsStatusAndBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"localEndpoints": 0}`))
+	}))
+	defer srv.Close()
+	target := Target{NS: netlab.HostNS, Addr: netip.MustParseAddrPort(srv.Listener.Addr().String()), Proto: Health}
+	r := Once(context.Background(), target, time.Second)
+	if r.Err != nil || r.Status != http.StatusServiceUnavailable || r.Body != `{"localEndpoints": 0}` {
+		t.Fatalf("got status %d body %q err %v", r.Status, r.Body, r.Err)
+	}
+	// Through the wire form, as kind and existing clusters return it.
+	back := DecodeResults(EncodeResults([]Result{r}))[0]
+	if back.Status != r.Status || back.Body != r.Body {
+		t.Errorf("the wire form lost the answer: %+v", back)
+	}
+	target.Proto = HTTP
+	if r := Once(context.Background(), target, time.Second); r.Err == nil {
+		t.Errorf("an HTTP probe answered 503: no error")
 	}
 }

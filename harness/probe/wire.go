@@ -48,13 +48,15 @@ type WireResult struct {
 	Client  string        `json:"client"`
 	Err     *WireErr      `json:"err,omitempty"`
 	Latency time.Duration `json:"latency"`
+	Status  int           `json:"status,omitempty"`
+	Body    string        `json:"body,omitempty"`
 }
 
 // EncodeResults turns results into their JSON form.
 func EncodeResults(rs []Result) []WireResult {
 	out := make([]WireResult, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, WireResult{Backend: r.Backend, Client: r.Client, Err: ToWire(r.Err), Latency: r.Latency})
+		out = append(out, WireResult{Backend: r.Backend, Client: r.Client, Err: ToWire(r.Err), Latency: r.Latency, Status: r.Status, Body: r.Body})
 	}
 	return out
 }
@@ -63,7 +65,7 @@ func EncodeResults(rs []Result) []WireResult {
 func DecodeResults(ws []WireResult) []Result {
 	out := make([]Result, 0, len(ws))
 	for _, w := range ws {
-		out = append(out, Result{Backend: w.Backend, Client: w.Client, Err: w.Err.Err(), Latency: w.Latency})
+		out = append(out, Result{Backend: w.Backend, Client: w.Client, Err: w.Err.Err(), Latency: w.Latency, Status: w.Status, Body: w.Body})
 	}
 	return out
 }
