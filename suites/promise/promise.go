@@ -62,6 +62,13 @@ type Promise struct {
 	// without one. Upstream's userspace mode never implemented it (the
 	// mode was removed in 1.26, the policy went GA in 1.26).
 	InternalTrafficLocal bool
+	// ExternalTrafficLocal: externalTrafficPolicy Local is honoured: a
+	// client from outside reaches a NodePort's node-local endpoints only,
+	// keeping its address, nothing where there are none, and the
+	// healthCheckNodePort says which nodes have one. Upstream's userspace
+	// mode never implemented it (its proxy opens every connection from the
+	// node, so no client address survives).
+	ExternalTrafficLocal bool
 	// AffinityExpirySlack is how long past timeoutSeconds (counted from a
 	// client's last connection) the affinity may still hold.
 	AffinityExpirySlack time.Duration
@@ -75,24 +82,24 @@ type Promise struct {
 var Table = []Promise{
 	{
 		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false, FlowsOutliveProxier: false,
-		InternalTrafficLocal: false,
-		AffinityExpirySlack:  2 * time.Second,
-		CleanupChecks:        []Inspection{IPTables, Listeners},
+		InternalTrafficLocal: false, ExternalTrafficLocal: false,
+		AffinityExpirySlack: 2 * time.Second,
+		CleanupChecks:       []Inspection{IPTables, Listeners},
 		Basis: "kube-proxy userspace (removed in 1.26): the node proxy accepts, picks round-robin, " +
 			"honours ClientIP affinity and retries the next endpoint with growing dial timeouts (250ms, 500ms, 1s, 2s); " +
 			"backends see the node's address, never the client pod's",
 	},
 	{
 		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true,
-		AffinityExpirySlack:  2 * time.Second,
-		CleanupChecks:        []Inspection{IPTables},
+		InternalTrafficLocal: true, ExternalTrafficLocal: true,
+		AffinityExpirySlack: 2 * time.Second,
+		CleanupChecks:       []Inspection{IPTables},
 		Basis: "statistic --mode random --probability 1/(n-i) chains; ClientIP affinity with the recent module; " +
 			"no retry: a connection whose DNAT target does not answer fails",
 	},
 	{
 		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true,
+		InternalTrafficLocal: true, ExternalTrafficLocal: true,
 		// An IPVS persistence template cannot expire while connections it
 		// controls are still in IPVS's table, and a closed TCP connection
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
@@ -111,9 +118,9 @@ var Table = []Promise{
 	},
 	{
 		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true,
-		AffinityExpirySlack:  2 * time.Second,
-		CleanupChecks:        []Inspection{IPTables, NFTables},
+		InternalTrafficLocal: true, ExternalTrafficLocal: true,
+		AffinityExpirySlack: 2 * time.Second,
+		CleanupChecks:       []Inspection{IPTables, NFTables},
 		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
 			"ClientIP affinity is a set with the Service's timeout; no retry; Services without endpoints are rejected",
 	},
@@ -184,8 +191,8 @@ func (p Promise) Summary() string {
 		cc = append(cc, string(c))
 	}
 	sort.Strings(cc)
-	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t internal-traffic-local=%t cleanup=%s",
-		p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, p.InternalTrafficLocal, strings.Join(cc, "+"))
+	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t internal-traffic-local=%t external-traffic-local=%t cleanup=%s",
+		p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, p.InternalTrafficLocal, p.ExternalTrafficLocal, strings.Join(cc, "+"))
 }
 
 // Has reports whether the mode keeps state of kind i.

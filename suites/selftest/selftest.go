@@ -57,6 +57,8 @@ const (
 	apiMissed  = "a Service created and one deleted while the proxiers' API server was down are applied once it returns"
 	restarted  = "after the restart each node's rules are those from before, but for the Services changed meanwhile: nothing lost, duplicated or stale"
 	itpLocal   = "with internalTrafficPolicy Local a client reaches every endpoint on its own node and none on another"
+	etpLocal   = "with externalTrafficPolicy Local a NodePort reached from outside answers only from the node's own endpoints, which see the client's address"
+	etpHealth  = "the healthCheckNodePort answers 200 with the node's ready endpoint count where it has some and 503 where it has none, as they come and go"
 	termAvoid  = "a terminating endpoint gets no new connections while ready ones exist, and its established connection keeps working"
 	termOnly   = "with only terminating endpoints left, new connections reach them"
 )
@@ -85,6 +87,8 @@ var table = []struct {
 	{Case{fault.NodePortIgnored, "nodeport", []string{nodePortRW}}, nil},
 	// Upstream's userspace mode never had the policy: nothing to break.
 	{Case{fault.InternalPolicyIgnored, "internal-traffic-policy", []string{itpLocal}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.ExternalPolicyIgnored, "external-traffic-policy", []string{etpLocal}}, []string{"iptables", "ipvs", "nftables"}},
+	{Case{fault.HealthCheckIgnored, "external-traffic-policy", []string{etpHealth}}, []string{"iptables", "ipvs", "nftables"}},
 	{Case{fault.TerminatingAsReady, "terminating", []string{termAvoid}}, nil},
 	// The userspace proxier closes the proxied connections of an endpoint
 	// that leaves the snapshot, so there the fault already breaks the

@@ -213,6 +213,10 @@ type ServiceOptions struct {
 	ExtraPorts   []corev1.ServicePort
 	// InternalLocal sets internalTrafficPolicy: Local.
 	InternalLocal bool
+	// ExternalLocal makes a LoadBalancer Service (NodePorts and a
+	// healthCheckNodePort, no load balancer) with
+	// externalTrafficPolicy: Local.
+	ExternalLocal bool
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of
@@ -242,6 +246,13 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 		local := corev1.ServiceInternalTrafficPolicyLocal
 		svc.Spec.InternalTrafficPolicy = &local
 	}
+	if o.ExternalLocal {
+		// Only a LoadBalancer Service gets a healthCheckNodePort; without
+		// a cloud controller its load balancer never comes, which the
+		// proxier does not need.
+		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}
 	SetAffinity(svc, o.Affinity)
 	created, err := fx.c.Client().CoreV1().Services(fx.Namespace()).Create(a.Ctx, svc, metav1.CreateOptions{})
 	if err != nil {
@@ -260,6 +271,9 @@ func nodePortNote(s *corev1.Service) string {
 		if p.NodePort != 0 {
 			np = append(np, fmt.Sprintf("%s=%d", p.Name, p.NodePort))
 		}
+	}
+	if s.Spec.HealthCheckNodePort != 0 {
+		np = append(np, fmt.Sprintf("health=%d", s.Spec.HealthCheckNodePort))
 	}
 	if len(np) == 0 {
 		return ""
