@@ -163,7 +163,7 @@ func Once(ctx context.Context, t Target, timeout time.Duration) Result {
 		r.Latency = time.Since(start)
 		return r
 	default:
-		err = fmt.Errorf("unknown probe protocol %q (use tcp, udp or http)", t.Proto)
+		err = fmt.Errorf("unknown probe protocol %q (use tcp, udp, http or health)", t.Proto)
 	}
 	r := Result{Latency: time.Since(start), Err: err}
 	if err == nil {
