@@ -157,6 +157,30 @@ func testRBAC(ctx context.Context, t *testing.T, a *applier, cfg *rest.Config) {
 	}
 	cs := kubernetes.NewForConfigOrDie(cfg)
 	user := "system:serviceaccount:" + Namespace + ":" + Name
+	review := func(group, resource, verb string) (*authorizationv1.SubjectAccessReview, error) {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Group: group, Resource: resource, Verb: verb, Namespace: "default",
+			},
+		}}
+		return cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	}
+	// The authorizer reads roles and bindings from its informers, so a
+	// binding just created may not count yet: under make test's load the
+	// first two reviews, 50 ms after the apply, were denied (2026-12-07).
+	// Wait until the first grant shows, within a bound; the table below
+	// then asserts every grant and every denial.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		got, err := review("", "services", "list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Allowed || time.Now().After(deadline) {
+			break
+		}
+	}
 	for _, tc := range []struct {
 		group, resource, verb string
 		allowed               bool
@@ -177,14 +201,7 @@ func testRBAC(ctx context.Context, t *testing.T, a *applier, cfg *rest.Config) {
 		{"", "pods", "list", false},
 		{"", "events", "delete", false},
 	} {
-		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User:   user,
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
-			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Group: tc.group, Resource: tc.resource, Verb: tc.verb, Namespace: "default",
-			},
-		}}
-		got, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		got, err := review(tc.group, tc.resource, tc.verb)
 		if err != nil {
 			t.Fatal(err)
 		}
