@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/e2e-framework/pkg/types"
@@ -88,20 +87,11 @@ func externalTrafficPolicy() types.Feature {
 			viaHome := probe.Target{NS: away.NS, Addr: netip.AddrPortFrom(home.IP, suite.NodePort(svc, "tcp")), Proto: probe.TCP}
 			waitServedByAll(a, fmt.Sprintf("with the policy Cluster, %s's NodePort forwards to %s on %s", away.Name, lonely.Name, home.Name), viaAway, []string{lonely.Name})
 			setExternalPolicy(a, svc.Name, corev1.ServiceExternalTrafficPolicyLocal)
-			a.EventuallyTrue(fmt.Sprintf("with the policy Local, %s's NodePort forwards nothing", away.Name), a.Converge(), func() (bool, string) {
-				s := a.Probe(viaAway, 3, time.Second)
-				return len(s.Counts()) == 0, "last probe: " + s.String()
-			})
-			a.Quiet("etp-none switched to Local")
 			// A dropped connection times out (iptables, nftables), an
-			// IPVS virtual server without real servers refuses: either
-			// fails within 1 s where a backend answers in a millisecond.
-			s := a.Probe(viaAway, noLocalN, time.Second)
-			kinds, _ := suite.ErrorKinds(s)
-			a.Evidence("%s -> %s's NodePort, %d connections: reached %v; errors %v", home.Name, away.Name, noLocalN, s.Counts(), kinds)
-			if c := s.Counts(); len(c) > 0 {
-				a.Fatalf("with externalTrafficPolicy Local and no endpoint on %s, its NodePort still forwarded to %s", away.Name, tally(c))
-			}
+			// IPVS virtual server without real servers refuses.
+			reachesNone(a, viaAway, fmt.Sprintf("with the policy Local, %s's NodePort forwards nothing", away.Name), "etp-none switched to Local",
+				fmt.Sprintf("%s -> %s's NodePort", home.Name, away.Name),
+				fmt.Sprintf("with externalTrafficPolicy Local and no endpoint on %s, its NodePort still forwarded to", away.Name))
 			waitServedByAll(a, fmt.Sprintf("%s's NodePort, on the backend's node, still reaches it", home.Name), viaHome, []string{lonely.Name})
 		}).
 		Assess("the healthCheckNodePort answers 200 with the node's ready endpoint count where it has some and 503 where it has none, as they come and go", func(ctx context.Context, a *suite.A) {

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/e2e-framework/pkg/types"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/suites/suite"
 )
 
@@ -89,19 +90,9 @@ func internalTrafficPolicy() types.Feature {
 			waitServedByAll(a, fmt.Sprintf("with the policy Cluster, %s on %s reaches %s on %s", far.Name, far.Node, lonely.Name, lonely.Node), tcpTo(far.NS, svcNone), []string{lonely.Name})
 			setInternalPolicy(a, svcNone.Name, corev1.ServiceInternalTrafficPolicyLocal)
 			tg := tcpTo(far.NS, svcNone)
-			a.EventuallyTrue(fmt.Sprintf("with the policy Local, %s on %s gets no connection", far.Name, far.Node), a.Converge(), func() (bool, string) {
-				s := a.Probe(tg, 3, time.Second)
-				return len(s.Counts()) == 0, "last probe: " + s.String()
-			})
-			a.Quiet("itp-none switched to Local")
-			// A dropped connection times out: 1 s is plenty for one
-			// that a backend would have answered in a millisecond.
-			s := a.Probe(tg, noLocalN, time.Second)
-			kinds, _ := suite.ErrorKinds(s)
-			a.Evidence("%s on %s, %d connections: reached %v; errors %v", far.Name, far.Node, noLocalN, s.Counts(), kinds)
-			if c := s.Counts(); len(c) > 0 {
-				a.Fatalf("with internalTrafficPolicy Local and no endpoint on %s, %s still reached %s", far.Node, far.Name, tally(c))
-			}
+			reachesNone(a, tg, fmt.Sprintf("with the policy Local, %s on %s gets no connection", far.Name, far.Node), "itp-none switched to Local",
+				fmt.Sprintf("%s on %s", far.Name, far.Node),
+				fmt.Sprintf("with internalTrafficPolicy Local and no endpoint on %s, %s still reached", far.Node, far.Name))
 			waitServedByAll(a, fmt.Sprintf("%s on %s, the backend's node, still reaches it", near.Name, near.Node), tcpTo(near.NS, svcNone), []string{lonely.Name})
 		}).
 		Assess("switching the policy back to Cluster reaches the other node's endpoint again", func(ctx context.Context, a *suite.A) {
@@ -125,4 +116,23 @@ func setInternalPolicy(a *suite.A, name string, p corev1.ServiceInternalTrafficP
 	a.Helper()
 	a.Fixture.UpdateService(a, name, func(s *corev1.Service) { s.Spec.InternalTrafficPolicy = &p })
 	a.Logf("Service %s: internalTrafficPolicy %s", name, p)
+}
+
+// reachesNone waits until tg reaches no backend, then, with the proxiers
+// quiet, requires noLocalN more connections to reach none either. A
+// backend answers in a millisecond, so 1 s is plenty for each; a dropped
+// connection times out, a refused one ends at once.
+func reachesNone(a *suite.A, tg probe.Target, waitFor, quiet, from, failure string) {
+	a.Helper()
+	a.EventuallyTrue(waitFor, a.Converge(), func() (bool, string) {
+		s := a.Probe(tg, 3, time.Second)
+		return len(s.Counts()) == 0, "last probe: " + s.String()
+	})
+	a.Quiet(quiet)
+	s := a.Probe(tg, noLocalN, time.Second)
+	kinds, _ := suite.ErrorKinds(s)
+	a.Evidence("%s, %d connections: reached %v; errors %v", from, noLocalN, s.Counts(), kinds)
+	if c := s.Counts(); len(c) > 0 {
+		a.Fatalf("%s %s", failure, tally(c))
+	}
 }
