@@ -6,6 +6,7 @@ package conntrack
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -131,7 +132,7 @@ func ServingOf(snap *core.Snapshot) Serving {
 		if sp.ClusterIP.IsValid() {
 			s.byIP[netip.AddrPortFrom(sp.ClusterIP, port)] = eps
 		}
-		for _, ip := range sp.ExternalIPs {
+		for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
 			s.byIP[netip.AddrPortFrom(ip, port)] = eps
 		}
 		if sp.NodePort != 0 {

@@ -47,6 +47,18 @@ type ServicePort struct {
 	NodePort int32
 	// ExternalIPs are extra destination addresses handled like NodePort traffic.
 	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are the Service's load balancer ingress IPs
+	// (status.loadBalancer.ingress, VIP mode only, as kube-proxy): a load
+	// balancer delivers packets to some node with these as destination,
+	// so they are handled like ExternalIPs, behind
+	// LoadBalancerSourceRanges.
+	LoadBalancerIPs []netip.Addr
+	// LoadBalancerSourceRanges, when not empty, are the only sources whose
+	// traffic to LoadBalancerIPs is forwarded; any other is dropped. As in
+	// kube-proxy it never restricts the ClusterIP, NodePorts or
+	// ExternalIPs, and a zero-length prefix among them means "allow all",
+	// so the tracker leaves the list empty then.
+	LoadBalancerSourceRanges []netip.Prefix
 	// ClientIPAffinity is true for sessionAffinity: ClientIP.
 	ClientIPAffinity bool
 	// StickyTimeoutSeconds is the affinity timeout (meaningful only with ClientIPAffinity).
@@ -73,15 +85,18 @@ func (s *ServicePort) Equal(o *ServicePort) bool {
 	if s.Name != o.Name || s.ClusterIP != o.ClusterIP || s.Port != o.Port || s.Protocol != o.Protocol ||
 		s.NodePort != o.NodePort || s.ClientIPAffinity != o.ClientIPAffinity ||
 		s.StickyTimeoutSeconds != o.StickyTimeoutSeconds || s.InternalLocal != o.InternalLocal ||
-		s.ExternalLocal != o.ExternalLocal || s.HealthCheckNodePort != o.HealthCheckNodePort || len(s.ExternalIPs) != len(o.ExternalIPs) {
+		s.ExternalLocal != o.ExternalLocal || s.HealthCheckNodePort != o.HealthCheckNodePort {
 		return false
 	}
-	for i := range s.ExternalIPs {
-		if s.ExternalIPs[i] != o.ExternalIPs[i] {
-			return false
-		}
-	}
-	return true
+	return slices.Equal(s.ExternalIPs, o.ExternalIPs) && slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) &&
+		slices.Equal(s.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges)
+}
+
+// ExternallyAccessible says whether traffic from outside the cluster can
+// reach the port: through a NodePort, an external IP or a load balancer
+// IP. Only then does externalTrafficPolicy apply.
+func (s *ServicePort) ExternallyAccessible() bool {
+	return s.NodePort != 0 || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0
 }
 
 // Endpoint is one backend of one ServicePort.

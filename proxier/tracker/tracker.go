@@ -7,6 +7,7 @@ package tracker
 
 import (
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -337,6 +338,7 @@ func staleUDP(prev, next *core.Snapshot, oldPorts, newPorts []core.ServicePortNa
 		if len(core.UsableEndpoints(next.Endpoints[sp])) > 0 && len(core.UsableEndpoints(prev.Endpoints[sp])) == 0 {
 			changes.StaleUDPServiceIPs = append(changes.StaleUDPServiceIPs, cur.ClusterIP)
 			changes.StaleUDPServiceIPs = append(changes.StaleUDPServiceIPs, cur.ExternalIPs...)
+			changes.StaleUDPServiceIPs = append(changes.StaleUDPServiceIPs, cur.LoadBalancerIPs...)
 		}
 	}
 }
@@ -362,6 +364,7 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 			externalIPs = append(externalIPs, ip)
 		}
 	}
+	lbIPs, sourceRanges := loadBalancer(svc)
 	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	var out []*core.ServicePort
 	for _, p := range svc.Spec.Ports {
@@ -375,6 +378,7 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 			Port:             p.Port,
 			Protocol:         proto,
 			ExternalIPs:      externalIPs,
+			LoadBalancerIPs:  lbIPs,
 			ClientIPAffinity: affinity,
 			InternalLocal:    svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
 		}
@@ -387,7 +391,10 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 		// As kube-proxy: the external policy applies only where there is
 		// external traffic, and the health check port only to a
 		// LoadBalancer Service under the Local policy.
-		if svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal && (sp.NodePort != 0 || len(externalIPs) > 0 || svc.Spec.Type == v1.ServiceTypeLoadBalancer) {
+		if len(lbIPs) > 0 {
+			sp.LoadBalancerSourceRanges = sourceRanges
+		}
+		if svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal && (sp.ExternallyAccessible() || svc.Spec.Type == v1.ServiceTypeLoadBalancer) {
 			sp.ExternalLocal = true
 			if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 				sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
@@ -396,6 +403,35 @@ func ServicePorts(svc *v1.Service) []*core.ServicePort {
 		out = append(out, sp)
 	}
 	return out
+}
+
+// loadBalancer returns the IPv4 ingress IPs of the Service's load balancer
+// that are VIPs (ipMode unset or VIP: a Proxy-mode load balancer does not
+// deliver packets with its IP as destination, so kube-proxy makes no rule
+// for it) and its IPv4 source ranges, trimmed of the spaces validation
+// lets through; a zero-length range allows all, the same as none.
+func loadBalancer(svc *v1.Service) ([]netip.Addr, []netip.Prefix) {
+	var ips []netip.Addr
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(ing.IP); err == nil && ip.Is4() {
+			ips = append(ips, ip)
+		}
+	}
+	var ranges []netip.Prefix
+	for _, s := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || !p.Addr().Is4() {
+			continue
+		}
+		if p.Bits() == 0 {
+			return ips, nil
+		}
+		ranges = append(ranges, p.Masked())
+	}
+	return ips, ranges
 }
 
 func firstIPv4(svc *v1.Service) (netip.Addr, bool) {

@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -127,6 +128,37 @@ func TestServiceConversion(t *testing.T) {
 	cip := service("c", "198.19.0.3", func(s *v1.Service) { s.Spec.Ports[0].NodePort = 30000 })
 	if ServicePorts(cip)[0].NodePort != 0 {
 		t.Errorf("ClusterIP service got a NodePort")
+	}
+}
+
+func TestLoadBalancerConversion(t *testing.T) {
+	proxyMode := v1.LoadBalancerIPModeProxy
+	svc := service("lb", "198.19.0.4", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{" 198.18.0.7/24", "fd00::/64", "198.18.3.0/24 "}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{
+			{IP: "198.18.17.1"}, {IP: "198.18.17.2", IPMode: &proxyMode}, {Hostname: "lb.example"}, {IP: "fd00::1"},
+			{IP: "198.18.17.3", IPMode: ptr.To(v1.LoadBalancerIPModeVIP)},
+		}
+	})
+	p := ServicePorts(svc)[0]
+	if want := []netip.Addr{netip.MustParseAddr("198.18.17.1"), netip.MustParseAddr("198.18.17.3")}; !slices.Equal(p.LoadBalancerIPs, want) {
+		t.Errorf("load balancer IPs %v, want %v (IPv4 VIP-mode ingress only)", p.LoadBalancerIPs, want)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24"), netip.MustParsePrefix("198.18.3.0/24")}; !slices.Equal(p.LoadBalancerSourceRanges, want) {
+		t.Errorf("source ranges %v, want %v (trimmed, masked, IPv4 only)", p.LoadBalancerSourceRanges, want)
+	}
+	if !p.ExternallyAccessible() {
+		t.Error("a port with a load balancer IP is not externally accessible")
+	}
+	svc.Spec.LoadBalancerSourceRanges = append(svc.Spec.LoadBalancerSourceRanges, "0.0.0.0/0")
+	if got := ServicePorts(svc)[0].LoadBalancerSourceRanges; len(got) != 0 {
+		t.Errorf("0.0.0.0/0 among the ranges allows every source, yet ranges %v remain", got)
+	}
+	svc.Status.LoadBalancer.Ingress = nil
+	svc.Spec.LoadBalancerSourceRanges = []string{"198.18.0.0/24"}
+	if got := ServicePorts(svc)[0]; len(got.LoadBalancerIPs) != 0 || len(got.LoadBalancerSourceRanges) != 0 {
+		t.Errorf("no ingress yet: load balancer IPs %v, source ranges %v; want none", got.LoadBalancerIPs, got.LoadBalancerSourceRanges)
 	}
 }
 

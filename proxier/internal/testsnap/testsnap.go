@@ -42,6 +42,8 @@ type Port struct {
 	Port                      int32
 	NodePort                  int32
 	ExternalIPs               []string
+	LoadBalancerIPs           []string
+	SourceRanges              []string // loadBalancerSourceRanges, CIDRs
 	Affinity                  bool
 	Timeout                   int32    // default 10800 when Affinity
 	Endpoints                 []string // "ip:port"; all ready, on Node
@@ -67,6 +69,12 @@ func (b *Builder) Add(p Port) core.ServicePortName {
 	}
 	for _, e := range p.ExternalIPs {
 		sp.ExternalIPs = append(sp.ExternalIPs, netip.MustParseAddr(e))
+	}
+	for _, e := range p.LoadBalancerIPs {
+		sp.LoadBalancerIPs = append(sp.LoadBalancerIPs, netip.MustParseAddr(e))
+	}
+	for _, r := range p.SourceRanges {
+		sp.LoadBalancerSourceRanges = append(sp.LoadBalancerSourceRanges, netip.MustParsePrefix(r).Masked())
 	}
 	if p.Affinity {
 		sp.StickyTimeoutSeconds = p.Timeout
@@ -125,7 +133,8 @@ func Synthetic(n, eps int) *core.Snapshot {
 }
 
 // Random returns a randomized snapshot from seed: a mix of protocols,
-// NodePorts, external IPs, affinity, both traffic policies Local and 0..5
+// NodePorts, external IPs, load balancer IPs with and without source
+// ranges, affinity, both traffic policies Local and 0..5
 // endpoints per port on either node, with some endpoints not ready or
 // terminating.
 func Random(seed int64) *core.Snapshot {
@@ -147,9 +156,16 @@ func Random(seed int64) *core.Snapshot {
 		if r.Intn(5) == 0 {
 			ext = []string{ServiceIP(60000 + i)}
 		}
+		var lb, ranges []string
+		if r.Intn(5) == 0 {
+			lb = []string{ServiceIP(61000 + i)}
+			for k := r.Intn(3); k > 0; k-- {
+				ranges = append(ranges, fmt.Sprintf("198.18.%d.0/%d", r.Intn(256), 16+r.Intn(17)))
+			}
+		}
 		nodePortSvc := r.Intn(3) == 0
 		internalLocal := r.Intn(4) == 0
-		externalLocal := (nodePortSvc || ext != nil) && r.Intn(3) == 0
+		externalLocal := (nodePortSvc || ext != nil || lb != nil) && r.Intn(3) == 0
 		usedPort := map[int32]bool{}
 		for pi := 0; pi < nPorts; pi++ {
 			port := int32(1 + r.Intn(65535))
@@ -160,7 +176,7 @@ func Random(seed int64) *core.Snapshot {
 			p := Port{
 				Namespace: fmt.Sprintf("ns%d", r.Intn(3)), Name: fmt.Sprintf("svc%d", i), PortName: fmt.Sprintf("p%d", pi),
 				Protocol: protos[r.Intn(len(protos))], ClusterIP: ServiceIP(ipIdx), Port: port,
-				ExternalIPs: ext, Affinity: affinity, Timeout: int32(r.Intn(86400)), InternalLocal: internalLocal,
+				ExternalIPs: ext, LoadBalancerIPs: lb, SourceRanges: ranges, Affinity: affinity, Timeout: int32(r.Intn(86400)), InternalLocal: internalLocal,
 				ExternalLocal: externalLocal,
 			}
 			if nodePortSvc {
