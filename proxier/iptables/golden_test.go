@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"net/netip"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -57,6 +58,25 @@ var goldenCases = []struct {
 		ExternalIPs: []string{"198.19.200.1"}, Endpoints: []string{"198.18.64.30:8080", "198.18.65.30:8080"}}}},
 	{"udp", []testsnap.Port{{Name: "dns", PortName: "dns", Protocol: v1.ProtocolUDP, ClusterIP: "198.19.0.53", Port: 53,
 		Endpoints: []string{"198.18.64.53:53", "198.18.65.53:53"}}}},
+	{"loadbalancer", []testsnap.Port{{Name: "lb", PortName: "http", ClusterIP: "198.19.0.40", Port: 80, NodePort: 30080,
+		LoadBalancerIPs: []string{"198.19.201.1"}, Endpoints: []string{"198.18.64.40:8080", "198.18.65.40:8080"}}}},
+	// One range holds the node's address (withNode): the load balancer
+	// IP is allowed as a source too.
+	{"loadbalancer-source-ranges", []testsnap.Port{{Name: "lb", PortName: "http", ClusterIP: "198.19.0.41", Port: 80, NodePort: 30081,
+		LoadBalancerIPs: []string{"198.19.201.2", "198.19.201.3"}, SourceRanges: []string{"198.18.0.0/24", "198.18.192.0/20"},
+		Endpoints: []string{"198.18.64.41:8080", "198.18.65.41:8080"}}}},
+	{"loadbalancer-local", []testsnap.Port{{Name: "lb", PortName: "http", ClusterIP: "198.19.0.42", Port: 80, NodePort: 30082,
+		LoadBalancerIPs: []string{"198.19.201.4"}, SourceRanges: []string{"198.18.192.0/20"}, ExternalLocal: true,
+		Endpoints: []string{"198.18.64.42:8080"}, Remote: []string{"198.18.65.42:8080"}}}},
+	{"loadbalancer-no-endpoints", []testsnap.Port{{Name: "lb", PortName: "http", ClusterIP: "198.19.0.43", Port: 80, NodePort: 30083,
+		LoadBalancerIPs: []string{"198.19.201.5"}, SourceRanges: []string{"198.18.192.0/20"}}}},
+}
+
+// withNode gives snap this node's object, whose address the load
+// balancer firewall looks for in source ranges.
+func withNode(snap *core.Snapshot) *core.Snapshot {
+	snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{nodeIP}}
+	return snap
 }
 
 func TestGoldenFullSync(t *testing.T) {
@@ -66,6 +86,7 @@ func TestGoldenFullSync(t *testing.T) {
 			for _, p := range tc.ports {
 				b.Add(p)
 			}
+			withNode(b.Snap)
 			p, fake := newFakeProxier(t)
 			if err := p.Sync(b.Snap, fullSync()); err != nil {
 				t.Fatal(err)
@@ -80,6 +101,7 @@ func TestGoldenFullSync(t *testing.T) {
 			if after := fake.Dump(); after != before {
 				t.Errorf("second full sync changed the tables:\n%s\nvs\n%s", after, before)
 			}
+			checkTraces(t, fake, b.Snap)
 		})
 	}
 }

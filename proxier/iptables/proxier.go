@@ -6,6 +6,9 @@
 //
 //	PREROUTING, OUTPUT -> PM-SERVICES -> PM-SVC-<hash>  (per service port, picks an endpoint)
 //	                                  -> PM-EXT-<hash>  (external IPs: mark for SNAT, then PM-SVC)
+//	                                  -> PM-FW-<hash>   (load balancer IPs with loadBalancerSourceRanges:
+//	                                                     allowed sources -> PM-EXT-<hash>, others fall through)
+//	                                  -> PM-EXT-<hash>  (load balancer IPs without source ranges)
 //	                     PM-SERVICES (last rule, local dst) -> PM-NODEPORTS -> PM-EXT-<hash>
 //	                                  -> PM-SVL-<hash>  (internalTrafficPolicy Local: this node's endpoints only)
 //	PM-EXT-<hash> under externalTrafficPolicy Local: pods and the node itself -> PM-SVC,
@@ -15,10 +18,13 @@
 //
 // filter: PM-SERVICES (REJECT cluster IPs without endpoints, DROP those whose
 // internalTrafficPolicy Local leaves none on this node, from FORWARD and
-// OUTPUT), PM-EXTERNAL-SERVICES (REJECT NodePorts/external IPs without
-// endpoints, DROP those whose externalTrafficPolicy Local leaves none on
-// this node, from INPUT and FORWARD), PM-FORWARD (accept marked and
-// established service traffic).
+// OUTPUT), PM-EXTERNAL-SERVICES (REJECT NodePorts/external IPs/load
+// balancer IPs without endpoints, DROP those whose externalTrafficPolicy
+// Local leaves none on this node, from INPUT and FORWARD),
+// PM-PROXY-FIREWALL (DROP new connections still addressed to a load
+// balancer IP with source ranges, i.e. that PM-FW-<hash> did not let
+// through to DNAT; first in INPUT, FORWARD and OUTPUT), PM-FORWARD (accept
+// marked and established service traffic).
 package iptables
 
 import (
@@ -29,6 +35,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,15 +58,22 @@ const (
 	nodePortsChain        = "PM-NODEPORTS"
 	postroutingChain      = "PM-POSTROUTING"
 	markMasqChain         = "PM-MARK-MASQ"
+	firewallChain         = "PM-PROXY-FIREWALL"
 
 	svcChainPrefix = "PM-SVC-"
 	svlChainPrefix = "PM-SVL-"
 	sepChainPrefix = "PM-SEP-"
 	extChainPrefix = "PM-EXT-"
+	fwChainPrefix  = "PM-FW-"
 )
 
 // jumpRules are the only rules this mode puts in chains it does not own.
 var jumpRules = []Jump{
+	// The firewall comes first, as in kube-proxy, so that nothing accepted
+	// further down (PM-FORWARD accepts marked packets) skips it.
+	{tableFilter, "INPUT", firewallChain, "proxymodes load balancer firewall", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableFilter, "FORWARD", firewallChain, "proxymodes load balancer firewall", []string{"-m", "conntrack", "--ctstate", "NEW"}},
+	{tableFilter, "OUTPUT", firewallChain, "proxymodes load balancer firewall", []string{"-m", "conntrack", "--ctstate", "NEW"}},
 	{tableFilter, "INPUT", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
 	{tableFilter, "FORWARD", servicesChain, "proxymodes service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
 	{tableFilter, "FORWARD", externalServicesChain, "proxymodes externally-visible service portals", []string{"-m", "conntrack", "--ctstate", "NEW"}},
@@ -107,6 +121,11 @@ type Proxier struct {
 	// activeNAT holds the per-service nat chains the last successful
 	// sync left in place; partial syncs delete stale ones from it.
 	activeNAT sets.Set[string]
+	// nodeAddrs are the node addresses the last successful sync wrote
+	// firewall chains for: a source range holding one of them lets the
+	// load balancer IPs through as sources (see render), and the tracker
+	// marks no Service changed when the Node does.
+	nodeAddrs []netip.Addr
 
 	lastBatch []byte
 	stats     SyncStats
@@ -208,6 +227,7 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	}
 	p.needFull = false
 	p.activeNAT = r.activeNAT
+	p.nodeAddrs = nodeAddresses(snap)
 	p.metrics.SetRules(tableNAT, r.stats.NATRules+r.skippedNATRules, r.stats.NATRules)
 	p.metrics.SetRules(tableFilter, r.stats.FilterRules, r.stats.FilterRules)
 	klog.V(2).InfoS("iptables sync done", "full", full, "servicePorts", r.stats.Services,
@@ -264,7 +284,8 @@ func (t *savedTables) serviceChains() []string {
 
 func isServiceChain(name string) bool {
 	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, svlChainPrefix) ||
-		strings.HasPrefix(name, sepChainPrefix) || strings.HasPrefix(name, extChainPrefix)
+		strings.HasPrefix(name, sepChainPrefix) || strings.HasPrefix(name, extChainPrefix) ||
+		strings.HasPrefix(name, fwChainPrefix)
 }
 
 // chainHash names chains after a hash of what they serve, short enough for
@@ -284,6 +305,17 @@ func localChainName(sp core.ServicePortName) string {
 
 func externalChainName(sp core.ServicePortName) string {
 	return extChainPrefix + chainHash(sp.String(), string(sp.Protocol))
+}
+
+func firewallChainName(sp core.ServicePortName) string {
+	return fwChainPrefix + chainHash(sp.String(), string(sp.Protocol))
+}
+
+func nodeAddresses(snap *core.Snapshot) []netip.Addr {
+	if snap.Node == nil {
+		return nil
+	}
+	return snap.Node.Addresses
 }
 
 func endpointChainName(sp core.ServicePortName, ep core.Endpoint) string {
@@ -358,7 +390,7 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 	active := sets.New[string]()
 	stats := SyncStats{Full: full, Services: len(snap.Services)}
 
-	for _, c := range []string{servicesChain, externalServicesChain, forwardChain} {
+	for _, c := range []string{servicesChain, externalServicesChain, forwardChain, firewallChain} {
 		filterChains.chain(c)
 	}
 	for _, c := range []string{servicesChain, nodePortsChain, postroutingChain, markMasqChain} {
@@ -409,6 +441,8 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		totalEndpoints += len(eps)
 	}
 	comments := totalEndpoints <= p.largeCluster
+	nodeAddrs := nodeAddresses(snap)
+	nodeChanged := !slices.Equal(nodeAddrs, p.nodeAddrs)
 
 	for _, name := range snap.SortedServicePorts() {
 		svc := snap.Services[name]
@@ -420,7 +454,20 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 		extChain := externalChainName(name)
 		label := name.String()
 		hasEndpoints := len(eps) > 0
-		usesExt := hasEndpoints && (svc.NodePort != 0 || len(svc.ExternalIPs) > 0)
+		usesExt := hasEndpoints && svc.ExternallyAccessible()
+		// loadBalancerSourceRanges: load balancer IPs go through a
+		// firewall chain that passes allowed sources on to the external
+		// chain. The others leave nat with their destination unchanged,
+		// which PM-PROXY-FIREWALL then drops: DNAT must not happen first,
+		// or the filter table could no longer tell them apart. Without
+		// endpoints there is nothing to protect, and they are rejected
+		// like every source (kube-proxy does the same).
+		usesFW := hasEndpoints && len(svc.LoadBalancerIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
+		lbChain, fwChain := extChain, ""
+		if usesFW {
+			fwChain = firewallChainName(name)
+			lbChain = fwChain
+		}
 		// internalTrafficPolicy Local: the cluster IP picks among this
 		// node's endpoints in a chain of its own, and is dropped when
 		// there are none here (kube-proxy does the same).
@@ -449,6 +496,14 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 				natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"),
 					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", extChain)
 			}
+			for _, lbip := range svc.LoadBalancerIPs {
+				natRules.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" loadbalancer IP"),
+					"-m", proto, "-p", proto, "-d", lbip.String(), "--dport", port, "-j", lbChain)
+				if usesFW {
+					filterRules.add("-A", firewallChain, "-m", "comment", "--comment", quote(label+" traffic not accepted by "+fwChain),
+						"-m", proto, "-p", proto, "-d", lbip.String(), "--dport", port, "-j", "DROP")
+				}
+			}
 			if svc.NodePort != 0 {
 				natRules.add("-A", nodePortsChain, "-m", "comment", "--comment", label,
 					"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", extChain)
@@ -458,7 +513,7 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 				// chain (pods, the node itself) is still addressed to the
 				// node here.
 				reason := quote(label + " has no local endpoints")
-				for _, eip := range svc.ExternalIPs {
+				for _, eip := range append(slices.Clip(svc.ExternalIPs), svc.LoadBalancerIPs...) {
 					filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
 						"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", "DROP")
 				}
@@ -472,7 +527,7 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			reason := quote(label + " has no endpoints")
 			filterRules.add("-A", servicesChain, "-m", "comment", "--comment", reason,
 				"-m", proto, "-p", proto, "-d", vip, "--dport", port, "-j", fault.RejectTarget())
-			for _, eip := range svc.ExternalIPs {
+			for _, eip := range append(slices.Clip(svc.ExternalIPs), svc.LoadBalancerIPs...) {
 				filterRules.add("-A", externalServicesChain, "-m", "comment", "--comment", reason,
 					"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", fault.RejectTarget())
 			}
@@ -486,7 +541,7 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 
 		// Per-service chains: only written when the service changed.
 		chains, rules := &natChains, &natRules
-		if !changes.Changed(name.NamespacedName) && !full {
+		if !changes.Changed(name.NamespacedName) && !full && !(usesFW && nodeChanged) {
 			chains, rules = &skipped, &skipped
 		} else {
 			stats.Rewritten++
@@ -534,6 +589,26 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			} else {
 				rules.add("-A", extChain, "-m", "comment", "--comment", quote("masquerade traffic for "+label+" external destinations"), "-j", markMasqChain)
 				rules.add("-A", extChain, "-j", svcChain)
+			}
+		}
+
+		if usesFW {
+			active.Insert(fwChain)
+			chains.chain(fwChain)
+			fwArgs := []string{"-A", fwChain, "-m", "comment", "--comment", quote(label + " loadbalancer IP")}
+			allowFromNode := false
+			for _, cidr := range svc.LoadBalancerSourceRanges {
+				rules.add(append(fwArgs, "-s", cidr.String(), "-j", extChain)...)
+				allowFromNode = allowFromNode || slices.ContainsFunc(nodeAddrs, cidr.Contains)
+			}
+			// A VIP-like load balancer often has its IP added to the
+			// node as a local address: the node's own request to it then
+			// loops back with that IP as its source, never passing the
+			// load balancer. Let it in when the node itself is allowed.
+			if allowFromNode {
+				for _, lbip := range svc.LoadBalancerIPs {
+					rules.add(append(fwArgs, "-s", lbip.String(), "-j", extChain)...)
+				}
 			}
 		}
 

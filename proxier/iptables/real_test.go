@@ -38,6 +38,7 @@ func TestRealRestoreAndTrace(t *testing.T) {
 						b.Add(p)
 					}
 				}
+				withNode(b.Snap)
 				p, err := New(Config{Backend: be, ClusterCIDR: testsnap.ClusterCIDR})
 				if err != nil {
 					t.Error(err)

@@ -2,6 +2,8 @@ package iptables
 
 import (
 	"errors"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -215,4 +217,169 @@ func TestTerminatingEndpointsUsedOnlyWithoutReadyOnes(t *testing.T) {
 	if got := dnatTargets(outs); len(got) != 1 || got[0] != "198.18.64.1:80" {
 		t.Errorf("with no ready endpoint, traffic goes to %v, want the serving terminating one", got)
 	}
+}
+
+func lbServices() *testsnap.Builder {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "a", ClusterIP: "198.19.0.1", Port: 80, LoadBalancerIPs: []string{"198.19.201.1"},
+		SourceRanges: []string{"198.18.192.0/20"}, Endpoints: []string{"198.18.64.1:80", "198.18.64.2:80"}})
+	b.Add(testsnap.Port{Name: "b", ClusterIP: "198.19.0.2", Port: 80, LoadBalancerIPs: []string{"198.19.201.2"},
+		Endpoints: []string{"198.18.64.3:80"}})
+	return b
+}
+
+// touched returns the per-service nat chains of n the batch declares or
+// appends to (the endpoint chains aside).
+func touched(batch string, n core.ServicePortName) []string {
+	var out []string
+	for _, c := range []string{serviceChainName(n), externalChainName(n), firewallChainName(n)} {
+		if strings.Contains(batch, ":"+c+" ") || strings.Contains(batch, "-A "+c+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// A Service's load balancer IPs and source ranges are rewritten by a
+// partial sync of that Service alone, and its firewall chain goes when its
+// ranges or the Service do.
+func TestPartialSyncLoadBalancerChanges(t *testing.T) {
+	b := lbServices()
+	withNode(b.Snap)
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	checkTraces(t, fake, b.Snap)
+	a, bb := firstWithEndpoints(b.Snap, 2), firstWithEndpoints(b.Snap, 1)
+	sync := func(what string, names ...string) string {
+		t.Helper()
+		if err := p.Sync(b.Snap, partialSync(names...)); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		checkTraces(t, fake, b.Snap)
+		for name := range fake.Table("nat").Chains {
+			if isServiceChain(name) && !p.activeNAT.Has(name) {
+				t.Errorf("%s: stale chain %s", what, name)
+			}
+		}
+		return string(p.LastBatch())
+	}
+	svcA, svcB := *b.Snap.Services[a], *b.Snap.Services[bb]
+
+	// a's ranges change: only a's chains are written.
+	svcA.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24"), netip.MustParsePrefix("198.18.128.0/17")}
+	b.Snap.Services[a] = &svcA
+	batch := sync("new ranges", "a")
+	if got := touched(batch, bb); len(got) != 0 {
+		t.Errorf("new ranges of a rewrote b's chains %v:\n%s", got, batch)
+	}
+	if got := touched(batch, a); !slices.Contains(got, firewallChainName(a)) {
+		t.Errorf("new ranges of a did not rewrite its firewall chain:\n%s", batch)
+	}
+	// The node is in 198.18.0.0/24 now: the load balancer IP is an
+	// allowed source.
+	if !strings.Contains(batch, "-s 198.19.201.1 -j "+externalChainName(a)) {
+		t.Errorf("no rule for the node's traffic from the load balancer IP:\n%s", batch)
+	}
+
+	// a loses its ranges: its firewall chain goes, b is untouched.
+	svcA2 := svcA
+	svcA2.LoadBalancerSourceRanges = nil
+	b.Snap.Services[a] = &svcA2
+	batch = sync("no ranges", "a")
+	if !strings.Contains(batch, "-X "+firewallChainName(a)) || len(touched(batch, bb)) != 0 {
+		t.Errorf("dropping a's ranges: want %s deleted and b untouched:\n%s", firewallChainName(a), batch)
+	}
+
+	// b gets a range and a second load balancer IP.
+	svcB.LoadBalancerIPs = append(slices.Clip(svcB.LoadBalancerIPs), netip.MustParseAddr("198.19.201.3"))
+	svcB.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.192.0/20")}
+	b.Snap.Services[bb] = &svcB
+	batch = sync("b gets ranges", "b")
+	if got := touched(batch, a); len(got) != 0 {
+		t.Errorf("b's change rewrote a's chains %v", got)
+	}
+	if _, ok := fake.Table("nat").Chains[firewallChainName(bb)]; !ok {
+		t.Errorf("b has ranges but no firewall chain")
+	}
+
+	// b is deleted: nothing of it is left, in either table.
+	delete(b.Snap.Services, bb)
+	delete(b.Snap.Endpoints, bb)
+	sync("b deleted", "b")
+	dump := fake.Dump()
+	for _, s := range []string{serviceChainName(bb), externalChainName(bb), firewallChainName(bb), "ns/b", "198.19.201.2", "198.19.201.3"} {
+		if strings.Contains(dump, s) {
+			t.Errorf("%s of deleted b left:\n%s", s, dump)
+		}
+	}
+}
+
+// The node's addresses decide whether the load balancer IPs are allowed as
+// sources; the tracker marks no Service changed when they change, so the
+// next sync, even one with no changed Service, must rewrite the firewall
+// chains.
+func TestNodeAddressChangeRewritesFirewall(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "a", ClusterIP: "198.19.0.1", Port: 80, LoadBalancerIPs: []string{"198.19.201.1"},
+		SourceRanges: []string{"198.18.0.0/24"}, Endpoints: []string{"198.18.64.1:80"}})
+	other := b.Add(testsnap.Port{Name: "b", ClusterIP: "198.19.0.2", Port: 80, LoadBalancerIPs: []string{"198.19.201.2"},
+		Endpoints: []string{"198.18.64.3:80"}})
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	checkTraces(t, fake, b.Snap)
+	fromLB := Packet{Protocol: "tcp", Src: netip.MustParseAddr("198.19.201.1"), LocalSrc: true, Dst: netip.MustParseAddr("198.19.201.1"), DstPort: 80}
+	if outs, _ := fake.Trace("filter", "OUTPUT", fromLB); len(outs) != 1 || outs[0].Verdict != "DROP" {
+		t.Errorf("before the Node is known, the load balancer IP as a source: filter OUTPUT gives %v, want DROP", outs)
+	}
+	for _, step := range []struct {
+		what string
+		node *core.NodeInfo
+	}{
+		{"node seen", &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{nodeIP}}},
+		{"node moved", &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{netip.MustParseAddr("198.18.1.1")}}},
+	} {
+		b.Snap.Node = step.node
+		if err := p.Sync(b.Snap, partialSync()); err != nil {
+			t.Fatalf("%s: %v", step.what, err)
+		}
+		if p.LastStats().Full || p.LastStats().Rewritten != 1 || len(touched(string(p.LastBatch()), other)) != 0 {
+			t.Errorf("%s: stats %+v, want a partial sync rewriting a alone:\n%s", step.what, p.LastStats(), p.LastBatch())
+		}
+		checkTraces(t, fake, b.Snap)
+	}
+	if err := p.Sync(b.Snap, partialSync()); err != nil || p.LastStats().Rewritten != 0 {
+		t.Errorf("unchanged node: rewrote %d (err %v), want 0", p.LastStats().Rewritten, err)
+	}
+}
+
+// A proxier restarted over the rules of an earlier one deletes the
+// firewall chain of a Service deleted meanwhile.
+func TestRestartDeletesStaleFirewallChain(t *testing.T) {
+	b := lbServices()
+	first, fake := newFakeProxier(t)
+	if err := first.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	a := firstWithEndpoints(b.Snap, 2)
+	fw := firewallChainName(a)
+	if _, ok := fake.Table("nat").Chains[fw]; !ok {
+		t.Fatalf("no firewall chain %s for a:\n%s", fw, fake.Dump())
+	}
+	delete(b.Snap.Services, a)
+	delete(b.Snap.Endpoints, a)
+	second, err := New(Config{Backend: fake, ClusterCIDR: testsnap.ClusterCIDR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Sync(b.Snap, fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	if dump := fake.Dump(); strings.Contains(dump, fw) || strings.Contains(dump, "198.19.201.1") {
+		t.Errorf("after a restart the deleted Service's firewall remains:\n%s", dump)
+	}
+	checkTraces(t, fake, b.Snap)
 }

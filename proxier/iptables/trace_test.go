@@ -3,6 +3,7 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -116,6 +117,125 @@ func checkTraces(t *testing.T, f *Fake, snap *core.Snapshot) {
 				if err != nil || len(fouts) != 1 || fouts[0].Verdict != "DROP" {
 					t.Errorf("%s: externalTrafficPolicy Local without local endpoints: filter INPUT gives %v (err %v), want DROP", what, fouts, err)
 				}
+			}
+		}
+		for _, lbip := range svc.LoadBalancerIPs {
+			checkLoadBalancerIP(t, f, snap, name, lbip)
+		}
+	}
+}
+
+// foreignClient is outside the lab's 198.18.0.0/15, so outside every
+// source range testsnap.Random makes.
+var foreignClient = netip.MustParseAddr("203.0.113.7")
+
+// lbSource is a client of a load balancer IP.
+type lbSource struct {
+	what string
+	pkt  Packet // Src and LocalSrc set
+	// kind says how the external chain treats it: "outside", "pod" (in
+	// the cluster CIDR) or "node" (a local source, entering at OUTPUT).
+	kind string
+}
+
+// lbSources returns clients of every kind for the load balancer IP lbip
+// of svc: the usual three, one beyond every range, one inside each source
+// range and the load balancer IP itself as the node's source.
+func lbSources(svc *core.ServicePort, eps []core.Endpoint, lbip netip.Addr) []lbSource {
+	src := func(what string, a netip.Addr, kind string) lbSource {
+		return lbSource{what: what, pkt: Packet{Src: a, LocalSrc: kind == "node"}, kind: kind}
+	}
+	out := []lbSource{
+		src("outside", nodeClient, "outside"), src("a pod", podClient, "pod"), src("the node", nodeIP, "node"),
+		src("beyond every range", foreignClient, "outside"), src("the node through the load balancer IP", lbip, "node"),
+	}
+	isEndpoint := func(a netip.Addr) bool {
+		return slices.ContainsFunc(eps, func(ep core.Endpoint) bool { return ep.IP == a })
+	}
+	for _, r := range svc.LoadBalancerSourceRanges {
+		// The range's last address; not an endpoint's, whose hairpin
+		// traffic is masqueraded whatever the policy.
+		a := lastAddr(r)
+		if isEndpoint(a) {
+			if a = r.Addr(); isEndpoint(a) {
+				continue
+			}
+		}
+		kind := "outside"
+		if testsnap.ClusterCIDR.Contains(a) {
+			kind = "pod"
+		}
+		out = append(out, src("in range "+r.String(), a, kind))
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	for i := p.Bits(); i < 32; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return netip.AddrFrom4(b)
+}
+
+// lbAllowed is loadBalancerSourceRanges as kube-proxy reads them: no range
+// allows everyone; the load balancer IPs themselves are allowed sources
+// when a range holds an address of this node.
+func lbAllowed(snap *core.Snapshot, svc *core.ServicePort, src netip.Addr) bool {
+	ranges := svc.LoadBalancerSourceRanges
+	if len(ranges) == 0 || slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Contains(src) }) {
+		return true
+	}
+	if snap.Node == nil || !slices.Contains(svc.LoadBalancerIPs, src) {
+		return false
+	}
+	return slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return slices.ContainsFunc(snap.Node.Addresses, r.Contains) })
+}
+
+// checkLoadBalancerIP checks the packets of every lbSources client to
+// lbip: an allowed one is treated as if lbip were an external IP; a denied
+// one is not DNATed and then dropped in filter, unless the Service has no
+// endpoints at all, which is rejected from every source (kube-proxy's
+// iptables mode writes no firewall for it).
+func checkLoadBalancerIP(t *testing.T, f *Fake, snap *core.Snapshot, name core.ServicePortName, lbip netip.Addr) {
+	t.Helper()
+	svc := snap.Services[name]
+	usable := core.UsableEndpoints(snap.Endpoints[name])
+	external, _ := core.ExternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
+	proto := strings.ToLower(string(svc.Protocol))
+	for _, s := range lbSources(svc, usable, lbip) {
+		pkt := s.pkt
+		pkt.Protocol, pkt.Dst, pkt.DstPort = proto, lbip, uint16(svc.Port)
+		allowed := lbAllowed(snap, svc, pkt.Src)
+		what := fmt.Sprintf("%s: load balancer IP %s:%d from %s (%s, allowed %t)", name, lbip, svc.Port, s.what, pkt.Src, allowed)
+		start, filterChains := "PREROUTING", []string{"INPUT", "FORWARD"}
+		if s.kind == "node" {
+			start, filterChains = "OUTPUT", []string{"OUTPUT"}
+		}
+		var want []string
+		switch {
+		case !allowed:
+		case s.kind == "outside":
+			want = endpointStrings(external)
+		default:
+			want = endpointStrings(usable)
+		}
+		checkExternal(t, f, what, start, pkt, want, s.kind == "node" || !svc.ExternalLocal)
+		if len(want) > 0 {
+			continue
+		}
+		// Not DNATed: the filter table sees the load balancer IP.
+		verdict := "DROP"
+		if len(usable) == 0 {
+			if s.kind == "node" {
+				continue // as for external IPs, OUTPUT does not reject
+			}
+			verdict = "REJECT"
+		}
+		for _, chain := range filterChains {
+			fouts, err := f.Trace("filter", chain, pkt)
+			if err != nil || len(fouts) != 1 || fouts[0].Verdict != verdict {
+				t.Errorf("%s: filter %s gives %v (err %v), want %s", what, chain, fouts, err, verdict)
 			}
 		}
 	}
@@ -284,5 +404,59 @@ func TestTraceInternalTrafficPolicyLocal(t *testing.T) {
 	}
 	if outs := trace("filter", "FORWARD", elsewhere); len(outs) != 1 || outs[0].Verdict != "DROP" {
 		t.Errorf("cluster IP without local endpoints: filter FORWARD gives %v, want DROP", outs)
+	}
+}
+
+// loadBalancerSourceRanges: an allowed source reaches the endpoints like
+// an external IP's client, another is dropped (not rejected), and the
+// ranges restrict neither the cluster IP, the NodePort nor external IPs.
+func TestTraceLoadBalancerSourceRanges(t *testing.T) {
+	b := testsnap.New()
+	b.Add(testsnap.Port{Name: "lb", ClusterIP: "198.19.0.40", Port: 80, NodePort: 30080, ExternalIPs: []string{"198.19.200.1"},
+		LoadBalancerIPs: []string{"198.19.201.1"}, SourceRanges: []string{"198.18.192.0/20"},
+		Endpoints: []string{"198.18.64.40:8080"}, Remote: []string{"198.18.65.40:8080"}})
+	p, fake := newFakeProxier(t)
+	if err := p.Sync(withNode(b.Snap), fullSync()); err != nil {
+		t.Fatal(err)
+	}
+	checkTraces(t, fake, b.Snap)
+	trace := func(table, chain string, pkt Packet) []Outcome {
+		t.Helper()
+		outs, err := fake.Trace(table, chain, pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return outs
+	}
+	both := "198.18.64.40:8080,198.18.65.40:8080"
+	lb := netip.MustParseAddr("198.19.201.1")
+	allowed := Packet{Protocol: "tcp", Src: netip.MustParseAddr("198.18.200.9"), Dst: lb, DstPort: 80}
+	outs := trace("nat", "PREROUTING", allowed)
+	if got := dnatTargets(outs); strings.Join(got, ",") != both || outs[0].Mark&masqMark == 0 {
+		t.Errorf("allowed source reaches %v (%v), want both endpoints, masqueraded", got, outs)
+	}
+	denied := allowed
+	denied.Src = foreignClient
+	if got := dnatTargets(trace("nat", "PREROUTING", denied)); len(got) != 0 {
+		t.Errorf("denied source reaches %v", got)
+	}
+	for _, chain := range []string{"INPUT", "FORWARD"} {
+		if outs := trace("filter", chain, denied); len(outs) != 1 || outs[0].Verdict != "DROP" {
+			t.Errorf("denied source: filter %s gives %v, want DROP", chain, outs)
+		}
+	}
+	for _, dst := range []Packet{
+		{Dst: netip.MustParseAddr("198.19.0.40"), DstPort: 80},
+		{Dst: nodeIP, DstPort: 30080, LocalDst: true},
+		{Dst: netip.MustParseAddr("198.19.200.1"), DstPort: 80},
+	} {
+		pkt := dst
+		pkt.Protocol, pkt.Src = "tcp", foreignClient
+		if got := dnatTargets(trace("nat", "PREROUTING", pkt)); strings.Join(got, ",") != both {
+			t.Errorf("%s:%d from a source outside the load balancer's ranges reaches %v, want %s", pkt.Dst, pkt.DstPort, got, both)
+		}
+		if outs := trace("filter", "INPUT", pkt); len(outs) != 1 || outs[0].Verdict != "ACCEPT" {
+			t.Errorf("%s:%d from a source outside the load balancer's ranges: filter INPUT gives %v, want ACCEPT", pkt.Dst, pkt.DstPort, outs)
+		}
 	}
 }
