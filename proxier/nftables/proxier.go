@@ -3,19 +3,24 @@
 // in one table of our own, `ip proxymodes`, and no other table is touched.
 //
 //	nat-prerouting, nat-output -> services:
-//	    ip daddr . meta l4proto . th dport vmap @service-ips      (cluster and external IPs: O(1))
+//	    ip daddr . meta l4proto . th dport vmap @service-ips      (cluster, external and LB IPs: O(1))
 //	    fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
 //	svc-<id>: mark off-cluster sources for SNAT; affinity checks;
 //	    numgen random mod N vmap { 0 : goto ep-<id>, ... }
 //	svl-<id>: the same over this node's endpoints, for a cluster IP with
 //	    internalTrafficPolicy Local (dropped where there are none) and for
 //	    outside clients under externalTrafficPolicy Local
-//	ext-<id>: mark for SNAT, goto svc-<id>           (NodePorts and external IPs)
+//	ext-<id>: mark for SNAT, goto svc-<id>           (NodePorts, external and LB IPs)
 //	    under externalTrafficPolicy Local: pods goto svc-<id>; the node
 //	    itself marked, goto svc-<id>; anyone else goto svl-<id> unmarked
 //	    (dropped in endpoints-check where this node has no endpoints)
 //	ep-<id>:  mark hairpin traffic, refresh affinity, dnat to the endpoint
+//	fw-<id>:  ip saddr != { loadBalancerSourceRanges } drop
 //	nat-postrouting -> masquerading: masquerade what carries the mark
+//	filter-prerouting-pre-dnat, filter-output-pre-dnat (ct state new,
+//	    before DNAT) -> firewall-check:
+//	    ip daddr . meta l4proto . th dport vmap @firewall-ips -> goto fw-<id>
+//	    (load balancer IPs of Services with loadBalancerSourceRanges)
 //	filter-input/forward/output (ct state new) -> endpoints-check:
 //	    vmaps @no-endpoint-services / @no-endpoint-nodeports -> goto reject,
 //	    or drop for a traffic policy Local without endpoints on this node
@@ -38,6 +43,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
 
@@ -55,6 +61,8 @@ const (
 	markMasqChain        = "mark-for-masquerade"
 	endpointsCheckChain  = "endpoints-check"
 	rejectChain          = "reject-chain"
+	firewallCheckChain   = "firewall-check"
+	firewallIPsMap       = "firewall-ips"
 	serviceIPsMap        = "service-ips"
 	serviceNodePortsMap  = "service-nodeports"
 	noEndpointServices   = "no-endpoint-services"
@@ -65,6 +73,7 @@ const (
 	svlChainPrefix       = "svl-"
 	extChainPrefix       = "ext-"
 	epChainPrefix        = "ep-"
+	fwChainPrefix        = "fw-"
 	affinitySetPrefix    = "affinity-"
 	localNodePortsMatch  = "fib daddr type local ip daddr != 127.0.0.0/8"
 	dispatchOnIPProtoKey = "ip daddr . meta l4proto . th dport"
@@ -98,6 +107,9 @@ type Proxier struct {
 	// owned is what the last successful sync programmed per Service, so
 	// that a partial sync can remove what a changed Service no longer has.
 	owned map[types.NamespacedName]*objects
+
+	// nodeAddrs are the node's addresses the last successful sync saw.
+	nodeAddrs []netip.Addr
 
 	lastTx string
 	stats  SyncStats
@@ -163,6 +175,14 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	ctx := context.Background()
 	full := changes.Full || p.needFull
 	p.needFull = true // cleared only on success
+	// Which firewall chains let the node through depends on its
+	// addresses, and the change tracker reports no Service changed when
+	// only the Node did (or when its object first shows up, after the
+	// first sync).
+	addrs := nodeAddrs(snap)
+	if !full && !slices.Equal(addrs, p.nodeAddrs) {
+		changes = withSourceRanges(snap, changes)
+	}
 	st := SyncStats{Full: full, Services: len(snap.Services)}
 
 	renderStart := time.Now()
@@ -190,9 +210,34 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	}
 	p.needFull = false
 	p.owned = owned
+	p.nodeAddrs = addrs
 	klog.V(2).InfoS("nftables sync done", "full", full, "servicePorts", st.Services, "rewritten", st.Rewritten,
 		"chains", st.Chains, "deleted", st.Deleted, "operations", st.Operations, "render", st.Render, "apply", st.Apply)
 	return nil
+}
+
+// nodeAddrs returns the node's addresses, sorted.
+func nodeAddrs(snap *core.Snapshot) []netip.Addr {
+	if snap.Node == nil {
+		return nil
+	}
+	return slices.Compact(slices.SortedFunc(slices.Values(snap.Node.Addresses), netip.Addr.Compare))
+}
+
+// withSourceRanges returns changes plus every Service with a firewall
+// chain. changes is left as it is: the caller may hold on to it.
+func withSourceRanges(snap *core.Snapshot, changes core.ChangeSet) core.ChangeSet {
+	out := changes
+	out.Services = sets.New[types.NamespacedName]()
+	if changes.Services != nil {
+		out.Services = changes.Services.Clone()
+	}
+	for n, sp := range snap.Services {
+		if len(sp.LoadBalancerIPs) > 0 && len(sp.LoadBalancerSourceRanges) > 0 {
+			out.Services.Insert(n.NamespacedName)
+		}
+	}
+	return out
 }
 
 func syncKind(full bool) string {
@@ -211,13 +256,14 @@ func (p *Proxier) base(tx *knftables.Transaction) {
 		tx.Flush(&knftables.Chain{Name: name})
 		tx.Add(&knftables.Rule{Chain: name, Rule: rule})
 	}
-	for _, c := range []string{servicesChain, masqueradingChain, markMasqChain, endpointsCheckChain, rejectChain} {
+	for _, c := range []string{servicesChain, masqueradingChain, markMasqChain, endpointsCheckChain, rejectChain, firewallCheckChain} {
 		tx.Add(&knftables.Chain{Name: c})
 		tx.Flush(&knftables.Chain{Name: c})
 	}
 	for _, m := range []struct{ name, typ string }{
 		{serviceIPsMap, ipProtoPortMapType}, {serviceNodePortsMap, protoPortMapType},
 		{noEndpointServices, ipProtoPortMapType}, {noEndpointNodePorts, protoPortMapType},
+		{firewallIPsMap, ipProtoPortMapType},
 	} {
 		tx.Add(&knftables.Map{Name: m.name, Type: m.typ})
 		tx.Flush(&knftables.Map{Name: m.name})
@@ -230,11 +276,20 @@ func (p *Proxier) base(tx *knftables.Transaction) {
 	for _, h := range []knftables.BaseChainHook{knftables.InputHook, knftables.ForwardHook, knftables.OutputHook} {
 		hook("filter-"+string(h), knftables.FilterType, h, knftables.FilterPriority, "ct state new jump "+endpointsCheckChain)
 	}
+	// loadBalancerSourceRanges judge the destination a client chose, the
+	// load balancer IP, which nat-prerouting/nat-output rewrite: these
+	// run just before them. (Not in the filter-priority hooks, which see
+	// the endpoint. And only drop: kernels before 5.9 refuse reject in
+	// prerouting.)
+	for _, h := range []knftables.BaseChainHook{knftables.PreroutingHook, knftables.OutputHook} {
+		hook("filter-"+string(h)+"-pre-dnat", knftables.FilterType, h, knftables.DNATPriority+"-10", "ct state new jump "+firewallCheckChain)
+	}
 
 	tx.Add(&knftables.Rule{Chain: servicesChain, Rule: dispatchOnIPProtoKey + " vmap @" + serviceIPsMap})
 	tx.Add(&knftables.Rule{Chain: servicesChain, Rule: localNodePortsMatch + " meta l4proto . th dport vmap @" + serviceNodePortsMap})
 	tx.Add(&knftables.Rule{Chain: endpointsCheckChain, Rule: dispatchOnIPProtoKey + " vmap @" + noEndpointServices})
 	tx.Add(&knftables.Rule{Chain: endpointsCheckChain, Rule: localNodePortsMatch + " meta l4proto . th dport vmap @" + noEndpointNodePorts})
+	tx.Add(&knftables.Rule{Chain: firewallCheckChain, Rule: dispatchOnIPProtoKey + " vmap @" + firewallIPsMap})
 	tx.Add(&knftables.Rule{Chain: rejectChain, Rule: "reject"})
 	tx.Add(&knftables.Rule{Chain: markMasqChain, Rule: "meta mark set meta mark | " + p.mark})
 	tx.Add(&knftables.Rule{Chain: masqueradingChain, Rule: "meta mark & " + p.mark + " == 0 return"})
@@ -279,6 +334,7 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 		}
 	}
 
+	addrs := nodeAddrs(snap)
 	for _, name := range snap.SortedServicePorts() {
 		if !rewrite(name.NamespacedName) {
 			continue
@@ -288,7 +344,7 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 			o = &objects{}
 			owned[name.NamespacedName] = o
 		}
-		p.renderService(tx, snap.Services[name], snap.Endpoints[name], snap.NodeName, o)
+		p.renderService(tx, snap.Services[name], snap.Endpoints[name], snap.NodeName, addrs, o)
 		st.Rewritten++
 	}
 
@@ -351,15 +407,21 @@ func (p *Proxier) render(tx *knftables.Transaction, snap *core.Snapshot, changes
 	return owned
 }
 
+// isServiceObject tells the per-Service chains, which a full sync deletes
+// when no Service wants them, from the fixed ones. (So the firewall chains
+// are not "firewall-" as in kube-proxy: firewall-check would be one.)
 func isServiceObject(name string) bool {
 	return strings.HasPrefix(name, svcChainPrefix) || strings.HasPrefix(name, svlChainPrefix) ||
-		strings.HasPrefix(name, extChainPrefix) || strings.HasPrefix(name, epChainPrefix)
+		strings.HasPrefix(name, extChainPrefix) || strings.HasPrefix(name, epChainPrefix) ||
+		strings.HasPrefix(name, fwChainPrefix)
 }
 
-// renderService writes one Service port: its map elements, and when it
-// has endpoints its chains (and affinity sets), recording them in o. all
-// are the port's endpoints, usable or not; node is this node.
-func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort, all []core.Endpoint, node string, o *objects) {
+// renderService writes one Service port: its map elements, its firewall
+// chain, and when it has endpoints its other chains (and affinity sets),
+// recording them in o. all are the port's endpoints, usable or not; node
+// is this node, nodeAddrs its addresses.
+func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort, all []core.Endpoint, node string,
+	nodeAddrs []netip.Addr, o *objects) {
 	label := svc.Name.String()
 	proto := strings.ToLower(string(svc.Protocol))
 	port := strconv.Itoa(int(svc.Port))
@@ -375,11 +437,67 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		tx.Add(e)
 		o.elements = append(o.elements, e)
 	}
+	// The cluster IP first, then the external destinations: external and
+	// load balancer IPs are handled alike. An address listed twice (an
+	// ingress IP that is also an external IP) gets one element: a second
+	// would make the partial sync's delete of the first fail.
 	ipKeys := [][]string{{svc.ClusterIP.String(), proto, port}}
-	for _, eip := range svc.ExternalIPs {
-		ipKeys = append(ipKeys, []string{eip.String(), proto, port})
+	seen := map[netip.Addr]bool{svc.ClusterIP: true}
+	for _, ip := range slices.Concat(svc.ExternalIPs, svc.LoadBalancerIPs) {
+		if !seen[ip] {
+			seen[ip] = true
+			ipKeys = append(ipKeys, []string{ip.String(), proto, port})
+		}
+	}
+	var lbKeys [][]string
+	for _, ip := range slices.Compact(slices.SortedFunc(slices.Values(svc.LoadBalancerIPs), netip.Addr.Compare)) {
+		lbKeys = append(lbKeys, []string{ip.String(), proto, port})
 	}
 	nodePort := strconv.Itoa(int(svc.NodePort))
+
+	chain := func(name string) {
+		tx.Add(&knftables.Chain{Name: name, Comment: knftables.PtrTo(label)})
+		tx.Flush(&knftables.Chain{Name: name})
+		o.chains = append(o.chains, name)
+	}
+	rule := func(c string, parts ...any) { tx.Add(&knftables.Rule{Chain: c, Rule: knftables.Concat(parts...)}) }
+
+	// loadBalancerSourceRanges, with or without endpoints: a denied client
+	// is dropped before it could be rejected for the lack of them, as in
+	// kube-proxy. Only the load balancer IPs are guarded; the same port
+	// at the cluster IP, a NodePort or an external IP is not.
+	if len(lbKeys) > 0 && len(svc.LoadBalancerSourceRanges) > 0 {
+		fwChain := fwChainPrefix + sid
+		chain(fwChain)
+		var sources []string
+		allowFromNode := false
+		for _, r := range svc.LoadBalancerSourceRanges {
+			if s := r.String(); !slices.Contains(sources, s) {
+				sources = append(sources, s)
+			}
+			if slices.ContainsFunc(nodeAddrs, r.Contains) {
+				allowFromNode = true
+			}
+		}
+		// A load balancer IP is often also assigned to the node (kube-proxy
+		// says: by an IP route rule), so the node's own request to it is
+		// not sent to the load balancer but looped back with the load
+		// balancer IP as source; let it through when the ranges admit
+		// the node.
+		if allowFromNode {
+			for _, k := range lbKeys {
+				if !slices.Contains(sources, k[0]) {
+					sources = append(sources, k[0])
+				}
+			}
+		}
+		// The spaces around the commas keep each source a word of its own
+		// for the tracer.
+		rule(fwChain, "ip saddr != {", strings.Join(sources, " , "), "} drop")
+		for _, k := range lbKeys {
+			element(firewallIPsMap, k, "goto "+fwChain)
+		}
+	}
 
 	if len(eps) == 0 {
 		verdict := "goto " + rejectChain
@@ -394,13 +512,6 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		}
 		return
 	}
-
-	chain := func(name string) {
-		tx.Add(&knftables.Chain{Name: name, Comment: knftables.PtrTo(label)})
-		tx.Flush(&knftables.Chain{Name: name})
-		o.chains = append(o.chains, name)
-	}
-	rule := func(c string, parts ...any) { tx.Add(&knftables.Rule{Chain: c, Rule: knftables.Concat(parts...)}) }
 
 	hasExt := len(ipKeys) > 1 || svc.NodePort != 0
 	// externalTrafficPolicy Local: outside clients reach this node's

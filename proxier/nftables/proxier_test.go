@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -68,10 +69,109 @@ func webSnap() *testsnap.Builder {
 	return b
 }
 
+// Load balancer IPs: without source ranges; with ranges, one of which
+// holds the node's address (so the load balancer IPs are let through as
+// sources too); with externalTrafficPolicy Local; without endpoints; and
+// Local without an endpoint on this node.
+func lbSnap() *testsnap.Builder {
+	b := testsnap.New()
+	b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{nodeIP}}
+	b.Add(testsnap.Port{Name: "lb", PortName: "http", ClusterIP: "198.19.0.80", Port: 80, NodePort: 30080,
+		LoadBalancerIPs: []string{"198.19.250.1"}, Endpoints: []string{"198.18.64.80:8080"}, Remote: []string{"198.18.65.80:8080"}})
+	b.Add(testsnap.Port{Name: "lb-ranges", PortName: "http", ClusterIP: "198.19.0.81", Port: 80, NodePort: 30081,
+		LoadBalancerIPs: []string{"198.19.250.2", "198.19.250.3"}, SourceRanges: []string{"203.0.113.0/24", "198.18.0.0/24"},
+		Endpoints: []string{"198.18.64.81:8080"}, Remote: []string{"198.18.65.81:8080"}})
+	b.Add(testsnap.Port{Name: "lb-local", PortName: "http", ClusterIP: "198.19.0.82", Port: 80, NodePort: 30082, ExternalLocal: true,
+		LoadBalancerIPs: []string{"198.19.250.4"}, SourceRanges: []string{"203.0.113.0/24", "198.18.64.0/18"},
+		Endpoints: []string{"198.18.64.82:8080"}, Remote: []string{"198.18.65.82:8080"}})
+	b.Add(testsnap.Port{Name: "lb-empty", PortName: "http", ClusterIP: "198.19.0.83", Port: 80, NodePort: 30083,
+		LoadBalancerIPs: []string{"198.19.250.5"}, SourceRanges: []string{"203.0.113.0/24"}})
+	b.Add(testsnap.Port{Name: "lb-elsewhere", PortName: "http", ClusterIP: "198.19.0.84", Port: 80, NodePort: 30084, ExternalLocal: true,
+		LoadBalancerIPs: []string{"198.19.250.6"}, Remote: []string{"198.18.65.84:8080"}})
+	return b
+}
+
 // The whole table for a representative snapshot, kept in testdata: a
 // change to the rules shows in review.
 func TestFullSyncGolden(t *testing.T) {
 	golden.Check(t, "web.golden", []byte(fresh(t, webSnap().Snap)))
+}
+
+func TestLoadBalancerGolden(t *testing.T) {
+	golden.Check(t, "lb.golden", []byte(fresh(t, lbSnap().Snap)))
+}
+
+// A Service's source ranges change: only its firewall chain and elements
+// are rewritten; dropping the ranges removes them, and dropping the load
+// balancer IPs leaves nothing of them.
+func TestLoadBalancerChanges(t *testing.T) {
+	p, fake := newFakeProxier(t)
+	b := lbSnap()
+	sync(t, p, b.Snap, fullSync())
+	port := testsnap.Port{Name: "lb-ranges", PortName: "http", ClusterIP: "198.19.0.81", Port: 80, NodePort: 30081,
+		LoadBalancerIPs: []string{"198.19.250.2", "198.19.250.3"}, SourceRanges: []string{"192.0.2.0/24"},
+		Endpoints: []string{"198.18.64.81:8080"}, Remote: []string{"198.18.65.81:8080"}}
+	n := b.Add(port)
+	sync(t, p, b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)})
+	if tx := p.LastTransaction(); strings.Contains(tx, "ns/lb:") || strings.Contains(tx, "ns/lb-local") || strings.Contains(tx, "ns/lb-empty") {
+		t.Errorf("the partial sync for ns/lb-ranges touched other Services:\n%s", tx)
+	}
+	dump := fake.Dump()
+	// The node's address is in no range now: the load balancer IPs are
+	// not let through as sources any more.
+	if !strings.Contains(dump, "ip saddr != { 192.0.2.0/24 } drop") || strings.Contains(dump, "203.0.113.0/24 , 198.18.0.0/24") {
+		t.Errorf("after the ranges changed:\n%s", dump)
+	}
+	if want := fresh(t, b.Snap); dump != want {
+		t.Errorf("after the ranges changed:\n%s\nwant:\n%s", dump, want)
+	}
+
+	port.SourceRanges = nil
+	b.Add(port)
+	sync(t, p, b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)})
+	if dump, want := fake.Dump(), fresh(t, b.Snap); dump != want || strings.Contains(dump, "192.0.2.0/24") {
+		t.Errorf("after the ranges went:\n%s\nwant:\n%s", dump, want)
+	}
+
+	port.LoadBalancerIPs = nil
+	b.Add(port)
+	sync(t, p, b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)})
+	dump = fake.Dump()
+	for _, gone := range []string{"198.19.250.2", "198.19.250.3"} {
+		if strings.Contains(dump, gone) {
+			t.Errorf("the table still mentions %s after the load balancer went:\n%s", gone, dump)
+		}
+	}
+	if want := fresh(t, b.Snap); dump != want {
+		t.Errorf("after the load balancer went:\n%s\nwant:\n%s", dump, want)
+	}
+}
+
+// Whether a firewall chain lets the load balancer IP through as a source
+// depends on the node's addresses, and the tracker reports no Service
+// changed when only the Node did: a partial sync must still rewrite the
+// firewall chains, and only them.
+func TestNodeAddressChangeRewritesFirewalls(t *testing.T) {
+	p, fake := newFakeProxier(t)
+	b := lbSnap()
+	node := b.Snap.Node
+	b.Snap.Node = nil // not seen yet at the first sync
+	sync(t, p, b.Snap, fullSync())
+	if strings.Contains(fake.Dump(), "198.18.0.0/24 , 198.19.250.2") {
+		t.Fatalf("the load balancer IPs were let through before the node's address was known:\n%s", fake.Dump())
+	}
+	b.Snap.Node = node
+	sync(t, p, b.Snap, changed())
+	if st := p.LastStats(); st.Full || st.Rewritten != 3 {
+		t.Errorf("stats %+v: want a partial sync rewriting the 3 ports with source ranges", st)
+	}
+	if got, want := fake.Dump(), fresh(t, b.Snap); got != want {
+		t.Errorf("after the node's address showed up:\n%s\nwant:\n%s", got, want)
+	}
+	sync(t, p, b.Snap, changed())
+	if st := p.LastStats(); st.Rewritten != 0 {
+		t.Errorf("stats %+v: a sync with neither a Service nor the node changed rewrote ports", st)
+	}
 }
 
 func TestSecondFullSyncChangesNothing(t *testing.T) {
@@ -134,17 +234,43 @@ func TestDeletedServiceLeavesNothing(t *testing.T) {
 	}
 }
 
+// A deleted load balancer Service takes its firewall chain and elements
+// with it, with and without endpoints.
+func TestDeletedLoadBalancerLeavesNothing(t *testing.T) {
+	p, fake := newFakeProxier(t)
+	b := lbSnap()
+	sync(t, p, b.Snap, fullSync())
+	old := core.NewSnapshot()
+	for n, s := range b.Snap.Services {
+		if n.Name != "lb" {
+			old.Services[n] = s
+			delete(b.Snap.Services, n)
+			delete(b.Snap.Endpoints, n)
+		}
+	}
+	sync(t, p, b.Snap, changed(old))
+	dump := fake.Dump()
+	for _, gone := range []string{"chain ip proxymodes " + fwChainPrefix, "element ip proxymodes firewall-ips", "198.19.250.2", "198.19.250.5", "203.0.113.0/24"} {
+		if strings.Contains(dump, gone) {
+			t.Errorf("the table still holds %q after the Services with source ranges were deleted:\n%s", gone, dump)
+		}
+	}
+	if want := fresh(t, b.Snap); dump != want {
+		t.Errorf("after deleting them:\n%s\nwant:\n%s", dump, want)
+	}
+}
+
 // Any sequence of partial syncs ends where one full sync of the last
 // state would: the partial bookkeeping never leaves or misses anything.
 // Each state's table also passes the trace oracle.
 func TestRandomPartialSyncsMatchAFullSync(t *testing.T) {
 	for seed := int64(1); seed <= 40; seed++ {
 		p, fake := newFakeProxier(t)
-		prev := testsnap.Random(seed)
+		prev := withNode(testsnap.Random(seed), seed)
 		sync(t, p, prev, fullSync())
 		checkTraces(t, fake, prev)
 		for step := int64(1); step <= 4; step++ {
-			next := testsnap.Random(seed*100 + step)
+			next := withNode(testsnap.Random(seed*100+step), seed+step)
 			sync(t, p, next, changed(prev, next))
 			if got, want := fake.Dump(), fresh(t, next); got != want {
 				t.Fatalf("seed %d step %d: partial sync left:\n%s\nwant:\n%s", seed, step, got, want)
@@ -153,6 +279,16 @@ func TestRandomPartialSyncsMatchAFullSync(t *testing.T) {
 			prev = next
 		}
 	}
+}
+
+// withNode gives two of three random snapshots a Node object with this
+// node's address, which many of the random source ranges hold: syncs go
+// from a snapshot without to one with, and between two with.
+func withNode(snap *core.Snapshot, i int64) *core.Snapshot {
+	if i%3 != 0 {
+		snap.Node = &core.NodeInfo{Name: snap.NodeName, Addresses: []netip.Addr{nodeIP}}
+	}
+	return snap
 }
 
 // A restarted proxier knows nothing of the table: its first (full) sync

@@ -1,13 +1,25 @@
 package nftables
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/knftables"
 
+	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/proxier/internal/netnstest"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
@@ -61,6 +73,18 @@ func TestRealKernel(t *testing.T) {
 			ExternalLocal: true, Affinity: true, Endpoints: []string{"198.18.64.70:8080"}, Remote: []string{"198.18.65.70:8080"}})
 		b.Add(testsnap.Port{Name: "etp-elsewhere", ClusterIP: "198.19.0.71", Port: 80, NodePort: 30071, ExternalIPs: []string{"198.19.200.71"},
 			ExternalLocal: true, InternalLocal: true, Remote: []string{"198.18.65.71:8080"}})
+		// Load balancer IPs with source ranges that overlap and hold the
+		// node's address (so the anonymous set also holds a load balancer
+		// IP inside a range): nft must merge them, with and without
+		// endpoints, and the pre-DNAT filter chains must take their
+		// priority.
+		b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{nodeIP}}
+		for name, p := range lbSnap().Snap.Services {
+			b.Snap.Services[name] = p
+		}
+		b.Add(testsnap.Port{Name: "lb-overlap", ClusterIP: "198.19.0.85", Port: 80, LoadBalancerIPs: []string{"198.18.0.200"},
+			SourceRanges: []string{"198.18.0.0/16", "198.18.0.0/24", "198.18.0.200/32"}, ExternalLocal: true,
+			Endpoints: []string{"198.18.64.85:8080"}})
 		if err := p.Sync(b.Snap, changed(b.Snap)); err != nil {
 			t.Errorf("partial sync after %s changed: %v\n%s", web, err, p.LastTransaction())
 			return
@@ -120,4 +144,278 @@ func sorted(s []string) []string {
 		}
 	}
 	return out
+}
+
+// peer is a namespace behind a veth from the node: a pod or a client
+// somewhere outside.
+type peer struct {
+	ns netns.NsHandle
+	ln net.Listener
+}
+
+func (p *peer) close() {
+	if p.ln != nil {
+		p.ln.Close()
+	}
+	p.ns.Close()
+}
+
+// addPeer creates a namespace at ip linked to the node (the calling
+// locked thread's namespace, node) by the veth pm-<name>, whose node end
+// holds gw, the peer's default route. It leaves the thread in node.
+func addPeer(nl *netlink.Handle, node netns.NsHandle, name string, ip, gw netip.Addr) (*peer, error) {
+	ns, err := netns.New() // moves the thread into the peer...
+	if err != nil {
+		return nil, err
+	}
+	p := &peer{ns: ns}
+	if err := netns.Set(node); err != nil { // ...and back
+		p.close()
+		return nil, err
+	}
+	fail := func(err error) (*peer, error) {
+		p.close()
+		return nil, fmt.Errorf("peer %s: %w", name, err)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = "pm-" + name
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}); err != nil {
+		return fail(err)
+	}
+	h, err := nl.LinkByName(la.Name)
+	if err != nil {
+		return fail(err)
+	}
+	gwAddr, _ := netlink.ParseAddr(gw.String() + "/32")
+	if err := nl.AddrAdd(h, gwAddr); err != nil {
+		return fail(err)
+	}
+	if err := nl.LinkSetUp(h); err != nil {
+		return fail(err)
+	}
+	if err := nl.RouteAdd(&netlink.Route{LinkIndex: h.Attrs().Index, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fail(err)
+	}
+	ph, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fail(err)
+	}
+	defer ph.Close()
+	for _, ifname := range []string{"lo", "eth0"} {
+		l, err := ph.LinkByName(ifname)
+		if err != nil {
+			return fail(err)
+		}
+		if err := ph.LinkSetUp(l); err != nil {
+			return fail(err)
+		}
+	}
+	eth0, _ := ph.LinkByName("eth0")
+	a, _ := netlink.ParseAddr(ip.String() + "/32")
+	if err := ph.AddrAdd(eth0, a); err != nil {
+		return fail(err)
+	}
+	if err := ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: hostNet(gw), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fail(err)
+	}
+	if err := ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+		return fail(err)
+	}
+	return p, nil
+}
+
+func hostNet(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}
+}
+
+// in runs fn on the calling locked thread moved into p's namespace, and
+// brings it back to node; sockets fn creates stay in p's.
+func (p *peer) in(node netns.NsHandle, fn func() error) error {
+	if err := netns.Set(p.ns); err != nil {
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(node); err != nil {
+		// The thread is stuck elsewhere: nothing more may run on it.
+		panic(fmt.Sprintf("returning to the node namespace: %v", err))
+	}
+	return ferr
+}
+
+// serve makes p answer each connection to addr with "hello from <name>
+// to <client address>".
+func (p *peer) serve(node netns.NsHandle, name string, addr netip.AddrPort) error {
+	return p.in(node, func() error {
+		var err error
+		p.ln, err = net.Listen("tcp", addr.String())
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				c, err := p.ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+				c.Close()
+			}
+		}()
+		return nil
+	})
+}
+
+// dial connects from p to addr and returns the first line answered.
+func (p *peer) dial(node netns.NsHandle, addr netip.AddrPort, timeout time.Duration) (string, error) {
+	var c net.Conn
+	if err := p.in(node, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr.String(), timeout)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// TestRealLoadBalancerSourceRanges sends TCP connections through the
+// real kernel: a node namespace holding the table, a pod namespace with
+// the endpoint, and two client namespaces outside the cluster, one in
+// the load balancer's source range and one not. The allowed client is
+// served at the load balancer IP, the denied one's connection times out
+// (dropped, not refused) while the cluster IP still serves it; a partial
+// sync that widens the ranges lets it in, one that removes them too.
+func TestRealLoadBalancerSourceRanges(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatalf("nft is not installed (Debian package nftables; make deps installs it): %v", err)
+	}
+	netnstest.Run(t, iptables.OSExec{}, func(*netnstest.Guarded) {
+		node, err := netns.Get()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer node.Close()
+		nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer nl.Close()
+		lo, err := nl.LinkByName("lo")
+		if err == nil {
+			err = nl.LinkSetUp(lo)
+		}
+		if err == nil {
+			// /proc/sys/net is the namespace of the thread that opens it.
+			err = os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		}
+		if err != nil {
+			t.Errorf("setting up the node namespace: %v", err)
+			return
+		}
+
+		var (
+			podIP   = netip.MustParseAddr("198.18.64.10")
+			podGW   = netip.MustParseAddr("198.18.64.1")
+			gw      = netip.MustParseAddr("198.18.0.1") // the node, to clients
+			inIP    = netip.MustParseAddr("203.0.113.10")
+			outIP   = netip.MustParseAddr("192.0.2.10")
+			lbIP    = netip.MustParseAddr("198.19.250.2")
+			lb      = netip.AddrPortFrom(lbIP, 80)
+			cluster = netip.MustParseAddrPort("198.19.0.81:80")
+		)
+		pod, err := addPeer(nl, node, "pod", podIP, podGW)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer pod.close()
+		if err := pod.serve(node, "pod", netip.AddrPortFrom(podIP, 8080)); err != nil {
+			t.Errorf("pod server: %v", err)
+			return
+		}
+		allowed, err := addPeer(nl, node, "in", inIP, gw)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer allowed.close()
+		denied, err := addPeer(nl, node, "out", outIP, gw)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer denied.close()
+
+		nft, err := knftables.New(knftables.IPv4Family, TableName)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		p, err := New(Config{NFT: nft, ClusterCIDR: testsnap.ClusterCIDR})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer p.Cleanup()
+		b := testsnap.New()
+		port := testsnap.Port{Name: "lb", ClusterIP: cluster.Addr().String(), Port: 80, LoadBalancerIPs: []string{lbIP.String()},
+			SourceRanges: []string{"203.0.113.0/24"}, Endpoints: []string{netip.AddrPortFrom(podIP, 8080).String()}}
+		n := b.Add(port)
+		if err := p.Sync(b.Snap, fullSync()); err != nil {
+			t.Errorf("sync: %v\n%s", err, p.LastTransaction())
+			return
+		}
+		ruleset := func() string {
+			out, _ := exec.Command("nft", "list", "table", "ip", TableName).CombinedOutput()
+			return string(out)
+		}
+		// The Cluster policy masquerades: the pod sees its gateway.
+		served := func(who string, c *peer, addr netip.AddrPort) {
+			t.Helper()
+			if got, err := c.dial(node, addr, 3*time.Second); err != nil || got != "pod "+podGW.String() {
+				t.Errorf("%s to %s: answered %q (%v), want the pod seeing %s\n%s", who, addr, got, err, podGW, ruleset())
+			}
+		}
+		timesOut := func(who string, c *peer, addr netip.AddrPort) {
+			t.Helper()
+			got, err := c.dial(node, addr, 2*time.Second)
+			var ne net.Error
+			if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+				t.Errorf("%s to %s: answered %q (%v), want a timeout (dropped)\n%s", who, addr, got, err, ruleset())
+			}
+		}
+
+		served("the client in the source range", allowed, lb)
+		timesOut("the client outside the source range", denied, lb)
+		served("the client outside the source range, at the cluster IP", denied, cluster)
+
+		port.SourceRanges = []string{"203.0.113.0/24", "192.0.2.0/28"}
+		b.Add(port)
+		if err := p.Sync(b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)}); err != nil {
+			t.Errorf("partial sync: %v\n%s", err, p.LastTransaction())
+			return
+		}
+		served("the client in the widened source range", denied, lb)
+
+		port.SourceRanges = []string{"198.51.100.0/24"}
+		b.Add(port)
+		if err := p.Sync(b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)}); err != nil {
+			t.Errorf("partial sync: %v\n%s", err, p.LastTransaction())
+			return
+		}
+		timesOut("the client outside the moved source range", allowed, lb)
+
+		port.SourceRanges = nil
+		b.Add(port)
+		if err := p.Sync(b.Snap, core.ChangeSet{Services: sets.New(n.NamespacedName)}); err != nil {
+			t.Errorf("partial sync: %v\n%s", err, p.LastTransaction())
+			return
+		}
+		served("without source ranges, one client", allowed, lb)
+		served("without source ranges, the other", denied, lb)
+	})
 }

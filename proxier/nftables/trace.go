@@ -1,8 +1,10 @@
 package nftables
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -231,6 +233,27 @@ func (tr *tracer) match(f []string) (int, matched, error) {
 			// An affinity set: it may hold the client or not.
 			return n, perhaps, nil
 		}
+		if v == "{" {
+			// An anonymous set: "{ a , b/16 , c }".
+			in := false
+			for ; ; n++ {
+				if n >= len(f) {
+					return 0, no, fmt.Errorf("unterminated set in %q", strings.Join(f, " "))
+				}
+				w := f[n]
+				if w == "}" {
+					return n + 1, truth(in != neg), nil
+				}
+				if w == "{" || w == "," {
+					continue
+				}
+				c, err := contains(w, p.Src)
+				if err != nil {
+					return 0, no, err
+				}
+				in = in || c
+			}
+		}
 		in, err := contains(v, p.Src)
 		return n, truth(in != neg), err
 	case len(f) >= 3 && f[0] == "ip" && f[1] == "daddr" && f[2] != ".":
@@ -400,6 +423,100 @@ func (tr *tracer) numgen(f []string, st state, depth int) ([]end, error) {
 			return nil, err
 		}
 		out = append(out, ends...)
+	}
+	return out, nil
+}
+
+// TraceHooks walks p through every base chain of the table on each of
+// hooks in turn (e.g. prerouting then forward), each hook's chains in
+// priority order, as the kernel passes a packet through them: what one
+// chain accepts, DNATs or masquerades goes on into the next, addressed
+// to the DNAT target from then on; drop and reject end the walk. The
+// outcome's verdict is the last DNAT (or masquerade) on the way, else
+// accept; its chains are those of every base chain it went through.
+//
+// A DNAT target is taken for a remote address (a pod's): the tracer
+// does not know whether it is one of the node's own.
+func TraceHooks(fake *knftables.Fake, p Packet, hooks ...knftables.BaseChainHook) ([]Outcome, error) {
+	if fake.Table == nil {
+		return nil, fmt.Errorf("no table %s", TableName)
+	}
+	var bases []string
+	for _, h := range hooks {
+		type base struct {
+			name string
+			prio int
+		}
+		var bs []base
+		for name, c := range fake.Table.Chains {
+			if c.Hook == nil || *c.Hook != h {
+				continue
+			}
+			prio, err := knftables.ParsePriority(knftables.IPv4Family, string(*c.Priority))
+			if err != nil {
+				return nil, fmt.Errorf("chain %s: %w", name, err)
+			}
+			bs = append(bs, base{name, prio})
+		}
+		// Equal priorities run in an order nft does not promise; the
+		// mode gives none of its chains on one hook the same priority.
+		slices.SortFunc(bs, func(a, b base) int { return cmp.Or(cmp.Compare(a.prio, b.prio), strings.Compare(a.name, b.name)) })
+		for _, b := range bs {
+			bases = append(bases, b.name)
+		}
+	}
+
+	type branch struct {
+		pkt Packet
+		o   Outcome
+	}
+	branches := []branch{{pkt: p, o: Outcome{Verdict: "accept", Mark: p.Mark}}}
+	var done []Outcome
+	for _, base := range bases {
+		var next []branch
+		for _, br := range branches {
+			pkt := br.pkt
+			pkt.Mark = br.o.Mark
+			outs, err := Trace(fake, base, pkt)
+			if err != nil {
+				return nil, err
+			}
+			for _, o := range outs {
+				b := br
+				b.o.Chains = slices.Concat(br.o.Chains, o.Chains)
+				b.o.Mark = o.Mark
+				b.o.Random = br.o.Random || o.Random
+				switch o.Verdict {
+				case "accept":
+				case "dnat":
+					ap, err := netip.ParseAddrPort(o.DNAT)
+					if err != nil {
+						return nil, fmt.Errorf("chain %s: dnat to %q: %w", base, o.DNAT, err)
+					}
+					b.o.Verdict, b.o.DNAT = "dnat", o.DNAT
+					b.pkt.Dst, b.pkt.DstPort, b.pkt.LocalDst = ap.Addr(), ap.Port(), false
+				case "masquerade":
+					b.o.Verdict = "masquerade"
+				default:
+					b.o.Verdict, b.o.DNAT = o.Verdict, ""
+					done = append(done, b.o)
+					continue
+				}
+				next = append(next, b)
+			}
+		}
+		branches = next
+	}
+	for _, br := range branches {
+		done = append(done, br.o)
+	}
+	var out []Outcome
+	seen := map[string]bool{}
+	for _, o := range done {
+		if k := o.String(); !seen[k] {
+			seen[k] = true
+			out = append(out, o)
+		}
 	}
 	return out, nil
 }

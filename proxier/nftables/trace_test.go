@@ -22,6 +22,23 @@ func traced(t *testing.T, fake *knftables.Fake, base string, p Packet) []string 
 	if err != nil {
 		t.Fatalf("trace %+v from %s: %v", p, base, err)
 	}
+	return summary(outs)
+}
+
+// tracedHooks is traced through every base chain of hooks.
+func tracedHooks(t *testing.T, fake *knftables.Fake, p Packet, hooks ...knftables.BaseChainHook) []string {
+	t.Helper()
+	if p.Protocol == "" {
+		p.Protocol = "tcp"
+	}
+	outs, err := TraceHooks(fake, p, hooks...)
+	if err != nil {
+		t.Fatalf("trace %+v through %v: %v", p, hooks, err)
+	}
+	return summary(outs)
+}
+
+func summary(outs []Outcome) []string {
 	var got []string
 	for _, o := range outs {
 		s := o.Verdict
@@ -90,7 +107,8 @@ func endpointStrings(eps []core.Endpoint) []string {
 // reaches those externalTrafficPolicy allows, marked unless it is Local,
 // while pods and the node itself reach every usable endpoint. What has no
 // endpoints is rejected in the filter hooks, what a Local policy leaves
-// none for on this node is dropped.
+// none for on this node is dropped. Load balancer IPs are checked by
+// checkLoadBalancer.
 func checkTraces(t *testing.T, fake *knftables.Fake, snap *core.Snapshot) {
 	t.Helper()
 	for _, name := range snap.SortedServicePorts() {
@@ -136,7 +154,113 @@ func checkTraces(t *testing.T, fake *knftables.Fake, snap *core.Snapshot) {
 				checkFilter(t, fake, what+" from outside, externalTrafficPolicy Local without local endpoints", d.filter, out, "drop")
 			}
 		}
+		for _, lb := range svc.LoadBalancerIPs {
+			checkLoadBalancer(t, fake, snap, name, lb)
+		}
 	}
+}
+
+// farClient is in no source range testsnap.Random or the tests here use.
+var farClient = netip.MustParseAddr("192.0.2.99")
+
+// checkLoadBalancer traces connections to one load balancer IP of a
+// service port through the kernel's path, firewall included: from pods,
+// from outside, from the node itself and from an address at either end
+// of each source range. One the ranges admit is treated as at an
+// external IP; any other is dropped before DNAT. No ranges admit every
+// source; with a range that holds one of the node's addresses the load
+// balancer IP as source (the node's own traffic looped back) passes too.
+func checkLoadBalancer(t *testing.T, fake *knftables.Fake, snap *core.Snapshot, name core.ServicePortName, lb netip.Addr) {
+	t.Helper()
+	svc := snap.Services[name]
+	all := snap.Endpoints[name]
+	eps := core.UsableEndpoints(all)
+	external, _ := core.ExternalEndpoints(svc, all, snap.NodeName)
+	ranges := svc.LoadBalancerSourceRanges
+	var nodeAddrs []netip.Addr
+	if snap.Node != nil {
+		nodeAddrs = snap.Node.Addresses
+	}
+	inRanges := func(a netip.Addr) bool {
+		return slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Contains(a) })
+	}
+	allowFromNode := slices.ContainsFunc(nodeAddrs, inRanges)
+
+	type client struct {
+		src  netip.Addr
+		self bool // the node sends it: output, not prerouting
+	}
+	clients := []client{{podClient, false}, {nodeClient, false}, {farClient, false}, {nodeIP, true}, {lb, true}}
+	for _, r := range ranges {
+		clients = append(clients, client{r.Addr(), false}, client{lastAddr(r), false})
+	}
+	var allowed, denied int
+	for _, c := range clients {
+		// An endpoint as client is a hairpin, which marks for SNAT.
+		if slices.ContainsFunc(all, func(ep core.Endpoint) bool { return ep.IP == c.src }) {
+			continue
+		}
+		what := fmt.Sprintf("%s: load balancer IP %s:%d from %s", name, lb, svc.Port, c.src)
+		pkt := Packet{Protocol: strings.ToLower(string(svc.Protocol)), Src: c.src, Dst: lb, DstPort: uint16(svc.Port), LocalSrc: c.self}
+		hooks := []knftables.BaseChainHook{knftables.PreroutingHook, knftables.ForwardHook}
+		if c.self {
+			what += " (the node)"
+			hooks = []knftables.BaseChainHook{knftables.OutputHook}
+		}
+		outs, err := TraceHooks(fake, pkt, hooks...)
+		if err != nil {
+			t.Errorf("%s: trace: %v", what, err)
+			continue
+		}
+		if len(ranges) > 0 && !inRanges(c.src) && !(c.src == lb && allowFromNode) {
+			denied++
+			// Dropped by the firewall, before any DNAT, whatever the
+			// endpoints.
+			if len(outs) != 1 || outs[0].Verdict != "drop" || !slices.ContainsFunc(outs[0].Chains, func(c string) bool { return strings.HasPrefix(c, fwChainPrefix) }) {
+				t.Errorf("%s, outside the source ranges %v: %v, want dropped by the firewall", what, ranges, outs)
+			}
+			continue
+		}
+		allowed++
+		want, masq := external, !svc.ExternalLocal
+		switch {
+		case c.self:
+			want, masq = eps, true
+		case testsnap.ClusterCIDR.Contains(c.src):
+			want = eps
+		}
+		if len(want) == 0 {
+			verdict := "reject"
+			if len(eps) > 0 {
+				verdict = "drop" // Local, no endpoint here
+			}
+			if len(outs) != 1 || outs[0].Verdict != verdict {
+				t.Errorf("%s: %v, want %s", what, outs, verdict)
+			}
+			continue
+		}
+		if got, want := dnatTargets(outs), endpointStrings(want); !slices.Equal(got, want) || len(outs) != len(got) {
+			t.Errorf("%s reaches %v, want %v\n%v", what, got, want, outs)
+		}
+		for _, o := range outs {
+			if o.Verdict == "dnat" && (o.Mark&masqMark != 0) != masq {
+				t.Errorf("%s: marked for masquerade %t, want %t: %v", what, o.Mark&masqMark != 0, masq, o)
+			}
+		}
+	}
+	// The clients above always include one inside and one outside.
+	if allowed == 0 || (len(ranges) > 0 && denied == 0) {
+		t.Errorf("%s: %s: %d clients allowed, %d denied: the oracle missed a side", name, lb, allowed, denied)
+	}
+}
+
+// lastAddr is the highest address in r.
+func lastAddr(r netip.Prefix) netip.Addr {
+	a := r.Masked().Addr().As4()
+	host := ^uint32(0) >> r.Bits() // 0 for a /32: Go shifts all bits out
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 // checkNAT traces pkt from a nat base chain: it must reach exactly want,
@@ -320,6 +444,69 @@ func TestTraceExternalTrafficPolicyLocal(t *testing.T) {
 	if got, want := traced(t, all, "nat-prerouting", Packet{Src: pod, Dst: netip.MustParseAddr("198.19.0.70"), DstPort: 80}), []string{local + " masq", remote + " masq"}; !slices.Equal(got, want) {
 		t.Errorf("masquerade-all, a pod to the cluster IP: %v, want %v", got, want)
 	}
+}
+
+// Load balancer IPs: handled like external IPs, behind their source
+// ranges, which the firewall checks before DNAT for traffic from outside,
+// from pods and from the node alike.
+func TestTraceLoadBalancer(t *testing.T) {
+	p, fake := newFakeProxier(t)
+	sync(t, p, lbSnap().Snap, fullSync())
+	allowed := netip.MustParseAddr("203.0.113.9")
+	lbIP := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 250, byte(i)}) }
+	in := []knftables.BaseChainHook{knftables.PreroutingHook, knftables.ForwardHook}
+	out := []knftables.BaseChainHook{knftables.OutputHook}
+	for _, tc := range []struct {
+		name  string
+		p     Packet
+		hooks []knftables.BaseChainHook
+		want  []string
+	}{
+		{"no ranges: any client, marked", Packet{Src: farClient, Dst: lbIP(1), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.80:8080 masq", "dnat 198.18.65.80:8080 masq"}},
+		{"no ranges: a pod, marked", Packet{Src: pod, Dst: lbIP(1), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.80:8080 masq", "dnat 198.18.65.80:8080 masq"}},
+		{"the wrong port is not the Service", Packet{Src: farClient, Dst: lbIP(1), DstPort: 81}, in, []string{"accept"}},
+		{"ranges: a client inside one", Packet{Src: allowed, Dst: lbIP(2), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges: the second load balancer IP too", Packet{Src: allowed, Dst: lbIP(3), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges: a client outside them is dropped", Packet{Src: farClient, Dst: lbIP(2), DstPort: 80}, in, []string{"drop"}},
+		{"ranges: a pod outside them is dropped", Packet{Src: pod, Dst: lbIP(2), DstPort: 80}, in, []string{"drop"}},
+		{"ranges: the node, inside one", Packet{Src: nodeIP, LocalSrc: true, Dst: lbIP(2), DstPort: 80}, out,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges: the node's traffic looped back from the load balancer IP", Packet{Src: lbIP(3), LocalSrc: true, Dst: lbIP(3), DstPort: 80}, out,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges: the other load balancer IP as source too", Packet{Src: lbIP(2), LocalSrc: true, Dst: lbIP(3), DstPort: 80}, out,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges never guard the cluster IP", Packet{Src: farClient, Dst: netip.MustParseAddr("198.19.0.81"), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"ranges never guard the NodePort", Packet{Src: farClient, Dst: nodeIP, LocalDst: true, DstPort: 30081},
+			[]knftables.BaseChainHook{knftables.PreroutingHook, knftables.InputHook},
+			[]string{"dnat 198.18.64.81:8080 masq", "dnat 198.18.65.81:8080 masq"}},
+		{"Local: an outside client in range reaches the local endpoint, unmarked", Packet{Src: allowed, Dst: lbIP(4), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.82:8080"}},
+		{"Local: a pod in range reaches both, unmarked", Packet{Src: pod, Dst: lbIP(4), DstPort: 80}, in,
+			[]string{"dnat 198.18.64.82:8080", "dnat 198.18.65.82:8080"}},
+		{"Local: the node is in no range", Packet{Src: nodeIP, LocalSrc: true, Dst: lbIP(4), DstPort: 80}, out, []string{"drop"}},
+		{"Local: nor is the load balancer IP", Packet{Src: lbIP(4), LocalSrc: true, Dst: lbIP(4), DstPort: 80}, out, []string{"drop"}},
+		{"no endpoints: a client in range is rejected", Packet{Src: allowed, Dst: lbIP(5), DstPort: 80}, in, []string{"reject"}},
+		{"no endpoints: the node, in no range, is dropped before it could be rejected", Packet{Src: nodeIP, LocalSrc: true, Dst: lbIP(5), DstPort: 80}, out, []string{"drop"}},
+		{"no endpoints: a client outside the ranges is dropped", Packet{Src: farClient, Dst: lbIP(5), DstPort: 80}, in, []string{"drop"}},
+		{"Local without an endpoint here: outside clients are dropped", Packet{Src: farClient, Dst: lbIP(6), DstPort: 80}, in, []string{"drop"}},
+		{"Local without an endpoint here: pods reach the remote one", Packet{Src: pod, Dst: lbIP(6), DstPort: 80}, in, []string{"dnat 198.18.65.84:8080"}},
+		{"Local without an endpoint here: the node too, marked", Packet{Src: nodeIP, LocalSrc: true, Dst: lbIP(6), DstPort: 80}, out, []string{"dnat 198.18.65.84:8080 masq"}},
+	} {
+		if got := tracedHooks(t, fake, tc.p, tc.hooks...); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// (The tracer runs nat chains for any packet; the kernel, for a
+	// connection's first only.)
+	if got := traced(t, fake, "filter-prerouting-pre-dnat", Packet{Src: farClient, Dst: lbIP(2), DstPort: 80, Established: true}); !slices.Equal(got, []string{"accept"}) {
+		t.Errorf("an established connection is checked again: %v, want accept", got)
+	}
+	checkTraces(t, fake, lbSnap().Snap)
 }
 
 // The tracer refuses rules it does not know, so a new rule form cannot
