@@ -15,8 +15,9 @@ import (
 // iptables-restore (nft and legacy) in a scratch netns, with IPVS and the
 // dummy device faked: it needs no ip_vs, so it runs on any Linux host. The
 // kernel's view, read back with iptables-save and loaded into the fake,
-// must mark and masquerade the same packets as the rules we rendered; a
-// second full sync must not duplicate jumps; Cleanup must leave nothing.
+// must mark and masquerade the same packets as the rules we rendered and
+// drop the same sources on their way to a load balancer IP; a second full
+// sync must not duplicate jumps; Cleanup must leave nothing.
 func TestRealIPTablesRules(t *testing.T) {
 	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
@@ -40,6 +41,7 @@ func TestRealIPTablesRules(t *testing.T) {
 					return
 				}
 				b, _ := webSnap()
+				addLoadBalancers(b)
 				if err := p.Sync(b.Snap, fullSync()); err != nil {
 					t.Errorf("full sync: %v\n%s", err, p.LastBatch())
 					return
@@ -56,6 +58,7 @@ func TestRealIPTablesRules(t *testing.T) {
 				// Trace through what the kernel holds, not what we sent.
 				e.p = p
 				traceMasquerade(t, e)
+				traceFirewall(t, e, lbFirewallCases())
 
 				if err := p.Sync(b.Snap, fullSync()); err != nil {
 					t.Errorf("second full sync: %v", err)

@@ -1,13 +1,15 @@
 // Package ipvs is the IPVS proxy mode. Every Service port becomes an IPVS
-// virtual server on its cluster IP (and on each external IP, and on each
-// node address for a NodePort); its usable endpoints become real servers
-// reached by masquerading. Under a Local traffic policy the virtual servers
-// it governs (internal: the cluster IP; external: NodePorts and external
-// IPs) get only this node's endpoints, and external traffic under
+// virtual server on its cluster IP (and on each external IP, on each load
+// balancer ingress IP, and on each node address for a NodePort); its
+// usable endpoints become real servers reached by masquerading. Under a
+// Local traffic policy the virtual servers it governs (internal: the
+// cluster IP; external: NodePorts, external IPs and load balancer IPs) get
+// only this node's endpoints, and external traffic under
 // externalTrafficPolicy Local is not source-NATed, so the backend sees the
 // client. The VIPs are bound to a dummy device (kube-ipvs0) so the node
 // accepts their traffic, and a small iptables batch marks the connections
-// that must be source-NATed.
+// that must be source-NATed and drops traffic to a load balancer IP from
+// outside its loadBalancerSourceRanges.
 //
 // Each sync diffs the kernel's IPVS table against the snapshot and applies
 // only the difference, so a restarted proxier converges without flushing
@@ -290,14 +292,15 @@ func (p *Proxier) desired(snap *core.Snapshot) (map[VSKey]*wantedVS, []VSKey, []
 		// has this node's endpoints only, and none when there are none
 		// here (IPVS then refuses, as for kube-proxy).
 		internal, _ := core.InternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
-		// externalTrafficPolicy Local does the same for the NodePort and
-		// external-IP virtual servers. IPVS cannot tell a pod or the node
-		// itself from an outside client there, so unlike the iptables
-		// mode they get this node's endpoints too. Where there are none,
-		// kube-proxy falls back to the cluster-wide endpoints when the
-		// internal policy allows it (kubernetes#97081), which lets pods
-		// in but sends outside clients to a backend whose unSNATed reply
-		// never reaches them; refusing fails them fast instead.
+		// externalTrafficPolicy Local does the same for the NodePort,
+		// external-IP and load-balancer-IP virtual servers. IPVS cannot
+		// tell a pod or the node itself from an outside client there, so
+		// unlike the iptables mode they get this node's endpoints too.
+		// Where there are none, kube-proxy falls back to the cluster-wide
+		// endpoints when the internal policy allows it (kubernetes#97081),
+		// which lets pods in but sends outside clients to a backend whose
+		// unSNATed reply never reaches them; refusing fails them fast
+		// instead.
 		external, _ := core.ExternalEndpoints(svc, snap.Endpoints[name], snap.NodeName)
 		dests := realServers(external)
 		base := VirtualServer{Protocol: proto, Scheduler: p.scheduler}
@@ -315,6 +318,16 @@ func (p *Proxier) desired(snap *core.Snapshot) (map[VSKey]*wantedVS, []VSKey, []
 			if eip.Is4() {
 				add(name, at(eip, svc.Port), dests)
 				vips[eip] = true
+			}
+		}
+		// A load balancer delivers its traffic with the ingress IP as
+		// destination, so the node must accept it like an external IP;
+		// loadBalancerSourceRanges are enforced by the filter rules, not
+		// here, since IPVS has no notion of a source.
+		for _, lb := range svc.LoadBalancerIPs {
+			if lb.Is4() {
+				add(name, at(lb, svc.Port), dests)
+				vips[lb] = true
 			}
 		}
 		if svc.NodePort != 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -16,16 +17,27 @@ import (
 // masqueraded. Without ipset, the per-service matches are plain rules:
 //
 //	nat PREROUTING, OUTPUT -> PM-IPVS-SERVICES
-//	    cluster IP from outside the cluster CIDR -> PM-IPVS-MARK-MASQ
-//	    external IP                              -> PM-IPVS-MARK-MASQ
-//	    external IP, externalTrafficPolicy Local -> RETURN
+//	    cluster IP from outside the cluster CIDR                  -> PM-IPVS-MARK-MASQ
+//	    external or load balancer IP                              -> PM-IPVS-MARK-MASQ
+//	    external or load balancer IP, externalTrafficPolicy Local -> RETURN
 //	    (last) local destination -> PM-IPVS-NODEPORTS
 //	        node port                              -> PM-IPVS-MARK-MASQ
 //	        node port, externalTrafficPolicy Local -> RETURN
 //	nat POSTROUTING -> PM-IPVS-POSTROUTING
 //	    hairpin (a pod reaching itself through its Service) -> MASQUERADE
 //	    marked -> MASQUERADE
+//	filter INPUT, FORWARD -> PM-IPVS-FIREWALL
+//	    load balancer IP:port with loadBalancerSourceRanges -> PM-IPVS-SOURCE-RANGES
+//	        (that IP:port) from a source range -> RETURN
+//	        (that IP:port) from the IP itself, when a range holds this node -> RETURN
+//	        (last) DROP
 //	filter FORWARD -> PM-IPVS-FORWARD (accept marked and established traffic)
+//
+// The firewall is kube-proxy's KUBE-PROXY-FIREWALL and
+// KUBE-SOURCE-RANGES-FIREWALL with its KUBE-LOAD-BALANCER-FW,
+// -SOURCE-CIDR and -SOURCE-IP ipsets spelled out as rules. It sits in the
+// filter table because IPVS schedules a connection in LOCAL_IN, after
+// filter INPUT has seen its packets.
 //
 // The chain names differ from the iptables mode's (PM-SERVICES, ...), so
 // the two modes never overwrite each other's rules; both share the "PM-"
@@ -38,13 +50,15 @@ const (
 	postroutingChain = "PM-IPVS-POSTROUTING"
 	markMasqChain    = "PM-IPVS-MARK-MASQ"
 	forwardChain     = "PM-IPVS-FORWARD"
+	firewallChain    = "PM-IPVS-FIREWALL"
+	sourceRangeChain = "PM-IPVS-SOURCE-RANGES"
 
 	tableFilter = "filter"
 	tableNAT    = "nat"
 )
 
 var (
-	filterChains = []string{forwardChain}
+	filterChains = []string{forwardChain, firewallChain, sourceRangeChain}
 	natChains    = []string{servicesChain, nodePortsChain, postroutingChain, markMasqChain}
 )
 
@@ -56,6 +70,10 @@ var builtinChains = map[string][]string{
 
 // jumpRules are the only rules this mode writes into chains it does not own.
 var jumpRules = []iptables.Jump{
+	{Table: tableFilter, From: "INPUT", To: firewallChain, Comment: "proxymodes ipvs load balancer firewall"},
+	// The firewall goes first so that the forwarding chain's ACCEPT of
+	// marked packets cannot let a denied source through.
+	{Table: tableFilter, From: "FORWARD", To: firewallChain, Comment: "proxymodes ipvs load balancer firewall"},
 	{Table: tableFilter, From: "FORWARD", To: forwardChain, Comment: "proxymodes ipvs forwarding rules"},
 	{Table: tableNAT, From: "PREROUTING", To: servicesChain, Comment: "proxymodes ipvs service portals"},
 	{Table: tableNAT, From: "OUTPUT", To: servicesChain, Comment: "proxymodes ipvs service portals"},
@@ -164,6 +182,7 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 		"-m", "mark", "--mark", cfg.masqMatch, "-j", "ACCEPT")
 	f.add("-A", forwardChain, "-m", "comment", "--comment", quote("proxymodes ipvs forwarding conntrack rule"),
 		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+	renderFirewall(f, snap)
 
 	n := &r.natBody
 	// Hairpin: IPVS sent a pod's connection back to that pod, which would
@@ -237,6 +256,16 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 			n.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" external IP"+extComment),
 				"-m", proto, "-p", proto, "-d", eip.String(), "--dport", port, "-j", extTarget)
 		}
+		// A load balancer that kept the client's address needs the same
+		// SNAT decision as an external IP: without it a remote backend
+		// would answer the client directly.
+		for _, lb := range svc.LoadBalancerIPs {
+			if !lb.Is4() {
+				continue
+			}
+			n.add("-A", servicesChain, "-m", "comment", "--comment", quote(label+" load balancer IP"+extComment),
+				"-m", proto, "-p", proto, "-d", lb.String(), "--dport", port, "-j", extTarget)
+		}
 		if svc.NodePort != 0 {
 			n.add("-A", nodePortsChain, "-m", "comment", "--comment", quote(label+" node port"+extComment),
 				"-m", proto, "-p", proto, "--dport", strconv.Itoa(int(svc.NodePort)), "-j", extTarget)
@@ -246,6 +275,66 @@ func renderRules(cfg ruleConfig, snap *core.Snapshot, existing map[string]*iptab
 		"-m", "addrtype", "--dst-type", "LOCAL", "!", "-d", "127.0.0.0/8", "-j", nodePortsChain)
 
 	return r
+}
+
+// renderFirewall writes the loadBalancerSourceRanges rules: traffic to a
+// load balancer IP:port that has ranges goes through the source-range
+// chain, which returns for allowed sources and drops the rest. Entries are
+// deduplicated as kube-proxy's ipsets would be, so two Services claiming
+// one IP:port allow the union of their ranges, as there.
+func renderFirewall(f *ruleBuf, snap *core.Snapshot) {
+	var nodeIPs []netip.Addr
+	if snap.Node != nil {
+		nodeIPs = snap.Node.Addresses
+	}
+	var allowed ruleBuf
+	seen := map[string]bool{}
+	for _, name := range snap.SortedServicePorts() {
+		svc := snap.Services[name]
+		if !svc.ClusterIP.Is4() || len(svc.LoadBalancerSourceRanges) == 0 {
+			continue
+		}
+		proto := strings.ToLower(string(svc.Protocol))
+		port := strconv.Itoa(int(svc.Port))
+		label := name.String()
+		// As kube-proxy's allowFromNode: when a range holds this node,
+		// the load balancer IP is allowed as a source too, since that is
+		// the source the node picks for its own packets to an IP bound
+		// here.
+		fromNode := slices.ContainsFunc(svc.LoadBalancerSourceRanges, func(r netip.Prefix) bool {
+			return slices.ContainsFunc(nodeIPs, r.Contains)
+		})
+		for _, lb := range svc.LoadBalancerIPs {
+			if !lb.Is4() {
+				continue
+			}
+			dst := []string{"-m", proto, "-p", proto, "-d", lb.String(), "--dport", port}
+			key := proto + "/" + netip.AddrPortFrom(lb, uint16(svc.Port)).String()
+			if !seen[key] {
+				seen[key] = true
+				f.add(slices.Concat([]string{"-A", firewallChain, "-m", "comment", "--comment", quote(label + " load balancer IP")},
+					dst, []string{"-j", sourceRangeChain})...)
+			}
+			allow := func(src netip.Prefix, comment string) {
+				if k := key + " " + src.String(); !seen[k] {
+					seen[k] = true
+					allowed.add(slices.Concat([]string{"-A", sourceRangeChain, "-m", "comment", "--comment", quote(label + comment)},
+						dst, []string{"-s", src.String(), "-j", "RETURN"})...)
+				}
+			}
+			for _, r := range svc.LoadBalancerSourceRanges {
+				if r.Addr().Is4() {
+					allow(r, " load balancer source range")
+				}
+			}
+			if fromNode {
+				allow(netip.PrefixFrom(lb, 32), " load balancer IP from itself, this node is in a source range")
+			}
+		}
+	}
+	f.Write(allowed.Bytes())
+	f.lines += allowed.lines
+	f.add("-A", sourceRangeChain, "-m", "comment", "--comment", quote("proxymodes ipvs load balancer source not allowed"), "-j", "DROP")
 }
 
 // quoteArgs quotes arguments with spaces, as iptables-restore expects.

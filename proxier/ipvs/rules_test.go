@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/proxymodes/proxymodes/harness/golden"
+	"github.com/proxymodes/proxymodes/proxier/core"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 	"github.com/proxymodes/proxymodes/proxier/iptables"
 )
@@ -44,6 +45,7 @@ var goldenCases = []struct {
 			ExternalIPs: []string{"198.19.200.1"}, Endpoints: []string{"198.18.64.30:8080"}})
 		return b
 	}},
+	{"load-balancer", nil, func() *testsnap.Builder { return lbSnap() }},
 	{"masquerade-all", func(c *Config) { c.MasqueradeAll = true }, func() *testsnap.Builder {
 		b := testsnap.New()
 		b.Add(testsnap.Port{Name: "web", PortName: "http", ClusterIP: "198.19.0.10", Port: 80, Endpoints: []string{"198.18.64.10:8080"}})
@@ -191,4 +193,110 @@ func traceMasquerade(t *testing.T, e *env) {
 	if err != nil || len(fwd) != 1 || fwd[0].Verdict != "ACCEPT" || !strings.Contains(fwd[0].String(), forwardChain) {
 		t.Errorf("established reply through FORWARD: %v %v, want ACCEPT by %s", fwd, err, forwardChain)
 	}
+}
+
+// Addresses of lbSnap. The node (198.18.0.1) is in the ranges of "fw" but
+// not in those of "fw-local".
+var (
+	lbOpen      = netip.MustParseAddr("198.19.210.1") // "open": no source ranges
+	lbFW        = netip.MustParseAddr("198.19.210.2") // "fw": ranges, one holding the node
+	lbLocal     = netip.MustParseAddr("198.19.210.3") // "fw-local": externalTrafficPolicy Local, a range without the node
+	lbEmpty     = netip.MustParseAddr("198.19.210.4") // "fw-empty": ranges, no endpoints
+	fwExtIP     = netip.MustParseAddr("198.19.200.2") // "fw"'s external IP
+	fwClusterIP = netip.MustParseAddr("198.19.0.61")
+	// inRange is in every Service's source ranges, stranger in none.
+	inRange  = netip.MustParseAddr("198.18.128.7")
+	stranger = netip.MustParseAddr("198.18.130.7")
+)
+
+// lbSnap: LoadBalancer Services with and without loadBalancerSourceRanges.
+func lbSnap() *testsnap.Builder {
+	b := testsnap.New()
+	addLoadBalancers(b)
+	b.Snap.Node = &core.NodeInfo{Name: testsnap.Node, Addresses: []netip.Addr{node1}}
+	return b
+}
+
+// addLoadBalancers adds lbSnap's Services to b, whose other Services must
+// not use its addresses.
+func addLoadBalancers(b *testsnap.Builder) {
+	b.Add(testsnap.Port{Name: "open", PortName: "http", ClusterIP: "198.19.0.60", Port: 80, NodePort: 30060,
+		LoadBalancerIPs: []string{lbOpen.String()}, Endpoints: []string{"198.18.64.60:8080"}, Remote: []string{"198.18.65.60:8080"}})
+	b.Add(testsnap.Port{Name: "fw", PortName: "https", ClusterIP: fwClusterIP.String(), Port: 443, NodePort: 30061,
+		ExternalIPs: []string{fwExtIP.String()}, LoadBalancerIPs: []string{lbFW.String()},
+		SourceRanges: []string{"198.18.128.0/24", "198.18.0.0/24"}, Affinity: true, Timeout: 600,
+		Endpoints: []string{"198.18.64.61:8443"}, Remote: []string{"198.18.65.61:8443"}})
+	b.Add(testsnap.Port{Name: "fw-local", PortName: "http", ClusterIP: "198.19.0.62", Port: 80, NodePort: 30062,
+		LoadBalancerIPs: []string{lbLocal.String()}, SourceRanges: []string{"198.18.128.0/25"}, ExternalLocal: true,
+		Endpoints: []string{"198.18.64.62:8080"}, Remote: []string{"198.18.65.62:8080"}})
+	b.Add(testsnap.Port{Name: "fw-empty", PortName: "http", ClusterIP: "198.19.0.63", Port: 80, NodePort: 30063,
+		LoadBalancerIPs: []string{lbEmpty.String()}, SourceRanges: []string{"198.18.128.0/24"}})
+}
+
+// fwCase is one packet sent through the load balancer firewall.
+type fwCase struct {
+	name    string
+	chain   string // filter INPUT unless set
+	pkt     iptables.Packet
+	dropped bool
+}
+
+// lbFirewallCases are the firewall verdicts lbSnap asks for.
+func lbFirewallCases() []fwCase {
+	tcp := func(src, dst netip.Addr, port uint16) iptables.Packet {
+		return iptables.Packet{Protocol: "tcp", Src: src, Dst: dst, DstPort: port, LocalDst: true}
+	}
+	pod := netip.MustParseAddr("198.18.70.5")
+	return []fwCase{
+		{name: "in range to a load balancer IP with ranges", pkt: tcp(inRange, lbFW, 443)},
+		{name: "node-range source to a load balancer IP with ranges", pkt: tcp(node2, lbFW, 443)},
+		{name: "outside every range to a load balancer IP with ranges", pkt: tcp(stranger, lbFW, 443), dropped: true},
+		{name: "pod outside every range to a load balancer IP with ranges", pkt: tcp(pod, lbFW, 443), dropped: true},
+		{name: "outside every range, forwarded and marked", chain: "FORWARD", dropped: true,
+			pkt: iptables.Packet{Protocol: "tcp", Src: stranger, Dst: lbFW, DstPort: 443, Mark: 0x4000}},
+		{name: "the load balancer IP itself, node in a range", pkt: tcp(lbFW, lbFW, 443)},
+		{name: "the load balancer IP itself, node in no range", pkt: tcp(lbLocal, lbLocal, 80), dropped: true},
+		{name: "in range to a Local load balancer IP", pkt: tcp(inRange, lbLocal, 80)},
+		{name: "outside every range to a Local load balancer IP", pkt: tcp(stranger, lbLocal, 80), dropped: true},
+		{name: "outside every range to a load balancer IP without endpoints", pkt: tcp(stranger, lbEmpty, 80), dropped: true},
+		{name: "outside every range to a load balancer IP without ranges", pkt: tcp(stranger, lbOpen, 80)},
+		{name: "outside every range, other port of the load balancer IP", pkt: tcp(stranger, lbFW, 80)},
+		{name: "outside every range, other protocol", pkt: iptables.Packet{Protocol: "udp", Src: stranger, Dst: lbFW, DstPort: 443, LocalDst: true}},
+		// Source ranges are for the load balancer only.
+		{name: "outside every range to the cluster IP", pkt: tcp(stranger, fwClusterIP, 443)},
+		{name: "outside every range to the external IP", pkt: tcp(stranger, fwExtIP, 443)},
+		{name: "outside every range to the node port", pkt: tcp(stranger, node1, 30061)},
+	}
+}
+
+// traceFirewall checks the filter verdicts of cases against e.ipt. It
+// may run off the test goroutine, so it never calls t.Fatal.
+func traceFirewall(t *testing.T, e *env, cases []fwCase) {
+	for _, tc := range cases {
+		chain := tc.chain
+		if chain == "" {
+			chain = "INPUT"
+		}
+		out, err := e.ipt.Trace("filter", chain, tc.pkt)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			return
+		}
+		want := "ACCEPT"
+		if tc.dropped {
+			want = "DROP"
+		}
+		if len(out) != 1 || out[0].Verdict != want {
+			t.Errorf("%s (%s -> %s:%d, filter %s): outcomes %v, want %s", tc.name, tc.pkt.Src, tc.pkt.Dst, tc.pkt.DstPort, chain, out, want)
+		}
+	}
+}
+
+// TestTraceLoadBalancerFirewall walks packets through the filter rules of
+// lbSnap: sources outside loadBalancerSourceRanges are dropped on the way
+// to the load balancer IP only.
+func TestTraceLoadBalancerFirewall(t *testing.T) {
+	e := newEnv(t)
+	e.sync(t, lbSnap().Snap, fullSync())
+	traceFirewall(t, e, lbFirewallCases())
 }

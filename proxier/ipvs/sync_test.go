@@ -358,6 +358,173 @@ TCP 198.19.0.52:80 rr
 	}
 }
 
+// A load balancer IP is served like an external IP: a virtual server with
+// the Service's scheduling and external endpoints, bound to the dummy
+// device, its traffic SNATed unless externalTrafficPolicy is Local; one
+// without endpoints keeps its virtual server, so clients are refused.
+func TestLoadBalancerIPs(t *testing.T) {
+	e := newEnv(t)
+	b := lbSnap()
+	e.sync(t, b.Snap, fullSync())
+	checkDump(t, e.ipvs, `
+TCP 198.18.0.1:30060 rr
+  -> 198.18.64.60:8080 Masq 1 0 0
+  -> 198.18.65.60:8080 Masq 1 0 0
+TCP 198.18.0.1:30061 rr persistent 600
+  -> 198.18.64.61:8443 Masq 1 0 0
+  -> 198.18.65.61:8443 Masq 1 0 0
+TCP 198.18.0.1:30062 rr
+  -> 198.18.64.62:8080 Masq 1 0 0
+TCP 198.18.0.1:30063 rr
+TCP 198.19.0.60:80 rr
+  -> 198.18.64.60:8080 Masq 1 0 0
+  -> 198.18.65.60:8080 Masq 1 0 0
+TCP 198.19.0.61:443 rr persistent 600
+  -> 198.18.64.61:8443 Masq 1 0 0
+  -> 198.18.65.61:8443 Masq 1 0 0
+TCP 198.19.0.62:80 rr
+  -> 198.18.64.62:8080 Masq 1 0 0
+  -> 198.18.65.62:8080 Masq 1 0 0
+TCP 198.19.0.63:80 rr
+TCP 198.19.200.2:443 rr persistent 600
+  -> 198.18.64.61:8443 Masq 1 0 0
+  -> 198.18.65.61:8443 Masq 1 0 0
+TCP 198.19.210.1:80 rr
+  -> 198.18.64.60:8080 Masq 1 0 0
+  -> 198.18.65.60:8080 Masq 1 0 0
+TCP 198.19.210.2:443 rr persistent 600
+  -> 198.18.64.61:8443 Masq 1 0 0
+  -> 198.18.65.61:8443 Masq 1 0 0
+TCP 198.19.210.3:80 rr
+  -> 198.18.64.62:8080 Masq 1 0 0
+TCP 198.19.210.4:80 rr
+`)
+	wantVIPs := []string{"198.19.0.60", "198.19.0.61", "198.19.0.62", "198.19.0.63", "198.19.200.2",
+		"198.19.210.1", "198.19.210.2", "198.19.210.3", "198.19.210.4"}
+	if got := e.vips(t); !slices.Equal(got, wantVIPs) {
+		t.Errorf("VIPs on %s: %v, want %v", DefaultDummyDevice, got, wantVIPs)
+	}
+	for _, c := range []struct {
+		src, dst netip.Addr
+		port     uint16
+		want     bool
+	}{
+		{stranger, lbOpen, 80, true},
+		{inRange, lbFW, 443, true},
+		{inRange, lbEmpty, 80, true},
+		{inRange, lbLocal, 80, false},
+		// IPVS gives pods the Local real servers too, so they need no
+		// SNAT either.
+		{netip.MustParseAddr("198.18.70.5"), lbLocal, 80, false},
+	} {
+		pkt := iptables.Packet{Protocol: "tcp", Src: c.src, Dst: c.dst, DstPort: c.port, LocalDst: true}
+		if got := masqueraded(t, e, "PREROUTING", pkt); got != c.want {
+			t.Errorf("%s -> %s:%d marked for SNAT %t, want %t", c.src, c.dst, c.port, got, c.want)
+		}
+	}
+	traceFirewall(t, e, lbFirewallCases())
+
+	// Same snapshot again: nothing to do.
+	e.resetOps()
+	e.sync(t, b.Snap, fullSync())
+	checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	checkOps(t, "links", e.links.Ops, nil)
+}
+
+// Partial syncs follow a Service's load balancer IPs and source ranges as
+// they change and remove all of it with the Service.
+func TestLoadBalancerChanges(t *testing.T) {
+	e := newEnv(t)
+	b := lbSnap()
+	e.sync(t, b.Snap, fullSync())
+	svc := func(name, port string) *core.ServicePort {
+		return b.Snap.Services[core.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: name}, Port: port, Protocol: v1.ProtocolTCP}]
+	}
+	moved := netip.MustParseAddr("198.19.210.9")
+
+	// The load balancer moves "open" to another IP.
+	svc("open", "http").LoadBalancerIPs = []netip.Addr{moved}
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("open"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"add-service TCP/198.19.210.9:80 rr",
+		"add-dest TCP/198.19.210.9:80 198.18.64.60:8080 weight 1",
+		"add-dest TCP/198.19.210.9:80 198.18.65.60:8080 weight 1",
+		"delete-service TCP/198.19.210.1:80",
+	})
+	checkOps(t, "links", e.links.Ops, []string{"add-addr kube-ipvs0 198.19.210.9", "delete-addr kube-ipvs0 198.19.210.1"})
+	if d := e.ipt.Dump(); strings.Contains(d, lbOpen.String()) || !strings.Contains(d, "-d 198.19.210.9/32 -p tcp -m tcp --dport 80") &&
+		!strings.Contains(d, "-d 198.19.210.9 --dport 80") {
+		t.Errorf("rules not moved from %s to %s:\n%s", lbOpen, moved, d)
+	}
+	traceFirewall(t, e, []fwCase{{name: "anyone to the moved load balancer IP", pkt: iptables.Packet{Protocol: "tcp", Src: stranger, Dst: moved, DstPort: 80, LocalDst: true}}})
+
+	// New ranges for "fw": the former stranger is in, the former client
+	// and the node are out, so the load balancer IP itself is too.
+	svc("fw", "https").LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.130.0/24")}
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("fw"))
+	checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	checkOps(t, "links", e.links.Ops, nil)
+	if !e.p.LastStats().RulesApplied {
+		t.Errorf("changed source ranges did not restore the rules")
+	}
+	tcp := func(src, dst netip.Addr, port uint16) iptables.Packet {
+		return iptables.Packet{Protocol: "tcp", Src: src, Dst: dst, DstPort: port, LocalDst: true}
+	}
+	traceFirewall(t, e, []fwCase{
+		{name: "newly allowed source", pkt: tcp(stranger, lbFW, 443)},
+		{name: "no longer allowed source", pkt: tcp(inRange, lbFW, 443), dropped: true},
+		{name: "the load balancer IP itself, node no longer in a range", pkt: tcp(lbFW, lbFW, 443), dropped: true},
+		{name: "another Service keeps its ranges", pkt: tcp(stranger, lbLocal, 80), dropped: true},
+	})
+
+	// No ranges any more: every source is let through.
+	svc("fw", "https").LoadBalancerSourceRanges = nil
+	e.sync(t, b.Snap, partialSync("fw"))
+	traceFirewall(t, e, []fwCase{
+		{name: "any source, ranges removed", pkt: tcp(inRange, lbFW, 443)},
+		{name: "another Service keeps its ranges", pkt: tcp(stranger, lbEmpty, 80), dropped: true},
+	})
+	if strings.Contains(e.ipt.Dump(), "ns/fw:https load balancer source range") {
+		t.Errorf("source-range rules left for a Service without ranges:\n%s", e.ipt.Dump())
+	}
+
+	// "fw-local" is deleted: its virtual servers, VIPs and rules go,
+	// firewall included.
+	for name := range b.Snap.Services {
+		if name.Name == "fw-local" {
+			delete(b.Snap.Services, name)
+			delete(b.Snap.Endpoints, name)
+		}
+	}
+	e.resetOps()
+	e.sync(t, b.Snap, partialSync("fw-local"))
+	checkOps(t, "ipvs", e.ipvs.Ops, []string{
+		"delete-service TCP/198.18.0.1:30062",
+		"delete-service TCP/198.19.0.62:80",
+		"delete-service TCP/198.19.210.3:80",
+	})
+	checkOps(t, "links", e.links.Ops, []string{"delete-addr kube-ipvs0 198.19.0.62", "delete-addr kube-ipvs0 198.19.210.3"})
+	if d := e.ipt.Dump(); strings.Contains(d, "ns/fw-local:") || strings.Contains(d, lbLocal.String()) {
+		t.Errorf("rules still mention the deleted Service:\n%s", d)
+	}
+	traceFirewall(t, e, []fwCase{
+		{name: "the deleted Service's ranges are gone", pkt: tcp(stranger, lbLocal, 80)},
+		{name: "the remaining Service's are not", pkt: tcp(stranger, lbEmpty, 80), dropped: true},
+	})
+
+	// The partial syncs ended where a full sync of the last state does.
+	f := newEnv(t)
+	f.sync(t, b.Snap, fullSync())
+	if got, want := e.ipvs.Dump(), f.ipvs.Dump(); got != want {
+		t.Errorf("IPVS after partial syncs:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := e.ipt.Dump(), f.ipt.Dump(); got != want {
+		t.Errorf("rules after partial syncs:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 // masqueraded traces pkt through the nat table from chain and reports
 // whether it leaves marked for SNAT.
 func masqueraded(t *testing.T, e *env, chain string, pkt iptables.Packet) bool {
@@ -418,7 +585,7 @@ func switchExternalPolicy(snap *core.Snapshot, r *rand.Rand) *core.Snapshot {
 			flip[name.NamespacedName] = r.Intn(2) == 0
 		}
 		sp := *snap.Services[name]
-		if flip[name.NamespacedName] && (sp.NodePort != 0 || len(sp.ExternalIPs) > 0) {
+		if flip[name.NamespacedName] && sp.ExternallyAccessible() {
 			sp.ExternalLocal = !sp.ExternalLocal
 		}
 		out.Services[name] = &sp
