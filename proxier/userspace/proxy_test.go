@@ -375,6 +375,8 @@ func TestRulesBatch(t *testing.T) {
 	svc := tcpService(svcA)
 	svc.NodePort = 30080
 	svc.ExternalIPs = []netip.Addr{netip.MustParseAddr("198.18.0.200")}
+	svc.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("198.18.16.1")}
+	svc.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}
 	ep := netip.MustParseAddrPort("198.18.64.2:9000")
 	syncOK(t, p, snapshotWith(svc, ep))
 	port, _ := p.ProxyPort(svcA)
@@ -392,6 +394,8 @@ func TestRulesBatch(t *testing.T) {
 -A PM-PORTALS-HOST -m comment --comment "ns/a:p cluster IP" -p tcp -m tcp -d 198.19.0.10/32 --dport 80 -j REDIRECT --to-ports {PORT}
 -A PM-PORTALS-CONTAINER -m comment --comment "ns/a:p external IP" -p tcp -m tcp -d 198.18.0.200/32 --dport 80 -j REDIRECT --to-ports {PORT}
 -A PM-PORTALS-HOST -m comment --comment "ns/a:p external IP" -p tcp -m tcp -d 198.18.0.200/32 --dport 80 -j REDIRECT --to-ports {PORT}
+-A PM-PORTALS-CONTAINER -m comment --comment "ns/a:p load balancer IP" -p tcp -m tcp -d 198.18.16.1/32 --dport 80 -j REDIRECT --to-ports {PORT}
+-A PM-PORTALS-HOST -m comment --comment "ns/a:p load balancer IP" -p tcp -m tcp -d 198.18.16.1/32 --dport 80 -j REDIRECT --to-ports {PORT}
 -A PM-NODEPORT-CONTAINER -m comment --comment "ns/a:p node port" -p tcp -m tcp --dport 30080 -j REDIRECT --to-ports {PORT}
 -A PM-NODEPORT-HOST -m comment --comment "ns/a:p node port" -p tcp -m tcp --dport 30080 -j REDIRECT --to-ports {PORT}
 COMMIT

@@ -14,7 +14,7 @@ import (
 // Chains of the userspace mode, all in the nat table. They start with
 // iptables.ChainPrefix, so `proxier --cleanup` removes them too.
 //
-//	PREROUTING -> PM-PORTALS-CONTAINER   VIP:port and external IPs, from pods and other hosts
+//	PREROUTING -> PM-PORTALS-CONTAINER   VIP:port, external and load balancer IPs, from pods and other hosts
 //	           -> PM-NODEPORT-CONTAINER  NodePorts on local addresses
 //	OUTPUT     -> PM-PORTALS-HOST        the same for connections the node itself opens
 //	           -> PM-NODEPORT-HOST
@@ -125,6 +125,12 @@ func renderRules(portals []portal, existing map[string]*iptables.Table) []byte {
 		}{{svc.ClusterIP.String(), "cluster IP"}}
 		for _, eip := range svc.ExternalIPs {
 			dsts = append(dsts, struct{ ip, what string }{eip.String(), "external IP"})
+		}
+		// Upstream's userspace proxier opened a portal on each load
+		// balancer ingress IP, with no firewall: it never implemented
+		// loadBalancerSourceRanges.
+		for _, ip := range svc.LoadBalancerIPs {
+			dsts = append(dsts, struct{ ip, what string }{ip.String(), "load balancer IP"})
 		}
 		for _, d := range dsts {
 			match := []string{"-m", "comment", "--comment", quote(label + " " + d.what),
