@@ -19,7 +19,27 @@ var (
 	Services = netip.MustParsePrefix("198.19.0.0/16")
 	// Mgmt holds the management /30 links from the host to each node.
 	Mgmt = netip.MustParsePrefix("198.18.255.0/24")
+	// External holds the addresses the suites give Services as
+	// externalIPs and load balancer ingress IPs. No node owns them: a
+	// node sends them out its fabric interface (where nothing answers)
+	// unless its proxier takes them, and the outside client reaches them
+	// through a node it routes them to, as a router or a VIP-style load
+	// balancer in front of a cluster does.
+	External = netip.MustParsePrefix("198.18.16.0/24")
 )
+
+// Outside is the address of the lab's outside client on the fabric, as a
+// prefix of Fabric: a namespace that is no node and runs no proxier, the
+// way a client beyond the cluster's router is.
+func Outside() netip.Prefix { return netip.PrefixFrom(at(Fabric, 250), Fabric.Bits()) }
+
+// ExternalIP is the i-th address of External (0 <= i < 254).
+func ExternalIP(i int) netip.Addr {
+	if i < 0 || i >= 254 {
+		panic(fmt.Sprintf("addrplan: external address index %d outside 0..253", i))
+	}
+	return at(External, 1+i)
+}
 
 // MaxNodes is how many nodes fit the plan: one pod /24 and one management
 // /30 per node.

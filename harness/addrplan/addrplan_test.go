@@ -31,3 +31,29 @@ func TestGuestLabBlocksAreDistinct(t *testing.T) {
 		t.Errorf("first guest's uplink %s, want 198.18.255.254 (the address the plan documents)", got)
 	}
 }
+
+// TestOutsideAndExternalStayApart: the outside client is on the fabric
+// but no node's address, and the external block overlaps nothing the lab
+// routes elsewhere (nodes, pods, Services, management, Docker).
+func TestOutsideAndExternalStayApart(t *testing.T) {
+	out := Outside()
+	if !Fabric.Contains(out.Addr()) || out.Bits() != Fabric.Bits() {
+		t.Fatalf("outside client %s is not an address of the fabric %s", out, Fabric)
+	}
+	for k := 0; k < MaxNodes; k++ {
+		if NodeIP(k).Addr() == out.Addr() {
+			t.Fatalf("node %d has the outside client's address %s", k, out.Addr())
+		}
+	}
+	if !Lab.Contains(External.Addr()) {
+		t.Fatalf("external block %s outside the lab %s", External, Lab)
+	}
+	for _, p := range []netip.Prefix{Fabric, Pods, Services, Mgmt, DockerPools, Docker0.Masked()} {
+		if p.Overlaps(External) {
+			t.Errorf("external block %s overlaps %s", External, p)
+		}
+	}
+	if first, last := ExternalIP(0), ExternalIP(253); !External.Contains(first) || !External.Contains(last) || first == External.Addr() {
+		t.Errorf("external addresses %s..%s do not fit %s without its network address", first, last, External)
+	}
+}

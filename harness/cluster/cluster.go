@@ -175,6 +175,21 @@ type APIServerRestarter interface {
 	StartAPIServer(ctx context.Context) error
 }
 
+// OutsideClient is what a provider implements to let checks reach a
+// Service the way a client beyond the cluster does: from a namespace on
+// the nodes' network that is no node and runs no proxier, through a node
+// that a router (for external IPs) or a VIP-style load balancer (for its
+// ingress IPs) delivers the packets to with the Service's address as
+// their destination.
+type OutsideClient interface {
+	// Outside returns the namespace a probe runs in to be that client
+	// (probe.Target.NS) and its address.
+	Outside() (ns string, addr netip.Addr)
+	// RouteOutside makes the outside client send packets for dst through
+	// node, replacing the route it had for dst.
+	RouteOutside(ctx context.Context, dst netip.Prefix, node string) error
+}
+
 // NewClient is a helper for providers.
 func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 	c, err := kubernetes.NewForConfig(rc)

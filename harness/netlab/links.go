@@ -201,6 +201,19 @@ func ListLinks(ns, prefix string) ([]string, error) {
 
 // Route adds dst via gw (gw may be invalid for a link-scope route on dev).
 func Route(ns string, dst netip.Prefix, gw netip.Addr, dev string) error {
+	return route(ns, dst, gw, dev, false)
+}
+
+// RouteReplace is Route, replacing the route ns had for dst. It refuses
+// the host namespace, whose routes the lab never changes.
+func RouteReplace(ns string, dst netip.Prefix, gw netip.Addr, dev string) error {
+	if ns == HostNS {
+		return fmt.Errorf("route %s via %v: refusing to change the host namespace's routes", dst, gw)
+	}
+	return route(ns, dst, gw, dev, true)
+}
+
+func route(ns string, dst netip.Prefix, gw netip.Addr, dev string, replace bool) error {
 	return WithHandle(ns, func(h *netlink.Handle) error {
 		r := &netlink.Route{Dst: ipNet(dst)}
 		if gw.IsValid() {
@@ -216,7 +229,11 @@ func Route(ns string, dst netip.Prefix, gw netip.Addr, dev string) error {
 				r.Scope = netlink.SCOPE_LINK
 			}
 		}
-		if err := h.RouteAdd(r); err != nil {
+		add := h.RouteAdd
+		if replace {
+			add = h.RouteReplace
+		}
+		if err := add(r); err != nil {
 			return fmt.Errorf("route %s via %v dev %s in %s: %w", dst, gw, dev, nsLabel(ns), err)
 		}
 		return nil

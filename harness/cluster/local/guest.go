@@ -134,7 +134,10 @@ func (gs *guests) buildLinks(prefix, outer string, n int) error {
 		netlab.End{NS: outer, Name: prefix + "u", Addr: addrplan.MgmtHost(0)}); err != nil {
 		return err
 	}
-	if err := netlab.Bridge(ns, guestBridge, netip.Prefix{}); err != nil {
+	// The bridge's own address makes this namespace the lab's outside
+	// client (cluster.OutsideClient), as the fabric namespace is in a
+	// host-kernel lab.
+	if err := netlab.Bridge(ns, guestBridge, addrplan.Outside()); err != nil {
 		return err
 	}
 	// The fabric is a wire between nodes: the proxiers' NAT runs in the
@@ -307,6 +310,10 @@ func (gs *guests) ProxierMetrics(ctx context.Context, node string) (string, erro
 // Probe runs in the guest that holds t.NS; an unknown namespace fails
 // every connection, as a broken link would.
 func (gs *guests) Probe(ctx context.Context, t probe.Target, n int, timeout time.Duration) probe.Summary {
+	if t.NS == gs.ns {
+		// The outside client lives on the host, beside the guests.
+		return probe.Run(ctx, t, n, timeout)
+	}
 	g, err := gs.byNS(t.NS)
 	if err != nil {
 		s := probe.Summary{Target: t}

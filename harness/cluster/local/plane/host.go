@@ -123,7 +123,9 @@ func (h *Host) Build(ctx context.Context, t Topology) error {
 		if err := netlab.CreateNS(fab); err != nil {
 			return err
 		}
-		if err := netlab.Bridge(fab, fabricBridge, netip.Prefix{}); err != nil {
+		// The bridge's own address makes the fabric namespace the lab's
+		// outside client (cluster.OutsideClient).
+		if err := netlab.Bridge(fab, fabricBridge, addrplan.Outside()); err != nil {
 			return err
 		}
 	}
@@ -189,9 +191,13 @@ func (h *Host) buildNode(k int) error {
 			return err
 		}
 	}
-	// Locally generated packets to a ClusterIP need a route before the
-	// proxier's NAT rewrites them; the fabric is where they would go.
-	return netlab.Route(ns, addrplan.Services, netip.Addr{}, nodeFabric)
+	// Locally generated packets to a ClusterIP, an external IP or a load
+	// balancer IP need a route before the proxier's NAT rewrites them;
+	// the fabric is where they would go (and nothing there answers).
+	if err := netlab.Route(ns, addrplan.Services, netip.Addr{}, nodeFabric); err != nil {
+		return err
+	}
+	return netlab.Route(ns, addrplan.External, netip.Addr{}, nodeFabric)
 }
 
 // vethName is the node-side name of a pod's veth; the kernel allows 15
