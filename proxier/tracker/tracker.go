@@ -7,6 +7,7 @@ package tracker
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -157,8 +158,15 @@ func (t *Tracker) UpsertNode(n *v1.Node) {
 		}
 	}
 	t.mu.Lock()
+	moved := t.node == nil || !slices.Equal(t.node.Addresses, info.Addresses)
 	t.node = info
 	t.mu.Unlock()
+	// The modes read the node's addresses (a source range that holds one
+	// lets load balancer IPs in as sources), so a change must reach them
+	// without waiting for some Service to change.
+	if moved {
+		t.changed()
+	}
 }
 
 // DeleteNode forgets this node's object.

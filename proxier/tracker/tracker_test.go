@@ -323,3 +323,40 @@ func TestNodeAndHandlers(t *testing.T) {
 		t.Errorf("node not forgotten")
 	}
 }
+
+// TestNodeAddressChangeTriggersSync: the modes read the node's addresses,
+// so the first Node and a change of its addresses ask for a sync; a Node
+// update that keeps them (a label, a heartbeat) does not.
+func TestNodeAddressChangeTriggersSync(t *testing.T) {
+	calls := 0
+	tr := New("node-1", func() { calls++ })
+	node := func(ip string, labels map[string]string) *v1.Node {
+		n := &v1.Node{}
+		n.Name, n.Labels = "node-1", labels
+		n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: ip}, {Type: v1.NodeHostName, Address: "node-1"}}
+		return n
+	}
+	for _, step := range []struct {
+		what  string
+		n     *v1.Node
+		calls int
+	}{
+		{"first seen", node("198.18.0.11", nil), 1},
+		{"a label added", node("198.18.0.11", map[string]string{"a": "b"}), 1},
+		{"its address changed", node("198.18.0.99", map[string]string{"a": "b"}), 2},
+	} {
+		tr.UpsertNode(step.n)
+		if calls != step.calls {
+			t.Errorf("%s: onChange called %d times in all, want %d", step.what, calls, step.calls)
+		}
+	}
+	other := node("198.18.0.12", nil)
+	other.Name = "node-2"
+	tr.UpsertNode(other)
+	if calls != 2 {
+		t.Errorf("another node's update called onChange")
+	}
+	if snap, _, _ := tr.Take(); snap.Node == nil || snap.Node.Addresses[0] != netip.MustParseAddr("198.18.0.99") {
+		t.Errorf("snapshot node %+v, want address 198.18.0.99", snap.Node)
+	}
+}
