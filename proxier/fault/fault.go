@@ -45,6 +45,13 @@ const (
 	ExternalPolicyIgnored Fault = "external-policy-ignored"
 	// HealthCheckIgnored serves no healthCheckNodePort.
 	HealthCheckIgnored Fault = "health-check-ignored"
+	// ExternalIPsIgnored programs no Service's externalIPs.
+	ExternalIPsIgnored Fault = "external-ips-ignored"
+	// LoadBalancerIgnored programs no load balancer ingress IP.
+	LoadBalancerIgnored Fault = "load-balancer-ignored"
+	// SourceRangesIgnored lets every source reach a load balancer IP,
+	// whatever its loadBalancerSourceRanges say.
+	SourceRangesIgnored Fault = "source-ranges-ignored"
 	// TerminatingAsReady sends new connections to serving terminating
 	// endpoints as if they were ready.
 	TerminatingAsReady Fault = "terminating-as-ready"
@@ -102,6 +109,9 @@ var Descriptions = map[Fault]string{
 	InternalPolicyIgnored: "internalTrafficPolicy Local is treated as Cluster",
 	ExternalPolicyIgnored: "externalTrafficPolicy Local is treated as Cluster",
 	HealthCheckIgnored:    "no healthCheckNodePort is served",
+	ExternalIPsIgnored:    "a Service's externalIPs are not programmed",
+	LoadBalancerIgnored:   "load balancer ingress IPs are not programmed",
+	SourceRangesIgnored:   "loadBalancerSourceRanges are ignored: every source reaches a load balancer IP",
 	TerminatingAsReady:    "serving terminating endpoints get new connections as if ready",
 	TerminatingDropped:    "serving terminating endpoints are never used, even when no endpoint is ready",
 	RandomSkewed:          "random choice is skewed (iptables 1/3, 2/9, 4/9; nftables 1/4, 1/4, 1/2)",

@@ -59,6 +59,12 @@ func (f *Filter) Apply(which Fault, snap *core.Snapshot) *core.Snapshot {
 			sp.ExternalLocal = false
 		case HealthCheckIgnored:
 			sp.HealthCheckNodePort = 0
+		case ExternalIPsIgnored:
+			sp.ExternalIPs = nil
+		case LoadBalancerIgnored:
+			sp.LoadBalancerIPs, sp.LoadBalancerSourceRanges = nil, nil
+		case SourceRangesIgnored:
+			sp.LoadBalancerSourceRanges = nil
 		case RemovedEndpointKept:
 			out.Endpoints[n] = union(out.Endpoints[n], prev.Endpoints[n])
 		case EndpointAddIgnored:

@@ -67,6 +67,33 @@ func TestFilterBreaksOnlyItsPromise(t *testing.T) {
 	}
 }
 
+func TestFilterExternalAddressFaults(t *testing.T) {
+	in := snapshot(false, 0, "198.18.1.2")
+	sp := in.Services[spn]
+	sp.ExternalIPs = []netip.Addr{netip.MustParseAddr("198.18.16.1")}
+	sp.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("198.18.17.1")}
+	sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}
+	for _, c := range []struct {
+		f                Fault
+		ext, lb, sources int
+	}{
+		{ExternalIPsIgnored, 0, 1, 1},
+		{LoadBalancerIgnored, 1, 0, 0},
+		{SourceRangesIgnored, 1, 1, 0},
+		{NodePortIgnored, 1, 1, 1},
+	} {
+		var f Filter
+		got := f.Apply(c.f, in).Services[spn]
+		if len(got.ExternalIPs) != c.ext || len(got.LoadBalancerIPs) != c.lb || len(got.LoadBalancerSourceRanges) != c.sources {
+			t.Errorf("%s: %d external IPs, %d load balancer IPs, %d source ranges; want %d, %d, %d", c.f,
+				len(got.ExternalIPs), len(got.LoadBalancerIPs), len(got.LoadBalancerSourceRanges), c.ext, c.lb, c.sources)
+		}
+	}
+	if len(sp.ExternalIPs) != 1 || len(sp.LoadBalancerIPs) != 1 || len(sp.LoadBalancerSourceRanges) != 1 {
+		t.Fatal("the filter modified the tracker's snapshot")
+	}
+}
+
 func TestFilterEndpointFaults(t *testing.T) {
 	one := snapshot(false, 0, "198.18.1.2")
 	two := snapshot(false, 0, "198.18.1.2", "198.18.1.3")

@@ -69,6 +69,11 @@ type Promise struct {
 	// mode never implemented it (its proxy opens every connection from the
 	// node, so no client address survives).
 	ExternalTrafficLocal bool
+	// SourceRanges: loadBalancerSourceRanges are honoured: a load
+	// balancer IP forwards only traffic from the listed sources and drops
+	// the rest. Upstream's userspace mode opened a portal on each ingress
+	// IP but never implemented the ranges.
+	SourceRanges bool
 	// AffinityExpirySlack is how long past timeoutSeconds (counted from a
 	// client's last connection) the affinity may still hold.
 	AffinityExpirySlack time.Duration
@@ -82,7 +87,7 @@ type Promise struct {
 var Table = []Promise{
 	{
 		Mode: "userspace", Selection: RoundRobin, ClientIPAffinity: true, Retry: true, PodSourceKept: false, FlowsOutliveProxier: false,
-		InternalTrafficLocal: false, ExternalTrafficLocal: false,
+		InternalTrafficLocal: false, ExternalTrafficLocal: false, SourceRanges: false,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, Listeners},
 		Basis: "kube-proxy userspace (removed in 1.26): the node proxy accepts, picks round-robin, " +
@@ -91,7 +96,7 @@ var Table = []Promise{
 	},
 	{
 		Mode: "iptables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true, ExternalTrafficLocal: true,
+		InternalTrafficLocal: true, ExternalTrafficLocal: true, SourceRanges: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables},
 		Basis: "statistic --mode random --probability 1/(n-i) chains; ClientIP affinity with the recent module; " +
@@ -99,7 +104,7 @@ var Table = []Promise{
 	},
 	{
 		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true, ExternalTrafficLocal: true,
+		InternalTrafficLocal: true, ExternalTrafficLocal: true, SourceRanges: true,
 		// An IPVS persistence template cannot expire while connections it
 		// controls are still in IPVS's table, and a closed TCP connection
 		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
@@ -118,7 +123,7 @@ var Table = []Promise{
 	},
 	{
 		Mode: "nftables", Selection: Random, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
-		InternalTrafficLocal: true, ExternalTrafficLocal: true,
+		InternalTrafficLocal: true, ExternalTrafficLocal: true, SourceRanges: true,
 		AffinityExpirySlack: 2 * time.Second,
 		CleanupChecks:       []Inspection{IPTables, NFTables},
 		Basis: "kube-proxy nftables (KEP-3866): a verdict map dispatches every Service, numgen random mod n picks an endpoint; " +
@@ -191,8 +196,8 @@ func (p Promise) Summary() string {
 		cc = append(cc, string(c))
 	}
 	sort.Strings(cc)
-	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t internal-traffic-local=%t external-traffic-local=%t cleanup=%s",
-		p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, p.InternalTrafficLocal, p.ExternalTrafficLocal, strings.Join(cc, "+"))
+	return fmt.Sprintf("selection=%s affinity=%t retry=%t pod-source-kept=%t flows-outlive-proxier=%t internal-traffic-local=%t external-traffic-local=%t source-ranges=%t cleanup=%s",
+		p.Selection, p.ClientIPAffinity, p.Retry, p.PodSourceKept, p.FlowsOutliveProxier, p.InternalTrafficLocal, p.ExternalTrafficLocal, p.SourceRanges, strings.Join(cc, "+"))
 }
 
 // Has reports whether the mode keeps state of kind i.

@@ -61,6 +61,9 @@ const (
 	etpHealth  = "the healthCheckNodePort answers 200 with the node's ready endpoint count where it has some and 503 where it has none, as they come and go"
 	termAvoid  = "a terminating endpoint gets no new connections while ready ones exist, and its established connection keeps working"
 	termOnly   = "with only terminating endpoints left, new connections reach them"
+	extIP      = "an external IP reaches every backend from a pod and, through each node, from outside the cluster"
+	lbIP       = "a load balancer ingress IP reaches every backend from a pod and, through each node, from outside the cluster"
+	lbRanges   = "loadBalancerSourceRanges let the listed sources reach the load balancer IP and drop every other, as they change"
 )
 
 // table lists every case with the modes whose promise it breaks (none:
@@ -116,6 +119,10 @@ var table = []struct {
 	{Case{fault.KernelStateForgotten, "restart", []string{restarted}}, []string{"iptables", "nftables"}},
 	{Case{fault.APILossFlushes, "apiserver-restart", []string{apiDown}}, nil},
 	{Case{fault.APIChangesMissed, "apiserver-restart", []string{apiMissed}}, nil},
+	{Case{fault.ExternalIPsIgnored, "external-addresses", []string{extIP}}, nil},
+	{Case{fault.LoadBalancerIgnored, "external-addresses", []string{lbIP}}, nil},
+	// Upstream's userspace mode never had the ranges: nothing to break.
+	{Case{fault.SourceRangesIgnored, "external-addresses", []string{lbRanges}}, []string{"iptables", "ipvs", "nftables"}},
 }
 
 // Modes the self-test knows.

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
+	"github.com/proxymodes/proxymodes/harness/addrplan"
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/labtest"
@@ -217,6 +220,29 @@ type ServiceOptions struct {
 	// healthCheckNodePort, no load balancer) with
 	// externalTrafficPolicy: Local.
 	ExternalLocal bool
+	// ExternalIPs sets spec.externalIPs (see ExternalIP).
+	ExternalIPs []netip.Addr
+	// LoadBalancer makes a LoadBalancer Service of NoLoadBalancerClass,
+	// so that no controller gives it a load balancer; SetIngress stands
+	// in for one.
+	LoadBalancer bool
+	// SourceRanges sets spec.loadBalancerSourceRanges.
+	SourceRanges []string
+}
+
+// NoLoadBalancerClass is the loadBalancerClass of the suites' LoadBalancer
+// Services: no controller implements it, so on a cluster with a cloud
+// provider no real load balancer is made (or billed) for them. Proxies
+// ignore the class.
+const NoLoadBalancerClass = "proxymodes.io/none"
+
+var externalIPs atomic.Int32
+
+// ExternalIP returns an address of addrplan.External that no other
+// Service of this process got (the block's 254 addresses are reused after
+// that, by when the first features' Services are long deleted).
+func ExternalIP() netip.Addr {
+	return addrplan.ExternalIP(int(externalIPs.Add(1)-1) % 254)
 }
 
 // Service creates a Service with TCP port 80 and UDP port 53 in front of
@@ -247,11 +273,18 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 		svc.Spec.InternalTrafficPolicy = &local
 	}
 	if o.ExternalLocal {
-		// Only a LoadBalancer Service gets a healthCheckNodePort; without
-		// a cloud controller its load balancer never comes, which the
-		// proxier does not need.
-		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		// Only a LoadBalancer Service gets a healthCheckNodePort; its
+		// load balancer never comes, which the proxier does not need.
+		o.LoadBalancer = true
 		svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}
+	if o.LoadBalancer {
+		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		svc.Spec.LoadBalancerClass = ptr.To(NoLoadBalancerClass)
+		svc.Spec.LoadBalancerSourceRanges = o.SourceRanges
+	}
+	for _, ip := range o.ExternalIPs {
+		svc.Spec.ExternalIPs = append(svc.Spec.ExternalIPs, ip.String())
 	}
 	SetAffinity(svc, o.Affinity)
 	created, err := fx.c.Client().CoreV1().Services(fx.Namespace()).Create(a.Ctx, svc, metav1.CreateOptions{})
@@ -279,6 +312,34 @@ func nodePortNote(s *corev1.Service) string {
 		return ""
 	}
 	return ", NodePorts " + strings.Join(np, " ")
+}
+
+// SetIngress gives a LoadBalancer Service the load balancer ingress IPs
+// in its status, as a load balancer controller does once it has made one
+// (VIP mode: the load balancer delivers packets with these addresses as
+// their destination).
+func (fx *Fixture) SetIngress(a *A, name string, ips ...netip.Addr) {
+	a.Helper()
+	svcs := fx.c.Client().CoreV1().Services(fx.Namespace())
+	for try := 0; ; try++ {
+		svc, err := svcs.Get(a.Ctx, name, metav1.GetOptions{})
+		if err != nil {
+			a.Fatalf("getting Service %s: %v", name, err)
+		}
+		svc.Status.LoadBalancer.Ingress = nil
+		for _, ip := range ips {
+			svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress,
+				corev1.LoadBalancerIngress{IP: ip.String(), IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)})
+		}
+		_, err = svcs.UpdateStatus(a.Ctx, svc, metav1.UpdateOptions{})
+		if err == nil {
+			a.Logf("Service %s: load balancer ingress %v", name, ips)
+			return
+		}
+		if !apierrors.IsConflict(err) || try > 5 {
+			a.Fatalf("setting the load balancer ingress of Service %s: %v", name, err)
+		}
+	}
 }
 
 // SetAffinity sets ClientIP affinity with a timeout (d > 0) or None.
