@@ -10,7 +10,11 @@ IMPL ?=
 CACHE ?= /var/cache/proxymodes
 export PROXYMODES_CACHE := $(CACHE)
 GO ?= go
-BIN := $(CACHE)/bin
+# Each checkout builds its commands into a directory of its own (the Go
+# side, harness/binaries.CheckoutKey, derives the same key from the same
+# path), so that two checkouts running at once never swap each other's
+# binaries.
+BIN := $(CACHE)/bin/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 PROXYMODES := $(BIN)/proxymodes
 TEST_TIMEOUT ?= 60m
 # When make started: make test's step table counts its prerequisites from it.
@@ -122,6 +126,11 @@ test-kube-proxy-ipvs: deps k8s ## the conformance suite against kube-proxy's ipv
 	PROXYMODES_MODE=ipvs PROXYMODES_IMPL=kube-proxy PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/conformance
 
+# What an interrupted suite prints (harness/interrupt). The soak and
+# self-test loops stop when a run printed it: inside make test's lanes,
+# which run in the background, the loops' shells ignore SIGINT, so only
+# the suites (Go re-enables it) notice a Ctrl-C.
+INTERRUPTED := : tearing labs down
 # A soak runs one compiled suite N times in a row; each run keeps its own
 # results directory (summary, lab logs and snapshots on failure), and SOAK.md
 # tallies every assessment over the runs. Repetitions belong to the nightly
@@ -143,6 +152,7 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 			$(SOAK_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v > $(SOAK_DIR)/run-$$i.log 2>&1 ) \
 			&& res=passed || res=FAILED; \
 		echo "proxymodes: soak run $$i of $(N) $$res in $$(( $$(date +%s) - start ))s ($(SOAK_DIR)/run-$$i)"; \
+		if grep -q "$(INTERRUPTED)" $(SOAK_DIR)/run-$$i.log; then echo "proxymodes: soak interrupted" >&2; exit 130; fi; \
 	done
 	@$(PROXYMODES) soak $(SOAK_DIR)
 
@@ -174,15 +184,19 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 			env $$lab $(SELFTEST_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $${labels:+-labels "$$labels"} > $(SELFTEST_DIR)/$$name.log 2>&1 < /dev/null ) \
 			&& res=passed || res=failed; \
 		[ "$$name" != unbroken ] && [ $$res = passed ] && res="passed: the suite did not notice the fault"; \
-		echo "proxymodes: self-test $$name ($${labels:-the whole suite}): the suite $$res in $$(( $$(date +%s) - start ))s"; }; \
+		echo "proxymodes: self-test $$name ($${labels:-the whole suite}): the suite $$res in $$(( $$(date +%s) - start ))s"; \
+		if grep -q "$(INTERRUPTED)" $(SELFTEST_DIR)/$$name.log; then touch $(SELFTEST_DIR)/.interrupted; fi; }; \
+	rm -f $(SELFTEST_DIR)/.interrupted; \
 	if [ "$(SELFTEST_JOBS)" -le 1 ]; then \
-		while read -r name labels; do one "$$name" "$$labels" ""; done < $(SELFTEST_DIR)/runs; \
+		while read -r name labels && [ ! -e $(SELFTEST_DIR)/.interrupted ]; do one "$$name" "$$labels" ""; done < $(SELFTEST_DIR)/runs; \
 	else \
 		i=0; while read -r name labels; do \
 			while [ $$(jobs -rp | wc -l) -ge $(SELFTEST_JOBS) ]; do wait -n; done; \
+			[ -e $(SELFTEST_DIR)/.interrupted ] && break; \
 			i=$$((i + 1)); one "$$name" "$$labels" "LAB_ISOLATED=1 PROXYMODES_LAB_NAME=$(SELFTEST_LAB)$$i" & \
 		done < <(grep '^unbroken' $(SELFTEST_DIR)/runs; grep -v '^unbroken' $(SELFTEST_DIR)/runs); wait; \
-	fi
+	fi; \
+	if [ -e $(SELFTEST_DIR)/.interrupted ]; then echo "proxymodes: self-test interrupted" >&2; exit 130; fi
 	@$(PROXYMODES) selftest report $(SELFTEST_DIR) $(MODE)
 
 check-mode:

@@ -6,6 +6,8 @@ package binaries
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -132,12 +134,23 @@ func Selftest(pkg string, progress io.Writer) (string, error) {
 	return build(pkg, filepath.Base(pkg)+"-selftest", false, progress, "-tags", SelftestTag)
 }
 
+// CheckoutKey names a checkout's own directory of built commands under
+// the cache's bin/: the first 12 hex digits of the SHA-256 of its root
+// path (the Makefile derives the same from $(CURDIR)). Two checkouts that
+// run at once (a clean clone's make test beside a working tree) must not
+// replace each other's binaries: a proxier restarted in the middle of a
+// run would be another checkout's.
+func CheckoutKey(root string) string {
+	sum := sha256.Sum256([]byte(root))
+	return hex.EncodeToString(sum[:])[:12]
+}
+
 func build(pkg, name string, static bool, progress io.Writer, flags ...string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(cacheDir(), "bin", name)
+	out := filepath.Join(cacheDir(), "bin", CheckoutKey(root), name)
 	args := append(append([]string{"build", "-o", out}, flags...), "./"+pkg)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root

@@ -67,6 +67,9 @@ var Required = map[string]string{
 	"bridge":        "iproute2",
 	"nstat":         "iproute2",
 	"ss":            "iproute2",
+	// The iptables mode's real-kernel traffic test turns on forwarding in
+	// its scratch namespace.
+	"sysctl": "procps",
 }
 
 // Base maps commands that a Debian machine has before the first command
