@@ -137,3 +137,7 @@ var (
 	KindNet     = netip.MustParsePrefix("198.18.232.0/24")
 	Docker0     = netip.MustParsePrefix("198.18.240.1/24")
 )
+
+// KindOutside is the address of a kind cluster's outside client on the
+// kind network (see Outside).
+func KindOutside() netip.Addr { return at(KindNet, 250) }

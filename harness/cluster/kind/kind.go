@@ -262,7 +262,7 @@ func (c *Cluster) network(ctx context.Context) error {
 }
 
 // tools copies the static proxymodes binary (the probe) into each node and
-// loads the images the run needs.
+// loads the images the run needs; then it starts the outside client.
 func (c *Cluster) tools(ctx context.Context) error {
 	bin, err := binaries.Static("harness/cmd/proxymodes", c.opts.BuildOutput)
 	if err != nil {
@@ -284,7 +284,7 @@ func (c *Cluster) tools(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return c.startOutside(ctx, bin)
 }
 
 // load streams `docker save` into the node's containerd through kind.
