@@ -106,17 +106,17 @@ var Table = []Promise{
 		Mode: "ipvs", Selection: RoundRobin, ClientIPAffinity: true, Retry: false, PodSourceKept: true, FlowsOutliveProxier: true,
 		InternalTrafficLocal: true, ExternalTrafficLocal: true, SourceRanges: true,
 		// An IPVS persistence template cannot expire while connections it
-		// controls are still in IPVS's table, and a closed TCP connection
-		// stays there in FIN_WAIT/TIME_WAIT for 2 minutes by default
-		// (net.ipv4.vs timeouts), and the template's own timer re-arms
-		// for the timeout each time it finds one. In the UML guest 2m5s
-		// looked not always enough (once 0 of 14 clients had moved after
-		// 2m10s; otherwise all had), so the check waits 3 minutes. That
-		// all-or-none pattern is the round-robin alignment the expiry
-		// check now avoids (clients come back in reverse order; see
-		// affinity_test.go), so 2m5s may do: to be measured before the
-		// slack is cut.
-		AffinityExpirySlack: 3 * time.Minute,
+		// controls are still in IPVS's table: when its timer (the
+		// timeout) finds one, the kernel re-arms it for 60 s, not for the
+		// timeout (ip_vs_conn_expire). A closed TCP connection stays in
+		// the table for 2 min (TIME_WAIT, net.ipv4.vs timeouts), and up to
+		// 60 s more when it is still referenced as its own timer fires.
+		// So the template goes at timeout + 60 s x k, the first check
+		// after its last connection left: by timeout + 4 min at most.
+		// 3 min (5 s + 3 min, exactly the third re-arm) passed 10 of 10
+		// soak runs on 2026-12-03 and failed 2 of 7 on 2026-12-07 with
+		// every template of the check still there at 00:00 to go.
+		AffinityExpirySlack: 4 * time.Minute,
 		CleanupChecks:       []Inspection{IPTables, IPVS, BoundVIPs},
 		Basis: "IPVS rr scheduler (exact cyclic order); ClientIP affinity is IPVS persistence with the timeout; " +
 			"no retry; VIPs bound to a dummy device",
