@@ -1,10 +1,8 @@
 package iptables
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -16,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/proxymodes/proxymodes/proxier/internal/netnstest"
 	"github.com/proxymodes/proxymodes/proxier/internal/testsnap"
 )
 
@@ -69,32 +68,29 @@ func lbTraffic(t *testing.T, ex Exec, v Variant) {
 		// A VIP-like load balancer's IP is a local address of the node:
 		// without the firewall, a denied client's SYN would be refused
 		// by the node itself, not left unanswered.
-		err = nl.AddrAdd(lo, &netlink.Addr{IPNet: hostNet(trafficLB)})
+		err = nl.AddrAdd(lo, &netlink.Addr{IPNet: netnstest.HostNet(trafficLB)})
 	}
 	if err != nil {
 		t.Errorf("setting up the node namespace: %v", err)
 		return
 	}
-	pod, err := addPeer(nl, node, "pod", trafficPod, podGateway)
+	pod, err := netnstest.AddPeer(nl, node, "pod", trafficPod, podGateway)
 	if err != nil {
 		t.Errorf("creating the pod: %v", err)
 		return
 	}
 	defer pod.Close()
-	ln, err := listenIn(pod, node, netip.AddrPortFrom(trafficPod, 8080))
-	if err != nil {
+	if err := pod.Serve(node, "served", netip.AddrPortFrom(trafficPod, 8080)); err != nil {
 		t.Errorf("listening in the pod: %v", err)
 		return
 	}
-	defer ln.Close()
-	go serve(ln)
-	allowed, err := addPeer(nl, node, "allowed", trafficAllowed, nodeIP)
+	allowed, err := netnstest.AddPeer(nl, node, "allowed", trafficAllowed, nodeIP)
 	if err != nil {
 		t.Errorf("creating the allowed client: %v", err)
 		return
 	}
 	defer allowed.Close()
-	denied, err := addPeer(nl, node, "denied", foreignClient, nodeIP)
+	denied, err := netnstest.AddPeer(nl, node, "denied", foreignClient, nodeIP)
 	if err != nil {
 		t.Errorf("creating the denied client: %v", err)
 		return
@@ -125,16 +121,18 @@ func lbTraffic(t *testing.T, ex Exec, v Variant) {
 	}
 	dump := func() string { saved, _ := be.Save(); return string(saved) }
 
-	lbAddr, vipAddr := netip.AddrPortFrom(trafficLB, 80).String(), "198.19.0.40:80"
-	if got, err := dialFrom(allowed, node, lbAddr, 3*time.Second); err != nil || got != "served" {
+	lbAddr, vipAddr := netip.AddrPortFrom(trafficLB, 80), netip.MustParseAddrPort("198.19.0.40:80")
+	// The pod answers "served <the source it saw>".
+	served := func(got string) bool { return strings.HasPrefix(got, "served ") }
+	if got, err := allowed.Dial(node, lbAddr, 3*time.Second); err != nil || !served(got) {
 		t.Errorf("allowed client to the load balancer IP: %q, %v; want served\n%s", got, err, dump())
 	}
 	// The denied client's path works: the ranges do not guard the
 	// cluster IP.
-	if got, err := dialFrom(denied, node, vipAddr, 3*time.Second); err != nil || got != "served" {
+	if got, err := denied.Dial(node, vipAddr, 3*time.Second); err != nil || !served(got) {
 		t.Errorf("denied client to the cluster IP: %q, %v; want served\n%s", got, err, dump())
 	}
-	got, err := dialFrom(denied, node, lbAddr, 1500*time.Millisecond)
+	got, err := denied.Dial(node, lbAddr, 1500*time.Millisecond)
 	var nerr net.Error
 	switch {
 	case err == nil:
@@ -153,117 +151,7 @@ func lbTraffic(t *testing.T, ex Exec, v Variant) {
 		t.Errorf("partial sync: %v", err)
 		return
 	}
-	if got, err := dialFrom(denied, node, lbAddr, 3*time.Second); err != nil || got != "served" {
+	if got, err := denied.Dial(node, lbAddr, 3*time.Second); err != nil || !served(got) {
 		t.Errorf("once the ranges are gone, the formerly denied client to the load balancer IP: %q, %v; want served\n%s", got, err, dump())
 	}
-}
-
-func hostNet(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}
-}
-
-// addPeer creates a namespace whose eth0 has ip and reaches the node (the
-// calling thread's namespace) through a veth whose node side has gw. The
-// thread is back in node on return.
-func addPeer(nl *netlink.Handle, node netns.NsHandle, name string, ip, gw netip.Addr) (netns.NsHandle, error) {
-	peer, err := netns.New() // moves the thread into the new namespace...
-	if err != nil {
-		return 0, err
-	}
-	if err := netns.Set(node); err != nil { // ...and back
-		peer.Close()
-		return 0, err
-	}
-	fail := func(err error) (netns.NsHandle, error) {
-		peer.Close()
-		return 0, fmt.Errorf("%s: %w", name, err)
-	}
-	la := netlink.NewLinkAttrs()
-	la.Name = "pm-" + name
-	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(peer)}); err != nil {
-		return fail(err)
-	}
-	h, err := nl.LinkByName(la.Name)
-	if err == nil {
-		err = nl.AddrAdd(h, &netlink.Addr{IPNet: hostNet(gw)})
-	}
-	if err == nil {
-		err = nl.LinkSetUp(h)
-	}
-	if err == nil {
-		err = nl.RouteAdd(&netlink.Route{LinkIndex: h.Attrs().Index, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK})
-	}
-	if err != nil {
-		return fail(err)
-	}
-	ph, err := netlink.NewHandleAt(peer, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fail(err)
-	}
-	defer ph.Close()
-	var eth0 netlink.Link
-	for _, ifname := range []string{"lo", "eth0"} {
-		l, err := ph.LinkByName(ifname)
-		if err == nil {
-			err = ph.LinkSetUp(l)
-		}
-		if err != nil {
-			return fail(err)
-		}
-		eth0 = l
-	}
-	idx := eth0.Attrs().Index
-	err = ph.AddrAdd(eth0, &netlink.Addr{IPNet: hostNet(ip)})
-	if err == nil {
-		err = ph.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostNet(gw), Scope: netlink.SCOPE_LINK})
-	}
-	if err == nil {
-		err = ph.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: net.IP(gw.AsSlice())})
-	}
-	if err != nil {
-		return fail(err)
-	}
-	return peer, nil
-}
-
-// listenIn opens a TCP listener in ns (a socket stays in the namespace it
-// was created in) and returns the thread to node.
-func listenIn(ns, node netns.NsHandle, at netip.AddrPort) (net.Listener, error) {
-	if err := netns.Set(ns); err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", at.String())
-	if serr := netns.Set(node); serr != nil {
-		return nil, serr
-	}
-	return ln, err
-}
-
-func serve(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		fmt.Fprintln(c, "served")
-		c.Close()
-	}
-}
-
-// dialFrom connects to addr from ns and returns the line it is answered.
-func dialFrom(ns, node netns.NsHandle, addr string, timeout time.Duration) (string, error) {
-	if err := netns.Set(ns); err != nil {
-		return "", err
-	}
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	if serr := netns.Set(node); serr != nil {
-		return "", serr
-	}
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(line), err
 }

@@ -1,10 +1,8 @@
 package nftables
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -146,140 +144,6 @@ func sorted(s []string) []string {
 	return out
 }
 
-// peer is a namespace behind a veth from the node: a pod or a client
-// somewhere outside.
-type peer struct {
-	ns netns.NsHandle
-	ln net.Listener
-}
-
-func (p *peer) close() {
-	if p.ln != nil {
-		p.ln.Close()
-	}
-	p.ns.Close()
-}
-
-// addPeer creates a namespace at ip linked to the node (the calling
-// locked thread's namespace, node) by the veth pm-<name>, whose node end
-// holds gw, the peer's default route. It leaves the thread in node.
-func addPeer(nl *netlink.Handle, node netns.NsHandle, name string, ip, gw netip.Addr) (*peer, error) {
-	ns, err := netns.New() // moves the thread into the peer...
-	if err != nil {
-		return nil, err
-	}
-	p := &peer{ns: ns}
-	if err := netns.Set(node); err != nil { // ...and back
-		p.close()
-		return nil, err
-	}
-	fail := func(err error) (*peer, error) {
-		p.close()
-		return nil, fmt.Errorf("peer %s: %w", name, err)
-	}
-	la := netlink.NewLinkAttrs()
-	la.Name = "pm-" + name
-	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}); err != nil {
-		return fail(err)
-	}
-	h, err := nl.LinkByName(la.Name)
-	if err != nil {
-		return fail(err)
-	}
-	gwAddr, _ := netlink.ParseAddr(gw.String() + "/32")
-	if err := nl.AddrAdd(h, gwAddr); err != nil {
-		return fail(err)
-	}
-	if err := nl.LinkSetUp(h); err != nil {
-		return fail(err)
-	}
-	if err := nl.RouteAdd(&netlink.Route{LinkIndex: h.Attrs().Index, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK}); err != nil {
-		return fail(err)
-	}
-	ph, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fail(err)
-	}
-	defer ph.Close()
-	for _, ifname := range []string{"lo", "eth0"} {
-		l, err := ph.LinkByName(ifname)
-		if err != nil {
-			return fail(err)
-		}
-		if err := ph.LinkSetUp(l); err != nil {
-			return fail(err)
-		}
-	}
-	eth0, _ := ph.LinkByName("eth0")
-	a, _ := netlink.ParseAddr(ip.String() + "/32")
-	if err := ph.AddrAdd(eth0, a); err != nil {
-		return fail(err)
-	}
-	if err := ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: hostNet(gw), Scope: netlink.SCOPE_LINK}); err != nil {
-		return fail(err)
-	}
-	if err := ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
-		return fail(err)
-	}
-	return p, nil
-}
-
-func hostNet(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}
-}
-
-// in runs fn on the calling locked thread moved into p's namespace, and
-// brings it back to node; sockets fn creates stay in p's.
-func (p *peer) in(node netns.NsHandle, fn func() error) error {
-	if err := netns.Set(p.ns); err != nil {
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(node); err != nil {
-		// The thread is stuck elsewhere: nothing more may run on it.
-		panic(fmt.Sprintf("returning to the node namespace: %v", err))
-	}
-	return ferr
-}
-
-// serve makes p answer each connection to addr with "hello from <name>
-// to <client address>".
-func (p *peer) serve(node netns.NsHandle, name string, addr netip.AddrPort) error {
-	return p.in(node, func() error {
-		var err error
-		p.ln, err = net.Listen("tcp", addr.String())
-		if err != nil {
-			return err
-		}
-		go func() {
-			for {
-				c, err := p.ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
-				c.Close()
-			}
-		}()
-		return nil
-	})
-}
-
-// dial connects from p to addr and returns the first line answered.
-func (p *peer) dial(node netns.NsHandle, addr netip.AddrPort, timeout time.Duration) (string, error) {
-	var c net.Conn
-	if err := p.in(node, func() (err error) {
-		c, err = net.DialTimeout("tcp", addr.String(), timeout)
-		return err
-	}); err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(line), err
-}
-
 // TestRealLoadBalancerSourceRanges sends TCP connections through the
 // real kernel: a node namespace holding the table, a pod namespace with
 // the endpoint, and two client namespaces outside the cluster, one in
@@ -327,28 +191,28 @@ func TestRealLoadBalancerSourceRanges(t *testing.T) {
 			lb      = netip.AddrPortFrom(lbIP, 80)
 			cluster = netip.MustParseAddrPort("198.19.0.81:80")
 		)
-		pod, err := addPeer(nl, node, "pod", podIP, podGW)
+		pod, err := netnstest.AddPeer(nl, node, "pod", podIP, podGW)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		defer pod.close()
-		if err := pod.serve(node, "pod", netip.AddrPortFrom(podIP, 8080)); err != nil {
+		defer pod.Close()
+		if err := pod.Serve(node, "pod", netip.AddrPortFrom(podIP, 8080)); err != nil {
 			t.Errorf("pod server: %v", err)
 			return
 		}
-		allowed, err := addPeer(nl, node, "in", inIP, gw)
+		allowed, err := netnstest.AddPeer(nl, node, "in", inIP, gw)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		defer allowed.close()
-		denied, err := addPeer(nl, node, "out", outIP, gw)
+		defer allowed.Close()
+		denied, err := netnstest.AddPeer(nl, node, "out", outIP, gw)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		defer denied.close()
+		defer denied.Close()
 
 		nft, err := knftables.New(knftables.IPv4Family, TableName)
 		if err != nil {
@@ -374,15 +238,15 @@ func TestRealLoadBalancerSourceRanges(t *testing.T) {
 			return string(out)
 		}
 		// The Cluster policy masquerades: the pod sees its gateway.
-		served := func(who string, c *peer, addr netip.AddrPort) {
+		served := func(who string, c *netnstest.Peer, addr netip.AddrPort) {
 			t.Helper()
-			if got, err := c.dial(node, addr, 3*time.Second); err != nil || got != "pod "+podGW.String() {
+			if got, err := c.Dial(node, addr, 3*time.Second); err != nil || got != "pod "+podGW.String() {
 				t.Errorf("%s to %s: answered %q (%v), want the pod seeing %s\n%s", who, addr, got, err, podGW, ruleset())
 			}
 		}
-		timesOut := func(who string, c *peer, addr netip.AddrPort) {
+		timesOut := func(who string, c *netnstest.Peer, addr netip.AddrPort) {
 			t.Helper()
-			got, err := c.dial(node, addr, 2*time.Second)
+			got, err := c.Dial(node, addr, 2*time.Second)
 			var ne net.Error
 			if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 				t.Errorf("%s to %s: answered %q (%v), want a timeout (dropped)\n%s", who, addr, got, err, ruleset())
