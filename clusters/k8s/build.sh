@@ -11,6 +11,12 @@ minor=${version#v1.}; minor=${minor%%.*}
 hash=$(cd "$here" && cat go.mod go.sum $(find cmd -name '*.go' | sort) | sha256sum | cut -c1-12)
 out="$cache/k8s/$version-$hash"
 mkdir -p "$out"
+# Runs at once (make test's lanes, a soak or a helper beside it) would
+# build into the same temp file, and the first mv would leave the other
+# failing on a missing file: it did, on a cold machine. The lock makes the
+# later runs wait and then find the binary built.
+exec 9>"$out/.lock"
+flock 9
 for bin in "$@"; do
   if [ -x "$out/$bin" ]; then
     continue

@@ -87,6 +87,7 @@ var Base = map[string]string{
 	"tar":      "tar",
 	"ldd":      "libc-bin",
 	"setpriv":  "util-linux",
+	"flock":    "util-linux", // clusters/k8s/build.sh: one build at a time
 	"go":       "the Go toolchain the README asks for",
 	"git":      "git (the bench records the commit when it is there)",
 }
