@@ -11,6 +11,9 @@ import (
 
 	"github.com/rhysd/actionlint"
 	"sigs.k8s.io/yaml"
+
+	"github.com/proxymodes/proxymodes/clusters/manifests"
+	"github.com/proxymodes/proxymodes/harness/cluster"
 )
 
 // root is the repository, two levels up from this package.
@@ -63,7 +66,10 @@ func TestWorkflowsPassActionlint(t *testing.T) {
 type workflow struct {
 	Jobs map[string]struct {
 		Strategy struct {
-			Matrix map[string][]string `json:"matrix"`
+			Matrix struct {
+				Mode, Impl, Run []string
+				Exclude         []map[string]string
+			} `json:"matrix"`
 		} `json:"strategy"`
 		Steps []step `json:"steps"`
 	} `json:"jobs"`
@@ -88,9 +94,20 @@ func TestNightlyRunsTheMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf, bench, soak := wf.Jobs["conformance"], wf.Jobs["bench"], wf.Jobs["soak"]
+	// Every mode the reference proxier has, for both implementations,
+	// less exactly the pairs an implementation lacks (kube-proxy's
+	// userspace).
 	m := conf.Strategy.Matrix
-	if !slices.Equal(m["mode"], []string{"iptables", "ipvs"}) || !slices.Equal(m["impl"], []string{"reference", "kube-proxy"}) {
-		t.Errorf("conformance matrix %v, want mode iptables,ipvs × impl reference,kube-proxy", m)
+	if !slices.Equal(m.Mode, manifests.Modes) || !slices.Equal(m.Impl, []string{cluster.ImplReference, cluster.ImplKubeProxy}) {
+		t.Errorf("conformance matrix mode %v × impl %v, want %v × reference, kube-proxy", m.Mode, m.Impl, manifests.Modes)
+	}
+	for _, mode := range m.Mode {
+		for _, impl := range m.Impl {
+			excluded := slices.ContainsFunc(m.Exclude, func(e map[string]string) bool { return e["mode"] == mode && e["impl"] == impl })
+			if has := cluster.CheckImpl(impl, mode) == nil; has == excluded {
+				t.Errorf("conformance matrix: %s/%s is excluded: %v, but the implementation has the mode: %v", mode, impl, excluded, has)
+			}
+		}
 	}
 	check := func(job, command, upload string, steps []step) {
 		ran, uploaded := false, false
@@ -105,8 +122,8 @@ func TestNightlyRunsTheMatrix(t *testing.T) {
 	check("conformance", `make conformance MODE="$MODE" PROVIDER=kind IMPL="$IMPL"`, "conformance-${{ matrix.mode }}-${{ matrix.impl }}", conf.Steps)
 	check("bench", "make bench LABEL=nightly", "results/*-nightly", bench.Steps)
 	// Issue 16: N=20 soaks of every host-kernel mode and implementation.
-	if want := []string{"userspace/reference", "iptables/reference", "iptables/kube-proxy"}; !slices.Equal(soak.Strategy.Matrix["run"], want) {
-		t.Errorf("soak matrix %v, want %v", soak.Strategy.Matrix["run"], want)
+	if want := []string{"userspace/reference", "iptables/reference", "iptables/kube-proxy"}; !slices.Equal(soak.Strategy.Matrix.Run, want) {
+		t.Errorf("soak matrix %v, want %v", soak.Strategy.Matrix.Run, want)
 	}
 	check("soak", `make soak MODE="${RUN%/*}" IMPL="${RUN#*/}" N=20`, "/soak", soak.Steps)
 }

@@ -9,7 +9,6 @@ package kind
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -76,9 +75,6 @@ func (o Options) complete() (Options, error) {
 	}
 	if err := cluster.CheckImpl(o.Impl, o.Mode); err != nil {
 		return o, err
-	}
-	if o.Mode == "nftables" {
-		return o, errors.New("MODE=nftables on kind is not built yet: the offline node image and the proxier image have no nft (issue 15); run it on the local lab (PROVIDER=local)")
 	}
 	if o.Name == "" {
 		o.Name = DefaultName

@@ -25,6 +25,9 @@ var committed = []Options{
 	{Mode: "ipvs", Impl: ImplReference},
 	{Mode: "iptables", Impl: ImplKubeProxy},
 	{Mode: "ipvs", Impl: ImplKubeProxy},
+	{Mode: "nftables", Impl: ImplReference},
+	{Mode: "nftables", Impl: ImplKubeProxy},
+	{Mode: "userspace", Impl: ImplReference},
 }
 
 // TestRenderGolden checks the committed configs: the golden files are
@@ -183,7 +186,6 @@ func TestRenderRejects(t *testing.T) {
 	}{
 		{Options{Mode: "userspace", Impl: ImplKubeProxy}, "use one of iptables, ipvs"},
 		{Options{Mode: "ipvs", Impl: "cilium"}, "unknown"},
-		{Options{Mode: "nftables"}, "not built yet"},
 		{Options{Mode: "ebpf"}, "use one of userspace, iptables, ipvs, nftables"},
 		{Options{Mode: "iptables", Nodes: addrplan.MaxNodes + 1}, "pod /24s for 1 to"},
 		{Options{Mode: "iptables", Nodes: -1}, "pod /24s for 1 to"},

@@ -41,7 +41,7 @@ const (
 // with nothing but the capabilities the rendered DaemonSet adds (a
 // container also keeps the runtime's defaults; this is stricter) and
 // checks that it syncs and programs a Service with iptables-nft,
-// iptables-legacy and in userspace mode. IPVS needs ip_vs, which this
+// iptables-legacy, in userspace mode and in nftables mode. IPVS needs ip_vs, which this
 // machine's kernel lacks; its privileged init container is covered by the
 // --init-only unit test.
 func TestProxierRunsWithTheDaemonSetCapabilities(t *testing.T) {
@@ -125,12 +125,16 @@ func checkCaps(caps string) error {
 	if err != nil {
 		return err
 	}
-	for _, run := range []struct{ mode, backend string }{{"iptables", "nft"}, {"iptables", "legacy"}, {"userspace", "nft"}} {
+	for _, run := range []struct{ mode, backend string }{{"iptables", "nft"}, {"iptables", "legacy"}, {"userspace", "nft"}, {"nftables", ""}} {
 		start := time.Now()
-		if err := runProxier(ctx, cp.Kubeconfig, caps, run.mode, run.backend, vip, limit); err != nil {
-			return fmt.Errorf("%s mode, iptables-%s: %w", run.mode, run.backend, err)
+		label := run.mode + " mode"
+		if run.backend != "" {
+			label += ", iptables-" + run.backend
 		}
-		fmt.Printf("%s mode, iptables-%s: programmed the Service in %s\n", run.mode, run.backend, time.Since(start).Round(time.Millisecond))
+		if err := runProxier(ctx, cp.Kubeconfig, caps, run.mode, run.backend, vip, limit); err != nil {
+			return fmt.Errorf("%s: %w", label, err)
+		}
+		fmt.Printf("%s: programmed the Service in %s\n", label, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -157,14 +161,19 @@ func createService(ctx context.Context, cs kubernetes.Interface) (string, error)
 
 // runProxier runs the proxier under setpriv, whose bounding set leaves
 // root with caps alone, until its healthz says a sync succeeded and the
-// Service's address is in the backend's rules.
+// Service's address is in the mode's rules (the iptables backend's; an
+// empty backend is the nftables mode's table).
 func runProxier(ctx context.Context, kubeconfig, caps, mode, backend, vip string, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "setpriv", "--bounding-set=-all,+"+strings.ReplaceAll(caps, ",", ",+"), "--inh-caps=-all", "--",
-		os.Getenv(envCapsBin), "--proxy-mode="+mode, "--iptables-backend="+backend, "--kubeconfig="+kubeconfig,
-		"--hostname-override=node-1", "--cluster-cidr="+addrplan.Pods.String(),
-		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=", "--min-sync-period=100ms")
+	args := []string{"--bounding-set=-all,+" + strings.ReplaceAll(caps, ",", ",+"), "--inh-caps=-all", "--",
+		os.Getenv(envCapsBin), "--proxy-mode=" + mode, "--kubeconfig=" + kubeconfig,
+		"--hostname-override=node-1", "--cluster-cidr=" + addrplan.Pods.String(),
+		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=", "--min-sync-period=100ms"}
+	if backend != "" {
+		args = append(args, "--iptables-backend="+backend)
+	}
+	cmd := exec.CommandContext(ctx, "setpriv", args...)
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
@@ -180,12 +189,16 @@ func runProxier(ctx context.Context, kubeconfig, caps, mode, backend, vip string
 		if resp, err := http.Get("http://127.0.0.1:10256/healthz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				rules, err := exec.Command("iptables-" + backend + "-save").CombinedOutput()
+				dump := exec.Command("iptables-" + backend + "-save")
+				if mode == "nftables" {
+					dump = exec.Command("nft", "list", "table", "ip", "proxymodes")
+				}
+				rules, err := dump.CombinedOutput()
 				if err != nil {
-					return fmt.Errorf("iptables-%s-save: %v: %s", backend, err, rules)
+					return fmt.Errorf("%s: %v: %s", dump, err, rules)
 				}
 				if !strings.Contains(string(rules), vip) {
-					return fmt.Errorf("healthy, but no %s rule names the Service's address %s", backend, vip)
+					return fmt.Errorf("healthy, but no rule of %s names the Service's address %s", dump, vip)
 				}
 				return nil
 			}

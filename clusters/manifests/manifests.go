@@ -30,7 +30,7 @@ const (
 )
 
 // Modes are the proxy modes the reference proxier has.
-var Modes = []string{"userspace", "iptables", "ipvs"}
+var Modes = []string{"userspace", "iptables", "ipvs", "nftables"}
 
 // Options say what to deploy.
 type Options struct {

@@ -156,7 +156,7 @@ func TestRenderRejects(t *testing.T) {
 		edit func(*Options)
 		want string
 	}{
-		{"unknown mode", func(o *Options) { o.Mode = "nftables" }, "use one of userspace, iptables, ipvs"},
+		{"unknown mode", func(o *Options) { o.Mode = "ebpf" }, "use one of userspace, iptables, ipvs, nftables"},
 		{"no image", func(o *Options) { o.Image = "" }, "clusters/proxier/Dockerfile"},
 		{"image with a quote", func(o *Options) { o.Image = `x"y` }, "not an image reference"},
 		{"no API server", func(o *Options) { o.APIServer = "" }, "IP:port"},
