@@ -8,6 +8,12 @@
 // different kernels share no row: a host figure is never compared with a
 // UML one, or with another host kernel's.
 //
+// Sets written before points carried their iptables backend name their
+// iptables rows without backend=; such a row is read as the backend its
+// set ran with (legacy in a UML guest, the only one it has; on the host,
+// the set's "iptables" configuration line), so that it still matches a
+// newer set's row.
+//
 // File configuration lines (commit, versions) are not used to match rows,
 // unlike plain benchstat, which splits them into separate tables when the
 // commit differs; they are listed, with what changed, above the tables.
@@ -59,6 +65,9 @@ type set struct {
 	tables []table           // in the order first seen
 	rows   map[table]*rows
 	units  benchfmt.UnitMetadataMap
+	// renamed counts the rows read under the backend their set ran with
+	// (withBackend).
+	renamed int
 }
 
 // rows are the samples of one table by benchmark name, names in the order
@@ -142,6 +151,10 @@ func read(r io.Reader, name string) (*set, error) {
 			if row == "" {
 				row = base
 			}
+			if named := withBackend(row, configValue(s.config, "iptables")); named != row {
+				row = named
+				s.renamed++
+			}
 			for _, v := range rec.Values {
 				t := table{base, v.Unit}
 				rs := s.rows[t]
@@ -167,6 +180,42 @@ func read(r io.Reader, name string) (*set, error) {
 	return s, nil
 }
 
+// withBackend gives an iptables row of an older set, which has no
+// backend= part, the backend that set ran with: legacy in a UML guest
+// (it has no IPv4 nf_tables), else the host's (hostIPTables, from the
+// set's "iptables" line; the row stays as it is when that is unknown).
+func withBackend(row, hostIPTables string) string {
+	parts := strings.Split(row, "/")
+	mode, kernel := -1, ""
+	for i, p := range parts {
+		switch {
+		case strings.HasPrefix(p, "backend="):
+			return row
+		case p == "mode=iptables":
+			mode = i
+		case strings.HasPrefix(p, "kernel="):
+			kernel = strings.TrimPrefix(p, "kernel=")
+		}
+	}
+	backend := hostIPTables
+	if strings.HasPrefix(kernel, "uml-") {
+		backend = "legacy"
+	}
+	if mode < 0 || (backend != "legacy" && backend != "nft") {
+		return row
+	}
+	return strings.Join(slices.Insert(parts, mode+1, "backend="+backend), "/")
+}
+
+func configValue(cfg []benchfmt.Config, key string) string {
+	for _, c := range cfg {
+		if c.Key == key {
+			return string(c.Value)
+		}
+	}
+	return ""
+}
+
 // rowOrder lists the names of a table's rows: the old set's in its order,
 // then those only the new set has.
 func rowOrder(t table, sets ...*set) []string {
@@ -184,6 +233,11 @@ func rowOrder(t table, sets ...*set) []string {
 func write(w io.Writer, old, cur *set) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "old: %s\nnew: %s\n", old.label, cur.label)
+	for _, s := range []*set{old, cur} {
+		if s.renamed > 0 {
+			fmt.Fprintf(&b, "note: %s names its iptables rows without a backend; they are read as backend=legacy in UML (its only one) and as its \"iptables:\" line on the host\n", s.label)
+		}
+	}
 	writeConfig(&b, old.config, cur.config)
 
 	var tables []table
@@ -199,7 +253,7 @@ func write(w io.Writer, old, cur *set) error {
 		common += writeTable(&b, t, old, cur)
 	}
 	if common == 0 {
-		fmt.Fprintf(&b, "\nNo benchmark is in both sets. Rows match only when kernel, mode, impl, Services and endpoints are all equal;\n"+
+		fmt.Fprintf(&b, "\nNo benchmark is in both sets. Rows match only when kernel, mode, backend, impl, Services and endpoints are all equal;\n"+
 			"figures from different kernels are never compared (old ran in %s, new in %s).\n",
 			strings.Join(kernels(old), ", "), strings.Join(kernels(cur), ", "))
 	} else if ko, kn := kernels(old), kernels(cur); !slices.Equal(ko, kn) {

@@ -13,7 +13,7 @@ import (
 // exactUnits are counts that do not vary between repetitions; bench.txt
 // tells benchstat so ("Unit ... assume=exact"), which makes any change in
 // them significant instead of noise.
-var exactUnits = []string{UnitIPTablesRules, UnitIPVSServices, UnitIPVSDests}
+var exactUnits = []string{UnitIPTablesRules, UnitIPVSServices, UnitIPVSDests, UnitNFTRules, UnitNFTElements}
 
 // higherBetterUnits are the units where more is better; benchstat assumes
 // lower for the rest only for its own units, so this is said explicitly.
@@ -23,6 +23,8 @@ var higherBetterUnits = []string{UnitReqPerSec}
 // point, e.g. "Sync/kernel=host-6.18.5/mode=iptables/impl=reference/services=1000/endpoints=2".
 // Every part is key=value so that benchstat -col /impl, -col /mode and
 // -col /kernel work; values lose spaces and slashes; direct has impl=none.
+// A point with an iptables backend has backend= after its mode, so that
+// the two backends are two rows (and -col /backend compares them).
 func BenchName(family string, p *Point) string {
 	return family + "/" + pointKey(p)
 }
@@ -32,8 +34,12 @@ func pointKey(p *Point) string {
 	if impl == "" {
 		impl = "none"
 	}
-	return fmt.Sprintf("kernel=%s/mode=%s/impl=%s/services=%d/endpoints=%d",
-		slug(p.Kernel), slug(p.Mode), slug(impl), p.Services, p.EndpointsPerService)
+	mode := "mode=" + slug(p.Mode)
+	if p.Backend != "" {
+		mode += "/backend=" + slug(p.Backend)
+	}
+	return fmt.Sprintf("kernel=%s/%s/impl=%s/services=%d/endpoints=%d",
+		slug(p.Kernel), mode, slug(impl), p.Services, p.EndpointsPerService)
 }
 
 // WriteBench writes the set as Go benchmark lines for benchstat: the

@@ -35,6 +35,8 @@ var columns = []column{
 	{Rules, UnitIPTablesRules, "iptables rules"},
 	{Rules, UnitIPVSServices, "IPVS services"},
 	{Rules, UnitIPVSDests, "IPVS dests"},
+	{Rules, UnitNFTRules, "nft rules"},
+	{Rules, UnitNFTElements, "nft elements"},
 }
 
 // ratioNote says how to read a ratio cell.
@@ -49,7 +51,8 @@ const glossary = `Columns: **sync full**: the first sync of a proxier restarted 
 **rules p50/p99**: from an EndpointSlice change to the node's proxier having applied it (its last-sync timestamp); **conn p50/p99**: to the first connection through the VIP that reaches the new endpoints (percentiles over the changes of one point, each made with the proxier idle; with fewer than 100 changes p99 is the slowest).
 **p50/p90/p99** and **req/s**: request latency and throughput through a Service.
 **CPU** and **RSS**: CPU time and peak resident memory of the proxier.
-**iptables rules**, **IPVS services**, **IPVS dests**: programmed state once synced.`
+**iptables rules**, **IPVS services**, **IPVS dests**, **nft rules** and **nft elements** (of the nftables mode's sets and maps, where it keeps one entry per Service): programmed state once synced.
+A mode with a backend, e.g. **iptables-legacy** or **iptables-nft**, is the iptables mode with its rules written through that iptables backend.`
 
 const kernelNote = `**Host-kernel and UML figures are not comparable.** A user-mode Linux (UML) guest runs its kernel
 as an ordinary process, so everything measured in it is slower than on the host, by a factor that
@@ -98,10 +101,9 @@ func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
 	}
 
 	if len(s.Skipped) > 0 {
-		b.WriteString("## Not measured\n\nThe sweep skipped these points because the same proxier's smaller point predicted they would " +
-			"not fit the time budget of one point.\n\n")
+		b.WriteString("## Not measured\n\nThe sweep skipped these points, each for the reason given.\n\n")
 		for _, k := range s.Skipped {
-			fmt.Fprintf(&b, "- %s, %s/%s, %d Services: %s\n", k.Kernel, k.Mode, k.Impl, k.Services, oneLine(k.Reason))
+			fmt.Fprintf(&b, "- %s, %s/%s, %d Services: %s\n", k.Kernel, modeLabel(k.Mode, k.Backend), k.Impl, k.Services, oneLine(k.Reason))
 		}
 		b.WriteString("\n")
 	}
@@ -191,7 +193,7 @@ func envRows(e *Env) [][]string {
 	add("Go", e.GoVersion)
 	add("Kubernetes", e.Kubernetes)
 	add("proxymodes commit", e.Commit)
-	add("iptables backend", e.IPTablesBackend)
+	add("host's iptables", e.IPTablesBackend)
 	for _, k := range sortedKeys(e.Extra) {
 		add(k, e.Extra[k])
 	}
@@ -217,6 +219,7 @@ func sweepRows(sw *Sweep) [][]string {
 	add("modes", strings.Join(sw.Modes, ", "))
 	add("implementations", strings.Join(sw.Impls, ", "))
 	add("kernels", strings.Join(sw.Kernels, ", "))
+	add("iptables backends", strings.Join(sw.Backends, ", "))
 	if sw.Direct {
 		add("direct baseline", "yes (load sent straight to a pod IP)")
 	}
@@ -315,7 +318,7 @@ func writeMedians(b *bytes.Buffer, pts []*Point, all []column) {
 			if (size{p.Services, p.EndpointsPerService}) != z {
 				continue
 			}
-			row := []string{p.Mode, implCell(p)}
+			row := []string{p.ModeLabel(), implCell(p)}
 			for _, c := range cols {
 				if sum, ok := Summarize(p.Samples(c.bench, c.unit)); ok {
 					row = append(row, medianCell(c, sum))
@@ -370,7 +373,7 @@ func implPairs(pts []*Point, other string) []implPair {
 			continue
 		}
 		for _, o := range pts {
-			if o.Impl == other && o.Error == "" && o.Mode == ref.Mode && o.Services == ref.Services && o.EndpointsPerService == ref.EndpointsPerService {
+			if o.Impl == other && o.Error == "" && o.Mode == ref.Mode && o.Backend == ref.Backend && o.Services == ref.Services && o.EndpointsPerService == ref.EndpointsPerService {
 				pairs = append(pairs, implPair{ref, o})
 			}
 		}
@@ -416,7 +419,7 @@ func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
 		}
 		var rows [][]string
 		for _, p := range pairs {
-			row := []string{p.ref.Mode, size{p.ref.Services, p.ref.EndpointsPerService}.String()}
+			row := []string{p.ref.ModeLabel(), size{p.ref.Services, p.ref.EndpointsPerService}.String()}
 			for _, c := range cols {
 				if r, ok := ratio(p.ref, p.other, c); ok {
 					row = append(row, r)
@@ -450,7 +453,7 @@ func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
 		if direct == nil {
 			continue
 		}
-		row := []string{p.Mode, implCell(p), size{p.Services, p.EndpointsPerService}.String()}
+		row := []string{p.ModeLabel(), implCell(p), size{p.Services, p.EndpointsPerService}.String()}
 		any := false
 		for _, c := range directColumns {
 			if r, ok := ratio(p, direct, c); ok {

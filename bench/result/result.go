@@ -67,6 +67,11 @@ const (
 	UnitIPTablesRules = "iptables-rules"
 	UnitIPVSServices  = "ipvs-services"
 	UnitIPVSDests     = "ipvs-dests"
+	// The nftables mode's table holds rules and, apart from them, the
+	// elements of its sets and maps: a Service's dispatch is a map
+	// element, not a rule, so counting rules alone would miss it.
+	UnitNFTRules    = "nft-rules"
+	UnitNFTElements = "nft-elements"
 )
 
 // Modes and implementations.
@@ -74,6 +79,7 @@ const (
 	ModeUserspace = "userspace"
 	ModeIPTables  = "iptables"
 	ModeIPVS      = "ipvs"
+	ModeNFTables  = "nftables"
 	// ModeDirect sends the load straight to a pod IP: no proxy at all, the
 	// floor every mode is measured against. Its points have no Impl.
 	ModeDirect = "direct"
@@ -84,6 +90,14 @@ const (
 	// right after itself, as if it were another implementation: the A/A
 	// check. Any significant difference it shows is the method's.
 	ImplReferenceTwin = "reference-twin"
+)
+
+// iptables backends: the kernel API a proxier's iptables rules go
+// through. Where the kernel has both, one set can measure the iptables
+// mode with each, as two curves (Point.Backend).
+const (
+	BackendLegacy = "legacy" // x_tables, iptables-legacy
+	BackendNFT    = "nft"    // nf_tables through iptables-nft
 )
 
 // Set is one benchmark run: what was asked (Sweep), where it ran (Env) and
@@ -104,6 +118,7 @@ type Set struct {
 type Skip struct {
 	Kernel   string `json:"kernel"`
 	Mode     string `json:"mode"`
+	Backend  string `json:"backend,omitempty"` // as Point.Backend
 	Impl     string `json:"impl"`
 	Services int    `json:"services"`
 	Reason   string `json:"reason"`
@@ -121,7 +136,7 @@ type Env struct {
 	GoVersion       string `json:"goVersion"`
 	Kubernetes      string `json:"kubernetes"`      // e.g. v1.37.2
 	Commit          string `json:"commit"`          // proxymodes git commit
-	IPTablesBackend string `json:"iptablesBackend"` // nft or legacy
+	IPTablesBackend string `json:"iptablesBackend"` // the host's own iptables, nft or legacy; each iptables point has its Backend
 	// Extra holds anything else worth keeping; keys should be lower-case
 	// words joined by '-' so they can also be benchstat configuration keys.
 	Extra map[string]string `json:"extra,omitempty"`
@@ -133,8 +148,9 @@ type Sweep struct {
 	EndpointsPerService int               `json:"endpointsPerService"`
 	Modes               []string          `json:"modes"`
 	Impls               []string          `json:"impls"`
-	Kernels             []string          `json:"kernels,omitempty"` // "host", "uml"
-	Direct              bool              `json:"direct"`            // whether a direct (no proxy) baseline was measured
+	Kernels             []string          `json:"kernels,omitempty"`  // "host", "uml"
+	Backends            []string          `json:"backends,omitempty"` // iptables backends the iptables mode ran with
+	Direct              bool              `json:"direct"`             // whether a direct (no proxy) baseline was measured
 	Repetitions         int               `json:"repetitions"`
 	Requests            int               `json:"requests"` // data-plane requests per repetition
 	Concurrency         int               `json:"concurrency"`
@@ -148,7 +164,8 @@ type Point struct {
 	// Points with different kernels are never compared with each other.
 	Kernel              string   `json:"kernel"`
 	Mode                string   `json:"mode"`
-	Impl                string   `json:"impl"` // "" for ModeDirect
+	Backend             string   `json:"backend,omitempty"` // iptables points: BackendLegacy or BackendNFT, two curves of one mode
+	Impl                string   `json:"impl"`              // "" for ModeDirect
 	Services            int      `json:"services"`
 	EndpointsPerService int      `json:"endpointsPerService"`
 	Metrics             []Metric `json:"metrics"`
@@ -226,26 +243,37 @@ func (m *Metric) Median() (float64, bool) {
 	return (s[n/2-1] + s[n/2]) / 2, true
 }
 
-// Name is a short human name of the point, e.g. "iptables/reference, 1000
-// Services × 2 endpoints (host 6.18.5)".
+// Name is a short human name of the point, e.g. "iptables-nft/reference,
+// 1000 Services × 2 endpoints (host 6.18.5)".
 func (p *Point) Name() string {
 	return fmt.Sprintf("%s, %d Services × %d endpoints (%s)", p.series(), p.Services, p.EndpointsPerService, p.Kernel)
 }
 
 // series is the point's line in a plot and row label in a table: the mode
-// and implementation.
+// (with its backend) and implementation.
 func (p *Point) series() string {
 	if p.Impl == "" {
-		return p.Mode
+		return p.ModeLabel()
 	}
-	return p.Mode + "/" + p.Impl
+	return p.ModeLabel() + "/" + p.Impl
+}
+
+// ModeLabel is the mode as tables show it: with the backend where the
+// point has one, e.g. "iptables-legacy".
+func (p *Point) ModeLabel() string { return modeLabel(p.Mode, p.Backend) }
+
+func modeLabel(mode, backend string) string {
+	if backend == "" {
+		return mode
+	}
+	return mode + "-" + backend
 }
 
 // Find returns the point with these coordinates, or nil.
-func (s *Set) Find(kernel, mode, impl string, services, endpoints int) *Point {
+func (s *Set) Find(kernel, mode, backend, impl string, services, endpoints int) *Point {
 	for i := range s.Points {
 		p := &s.Points[i]
-		if p.Kernel == kernel && p.Mode == mode && p.Impl == impl && p.Services == services && p.EndpointsPerService == endpoints {
+		if p.Kernel == kernel && p.Mode == mode && p.Backend == backend && p.Impl == impl && p.Services == services && p.EndpointsPerService == endpoints {
 			return p
 		}
 	}
@@ -275,11 +303,15 @@ func (s *Set) Validate() error {
 		case strings.TrimSpace(p.Kernel) == "":
 			return fmt.Errorf("%s has no Kernel: set it to where the data plane ran, e.g. \"host 6.18.5\" or \"uml 6.1.176\"", where)
 		case p.Mode == "":
-			return fmt.Errorf("%s has no Mode: set it to userspace, iptables, ipvs or direct", where)
+			return fmt.Errorf("%s has no Mode: set it to userspace, iptables, ipvs, nftables or direct", where)
 		case p.Mode == ModeDirect && p.Impl != "":
 			return fmt.Errorf("%s is a direct point with Impl %q: direct has no proxy, leave Impl empty", where, p.Impl)
 		case p.Mode != ModeDirect && p.Impl == "":
 			return fmt.Errorf("%s has no Impl: set it to reference or kube-proxy", where)
+		case p.Backend != "" && p.Backend != BackendLegacy && p.Backend != BackendNFT:
+			return fmt.Errorf("%s has Backend %q: use %s or %s (the iptables backend), or leave it empty", where, p.Backend, BackendLegacy, BackendNFT)
+		case p.Backend != "" && (p.Mode == ModeDirect || p.Mode == ModeNFTables):
+			return fmt.Errorf("%s is a %s point with Backend %q: it writes no iptables rules, leave Backend empty", where, p.Mode, p.Backend)
 		}
 		for _, m := range p.Metrics {
 			if m.Bench == "" || strings.ContainsAny(m.Bench, " \t\n/") {
@@ -313,15 +345,16 @@ func (s *Set) sorted() *Set {
 }
 
 var (
-	modeOrder   = []string{ModeUserspace, ModeIPTables, ModeIPVS, ModeDirect}
-	implOrder   = []string{ImplReference, ImplKubeProxy, ImplReferenceTwin}
-	familyOrder = []string{Sync, Programming, DataPlane, Resources, Rules}
-	unitOrder   = []string{
+	modeOrder    = []string{ModeUserspace, ModeIPTables, ModeIPVS, ModeNFTables, ModeDirect}
+	backendOrder = []string{"", BackendLegacy, BackendNFT}
+	implOrder    = []string{ImplReference, ImplKubeProxy, ImplReferenceTwin}
+	familyOrder  = []string{Sync, Programming, DataPlane, Resources, Rules}
+	unitOrder    = []string{
 		UnitFullSec, UnitColdFullSec, UnitPartialSec,
 		UnitRulesP50Sec, UnitRulesP99Sec, UnitConnP50Sec, UnitConnP99Sec,
 		UnitP50Sec, UnitP90Sec, UnitP99Sec, UnitReqPerSec,
 		UnitCPUSec, UnitRSSBytes,
-		UnitIPTablesRules, UnitIPVSServices, UnitIPVSDests,
+		UnitIPTablesRules, UnitIPVSServices, UnitIPVSDests, UnitNFTRules, UnitNFTElements,
 	}
 )
 
@@ -358,6 +391,7 @@ func comparePoints(a, b Point) int {
 		cmp.Compare(a.Services, b.Services),
 		cmp.Compare(a.EndpointsPerService, b.EndpointsPerService),
 		compareKnown(modeOrder, a.Mode, b.Mode),
+		compareKnown(backendOrder, a.Backend, b.Backend),
 		compareKnown(implOrder, a.Impl, b.Impl),
 	)
 }

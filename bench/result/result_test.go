@@ -20,8 +20,10 @@ const (
 )
 
 // testSet is a small run: two sizes on the host with both implementations
-// and a direct baseline, a UML point, a failed point and a metric this
-// package does not know. Points are added out of order on purpose.
+// and a direct baseline, the iptables mode with both backends at one size,
+// the nftables mode, a UML point, a failed point, a skipped one and a
+// metric this package does not know. Points are added out of order on
+// purpose.
 func testSet() *Set {
 	s := &Set{
 		Label:    "default",
@@ -35,8 +37,8 @@ func testSet() *Set {
 		},
 		Sweep: Sweep{
 			Services: []int{1000, 10000}, EndpointsPerService: 2,
-			Modes: []string{ModeIPTables, ModeIPVS}, Impls: []string{ImplReference, ImplKubeProxy},
-			Kernels: []string{"host", "uml"}, Direct: true,
+			Modes: []string{ModeIPTables, ModeIPVS, ModeNFTables}, Impls: []string{ImplReference, ImplKubeProxy},
+			Kernels: []string{"host", "uml"}, Backends: []string{BackendNFT, BackendLegacy}, Direct: true,
 			Repetitions: 3, Requests: 20000, Concurrency: 16, Nodes: 2,
 		},
 	}
@@ -46,7 +48,7 @@ func testSet() *Set {
 	}
 	for _, services := range []int{10000, 1000} {
 		k := float64(services) / 1000
-		add(Point{Kernel: host, Mode: ModeIPTables, Impl: ImplKubeProxy, Services: services, EndpointsPerService: 2}, func(p *Point) {
+		add(Point{Kernel: host, Mode: ModeIPTables, Backend: BackendNFT, Impl: ImplKubeProxy, Services: services, EndpointsPerService: 2}, func(p *Point) {
 			p.Add(DataPlane, UnitP50Sec, 110e-6, 112e-6, 111e-6)
 			for i := range 4 { // a linear walk: 10 ns more per rule
 				idx := (2*i + 1) * services / 8
@@ -63,7 +65,7 @@ func testSet() *Set {
 			p.Add(Resources, UnitRSSBytes, 80e6+k*5e6, 81e6+k*5e6, 79e6+k*5e6)
 			p.Add(Rules, UnitIPTablesRules, 12*float64(services)+40, 12*float64(services)+40, 12*float64(services)+40)
 		})
-		add(Point{Kernel: host, Mode: ModeIPTables, Impl: ImplReference, Services: services, EndpointsPerService: 2}, func(p *Point) {
+		add(Point{Kernel: host, Mode: ModeIPTables, Backend: BackendNFT, Impl: ImplReference, Services: services, EndpointsPerService: 2}, func(p *Point) {
 			p.Add(Sync, UnitFullSec, 0.2*k, 0.21*k, 0.22*k, 0.205*k, 0.215*k, 0.198*k)
 			p.Add(Sync, UnitPartialSec, 0.02*k, 0.02*k, 0.025*k)
 			p.Add(Programming, UnitRulesP50Sec, 0.3*k, 0.31*k, 0.29*k)
@@ -86,6 +88,29 @@ func testSet() *Set {
 			p.Add(DataPlane, UnitReqPerSec, 90000, 91000, 89000)
 		})
 	}
+	// The legacy backend beside nft, at one size: its own curve and rows.
+	for impl, sync := range map[string][]float64{ImplReference: {0.05, 0.051, 0.049}, ImplKubeProxy: {0.075, 0.076, 0.074}} {
+		add(Point{Kernel: host, Mode: ModeIPTables, Backend: BackendLegacy, Impl: impl, Services: 1000, EndpointsPerService: 2}, func(p *Point) {
+			p.Add(Sync, UnitFullSec, sync...)
+			p.Add(Programming, UnitRulesP50Sec, 0.2, 0.21, 0.19)
+			p.Add(DataPlane, UnitP50Sec, 100e-6, 101e-6, 99e-6)
+			p.Add(Rules, UnitIPTablesRules, 10020, 10020, 10020)
+		})
+	}
+	for impl, rules := range map[string]float64{ImplReference: 4000, ImplKubeProxy: 4800} {
+		add(Point{Kernel: host, Mode: ModeNFTables, Impl: impl, Services: 1000, EndpointsPerService: 2}, func(p *Point) {
+			p.Add(Sync, UnitFullSec, rules/5e4, rules/5e4+0.001, rules/5e4-0.001)
+			p.Add(Sync, UnitPartialSec, 0.01, 0.011, 0.009)
+			p.Add(Programming, UnitRulesP50Sec, 0.05, 0.051, 0.049)
+			p.Add(DataPlane, UnitP50Sec, 90e-6, 91e-6, 89e-6)
+			p.Add(Rules, UnitIPTablesRules, 0, 0, 0)
+			p.Add(Rules, UnitNFTRules, rules, rules, rules)
+			p.Add(Rules, UnitNFTElements, 1000, 1000, 1000)
+		})
+	}
+	s.Skipped = append(s.Skipped,
+		Skip{Kernel: uml, Mode: ModeNFTables, Impl: ImplReference, Services: 1000, Reason: "the user-mode Linux guest has no nf_tables"},
+		Skip{Kernel: uml, Mode: ModeIPTables, Backend: BackendNFT, Impl: ImplReference, Services: 1000, Reason: "the guest has no IPv4 nf_tables"})
 	add(Point{Kernel: uml, Mode: ModeIPVS, Impl: ImplReference, Services: 1000, EndpointsPerService: 2}, func(p *Point) {
 		p.Add(Sync, UnitFullSec, 4.5)
 		p.Add(DataPlane, UnitP50Sec, 2.1e-3)
@@ -129,7 +154,7 @@ func TestJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden.Check(t, "set.json", b.Bytes())
-	if set.Points[0].Mode != ModeIPTables || set.Points[0].Services != 10000 {
+	if set.Points[0].Mode != ModeIPTables || set.Points[0].Backend != BackendNFT || set.Points[0].Services != 10000 {
 		t.Error("WriteJSON reordered the caller's points")
 	}
 
@@ -169,6 +194,10 @@ func TestValidate(t *testing.T) {
 		{Point{Kernel: host, Mode: ModeIPVS}, "has no Impl"},
 		{Point{Kernel: host, Mode: ModeIPVS, Impl: ImplReference, Metrics: []Metric{{Bench: Sync, Unit: "full sec"}}}, "units must be one word"},
 		{Point{Kernel: host, Mode: ModeIPVS, Impl: ImplReference, Metrics: []Metric{{Bench: "Sync/x", Unit: UnitFullSec}}}, "bench name"},
+		{Point{Kernel: host, Impl: ImplReference}, "set it to userspace, iptables, ipvs, nftables or direct"},
+		{Point{Kernel: host, Mode: ModeIPTables, Backend: "iptables-nft", Impl: ImplReference}, `Backend "iptables-nft": use legacy or nft`},
+		{Point{Kernel: host, Mode: ModeNFTables, Backend: BackendNFT, Impl: ImplReference}, "nftables point with Backend \"nft\": it writes no iptables rules"},
+		{Point{Kernel: host, Mode: ModeDirect, Backend: BackendLegacy}, "leave Backend empty"},
 	} {
 		s := &Set{Points: []Point{tc.p}}
 		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -183,6 +212,45 @@ func TestValidate(t *testing.T) {
 }
 
 var zero = 0.0
+
+// Points sort by mode (nftables after ipvs, direct last), then backend
+// (a set from before backends first), then implementation; the backend is
+// part of every name a reader sees.
+func TestOrderAndNamesWithBackends(t *testing.T) {
+	s := &Set{Points: []Point{
+		{Kernel: host, Mode: ModeDirect, Services: 100},
+		{Kernel: host, Mode: ModeNFTables, Impl: ImplKubeProxy, Services: 100},
+		{Kernel: host, Mode: ModeIPTables, Backend: BackendNFT, Impl: ImplReference, Services: 100},
+		{Kernel: host, Mode: ModeNFTables, Impl: ImplReference, Services: 100},
+		{Kernel: host, Mode: ModeIPVS, Impl: ImplReference, Services: 100},
+		{Kernel: host, Mode: ModeIPTables, Backend: BackendLegacy, Impl: ImplKubeProxy, Services: 100},
+		{Kernel: host, Mode: ModeIPTables, Impl: ImplReference, Services: 100},
+		{Kernel: host, Mode: ModeIPTables, Backend: BackendLegacy, Impl: ImplReference, Services: 100},
+	}}
+	var got []string
+	for _, p := range s.sorted().Points {
+		got = append(got, p.series())
+	}
+	want := []string{"iptables/reference", "iptables-legacy/reference", "iptables-legacy/kube-proxy", "iptables-nft/reference",
+		"ipvs/reference", "nftables/reference", "nftables/kube-proxy", "direct"}
+	if !slices.Equal(got, want) {
+		t.Errorf("order %q, want %q", got, want)
+	}
+	p := Point{Kernel: host, Mode: ModeIPTables, Backend: BackendLegacy, Impl: ImplKubeProxy, Services: 1000, EndpointsPerService: 2}
+	if got, want := p.Name(), "iptables-legacy/kube-proxy, 1000 Services × 2 endpoints (host 6.18.5)"; got != want {
+		t.Errorf("Name() = %q, want %q", got, want)
+	}
+	if got, want := BenchName(Sync, &p), "Sync/kernel=host-6.18.5/mode=iptables/backend=legacy/impl=kube-proxy/services=1000/endpoints=2"; got != want {
+		t.Errorf("BenchName = %q, want %q", got, want)
+	}
+	p.Backend = ""
+	if got, want := BenchName(Sync, &p), "Sync/kernel=host-6.18.5/mode=iptables/impl=kube-proxy/services=1000/endpoints=2"; got != want {
+		t.Errorf("BenchName without a backend = %q, want the name older sets have, %q", got, want)
+	}
+	if s.Find(host, ModeIPTables, BackendLegacy, ImplKubeProxy, 100, 0) == nil || s.Find(host, ModeIPTables, BackendNFT, ImplKubeProxy, 100, 0) != nil {
+		t.Error("Find does not tell the backends apart")
+	}
+}
 
 func TestWriteBench(t *testing.T) {
 	set := testSet()
@@ -269,7 +337,7 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 	golden.Check(t, "set.md", b.Bytes())
 	md := b.String()
-	for _, want := range []string{"not comparable", "| iptables | 1000 × 2 |", "![Sync time, host 6.18.5](sync-host.svg)", "kube-proxy did not sync"} {
+	for _, want := range []string{"not comparable", "| iptables-nft | 1000 × 2 |", "| iptables-legacy | kube-proxy | 75.0 ms ±∞ |", "| nftables | kube-proxy | 96.0 ms ±∞ |", "- uml 6.1.176, iptables-nft/reference, 1000 Services: ", "![Sync time, host 6.18.5](sync-host.svg)", "kube-proxy did not sync"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("Markdown lacks %q", want)
 		}
@@ -296,6 +364,11 @@ func TestPlot(t *testing.T) {
 	want := []string{"sync-host.svg", "programming-host.svg", "connect-host.svg", "latency-host.svg", "position-host.svg", "sync-uml.svg", "latency-uml.svg"}
 	if !slices.Equal(names, want) {
 		t.Errorf("plots = %q, want %q", names, want)
+	}
+	// Each backend is a line of its own, beside the other.
+	if b, _ := os.ReadFile(filepath.Join(dir, "sync-host.svg")); !bytes.Contains(b, []byte("iptables-legacy/reference")) ||
+		!bytes.Contains(b, []byte("iptables-nft/reference")) || !bytes.Contains(b, []byte("nftables/kube-proxy")) {
+		t.Error("sync-host.svg lacks an iptables-legacy, iptables-nft or nftables line")
 	}
 }
 

@@ -163,7 +163,7 @@ func aaCheck(pairs []implPair, cols []column) AACheck {
 			if !ok {
 				continue
 			}
-			tests = append(tests, test{r.P, fmt.Sprintf("%s %s, %d Services: p=%.3g", pr.ref.Mode, c.head, pr.ref.Services, r.P)})
+			tests = append(tests, test{r.P, fmt.Sprintf("%s %s, %d Services: p=%.3g", pr.ref.ModeLabel(), c.head, pr.ref.Services, r.P)})
 			if r.Significant() {
 				out.Significant++
 			}

@@ -2,6 +2,7 @@ package sweep
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/load"
 	"github.com/proxymodes/proxymodes/harness/probe"
 	"github.com/proxymodes/proxymodes/harness/syncstate"
+	"github.com/proxymodes/proxymodes/proxier/nftables"
 )
 
 // labAPI is what the measurements need from a lab.
@@ -190,6 +192,54 @@ func ruleCounts(ctx context.Context, lab labAPI, ns string, ipvs bool) (iptables
 		}
 	}
 	return iptablesRules, services, dests, nil
+}
+
+// nftTable is the table (family ip) an implementation's nftables mode
+// keeps its state in.
+func nftTable(impl string) string {
+	if impl == cluster.ImplKubeProxy {
+		return "kube-proxy"
+	}
+	return nftables.TableName
+}
+
+// nftCounts counts the rules in a node's nftables table, and the elements
+// of its sets and maps, from `nft -j` (JSON, so no chain or comment line
+// is mistaken for a rule).
+func nftCounts(ctx context.Context, lab labAPI, ns, table string) (rules, elements int, err error) {
+	out, err := lab.Exec(ctx, ns, "nft", "-j", "list", "table", "ip", table)
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseNFTCounts(out)
+}
+
+func parseNFTCounts(text string) (rules, elements int, err error) {
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(text), &doc); err != nil {
+		return 0, 0, fmt.Errorf("reading nft -j output: %w", err)
+	}
+	for _, obj := range doc.Nftables {
+		if _, ok := obj["rule"]; ok {
+			rules++
+		}
+		for _, kind := range []string{"set", "map"} {
+			raw, ok := obj[kind]
+			if !ok {
+				continue
+			}
+			var s struct {
+				Elem []json.RawMessage `json:"elem"`
+			}
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return 0, 0, fmt.Errorf("reading an nft %s: %w", kind, err)
+			}
+			elements += len(s.Elem)
+		}
+	}
+	return rules, elements, nil
 }
 
 // dispatchPositions finds, in an iptables-save dump, the chain that

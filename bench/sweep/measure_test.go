@@ -26,3 +26,27 @@ COMMIT
 		t.Errorf("positions %v, want %s at 1 and %s at 3 in KUBE-SERVICES, and no %s", got, b, a, c)
 	}
 }
+
+// nft -j output as nft 1.0.6 prints it: rules are counted, chains and the
+// table are not, and set and map elements are counted apart.
+func TestParseNFTCounts(t *testing.T) {
+	text := `{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+{"table": {"family": "ip", "name": "kube-proxy", "handle": 1}},
+{"map": {"family": "ip", "name": "service-ips", "table": "kube-proxy", "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 3, "map": "verdict",
+  "elem": [[{"concat": ["198.19.0.1", "tcp", 80]}, {"goto": {"target": "service-A"}}], [{"concat": ["198.19.0.2", "tcp", 80]}, {"goto": {"target": "service-B"}}]]}},
+{"set": {"family": "ip", "name": "cluster-ips", "table": "kube-proxy", "type": "ipv4_addr", "handle": 4, "elem": ["198.19.0.1", "198.19.0.2"]}},
+{"set": {"family": "ip", "name": "empty", "table": "kube-proxy", "type": "ipv4_addr", "handle": 5}},
+{"chain": {"family": "ip", "table": "kube-proxy", "name": "services", "handle": 6}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "services", "handle": 7, "expr": [{"vmap": {}}]}},
+{"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-A", "handle": 8, "expr": [{"counter": null}]}}]}`
+	rules, elems, err := parseNFTCounts(text)
+	if err != nil || rules != 2 || elems != 4 {
+		t.Errorf("parseNFTCounts = %d rules, %d elements, %v; want 2 and 4", rules, elems, err)
+	}
+	if _, _, err := parseNFTCounts("Error: No such file or directory"); err == nil {
+		t.Error("no error for output that is not JSON")
+	}
+	if nftTable("kube-proxy") != "kube-proxy" || nftTable("reference") != "proxymodes" {
+		t.Errorf("tables %q and %q", nftTable("kube-proxy"), nftTable("reference"))
+	}
+}

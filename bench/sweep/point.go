@@ -24,6 +24,10 @@ import (
 type bench struct {
 	lab    *local.Lab
 	c      Config
+	kernel string // local.KernelHost or local.KernelUML
+	// paths are the PATH directories that give kube-proxy an iptables
+	// backend (backendPaths), in the host kernel.
+	paths  map[string]string
 	node   string // the client's node, whose proxier is timed
 	client cluster.Pod
 	fleet  *fleet
@@ -74,9 +78,10 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 		}
 		return b.dataPlane(ctx, pt, urls, nil)
 	}
-	// A proxier is healthy after its first full sync, which for
-	// iptables-nft at 10k Services takes minutes.
-	po := &local.ProxierOptions{Mode: p.mode, Impl: p.labImpl(), StartTimeout: b.c.Limit}
+	po, err := proxierOptions(p, b.kernel, b.paths, b.c.Limit)
+	if err != nil {
+		return err
+	}
 	if err := b.lab.SwitchProxiers(ctx, po); err != nil {
 		return err
 	}
@@ -115,8 +120,8 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 	for _, v := range vips {
 		urls = append(urls, vipURL(v))
 	}
-	if p.mode == result.ModeIPVS {
-		vips = nil // a hash lookup: no position to record
+	if p.mode == result.ModeIPVS || p.mode == result.ModeNFTables {
+		vips = nil // a hash lookup (a verdict map in nftables): no position to record
 	}
 	if err := b.dataPlane(ctx, pt, urls, vips); err != nil {
 		return err
@@ -138,6 +143,14 @@ func (b *bench) measure(ctx context.Context, p proxier, pt *result.Point) error 
 	if p.mode == result.ModeIPVS {
 		pt.Add(result.Rules, result.UnitIPVSServices, float64(svcs))
 		pt.Add(result.Rules, result.UnitIPVSDests, float64(dests))
+	}
+	if p.mode == result.ModeNFTables {
+		rules, elems, err := nftCounts(ctx, b.lab, nodeNS, nftTable(p.labImpl()))
+		if err != nil {
+			return fmt.Errorf("counting nftables rules: %w", err)
+		}
+		pt.Add(result.Rules, result.UnitNFTRules, float64(rules))
+		pt.Add(result.Rules, result.UnitNFTElements, float64(elems))
 	}
 	return nil
 }

@@ -2,7 +2,10 @@
 // it to each Service count, and measures every proxy mode and
 // implementation over the same Services, in the host kernel and, for what
 // the host kernel cannot run (IPVS here), in a user-mode Linux lab. The
-// result is a bench/result.Set.
+// nftables mode runs in the host kernel only: the guest has no nf_tables.
+// The iptables mode runs with each iptables backend asked for (legacy,
+// nft), each point labelled with its own. The result is a
+// bench/result.Set.
 package sweep
 
 import (
@@ -12,6 +15,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -30,6 +34,11 @@ type Config struct {
 	Endpoints int      // endpoints per Service
 	Modes     []string // proxy modes
 	Impls     []string // proxier implementations
+	// Backends are the iptables backends the iptables mode runs with
+	// (result.BackendLegacy, result.BackendNFT), each its own points:
+	// both draw one beside the other. Empty: the host's own `iptables`.
+	// A UML guest has legacy only; nft points there are skipped.
+	Backends []string
 	// Kernels to run in: "host" and/or "uml". Empty: the host kernel for
 	// what it can run, and a UML lab for every mode when the host has no
 	// ip_vs (so IPVS is compared with the others in one kernel).
@@ -66,7 +75,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Label: "default", Counts: []int{100, 1000, 5000, 10000}, Endpoints: 2,
-		Modes: []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS},
+		Modes: []string{result.ModeUserspace, result.ModeIPTables, result.ModeIPVS, result.ModeNFTables},
 		Impls: []string{result.ImplReference, result.ImplKubeProxy},
 		// Six repetitions: the fewest whose median has a finite 95%
 		// interval (result.MinRepeatsForMedianCI); five would already
@@ -100,8 +109,16 @@ func (c *Config) complete() error {
 		c.Modes = d.Modes
 	}
 	for _, m := range c.Modes {
-		if m != result.ModeUserspace && m != result.ModeIPTables && m != result.ModeIPVS {
-			return fmt.Errorf("mode %q is unknown: use userspace, iptables or ipvs", m)
+		if m != result.ModeUserspace && m != result.ModeIPTables && m != result.ModeIPVS && m != result.ModeNFTables {
+			return fmt.Errorf("mode %q is unknown: use userspace, iptables, ipvs or nftables", m)
+		}
+	}
+	for i, b := range c.Backends {
+		if b != result.BackendLegacy && b != result.BackendNFT {
+			return fmt.Errorf("iptables backend %q is unknown: use legacy, nft, or both (legacy,nft)", b)
+		}
+		if slices.Contains(c.Backends[:i], b) {
+			return fmt.Errorf("iptables backends %v name %s twice: list each once", c.Backends, b)
 		}
 	}
 	if len(c.Impls) == 0 {
@@ -151,8 +168,9 @@ func (c *Config) complete() error {
 }
 
 // proxier is one configuration measured at every count; nil Impl-less
-// entries are the direct baseline.
-type proxier struct{ mode, impl string }
+// entries are the direct baseline. backend is the iptables backend of an
+// iptables-mode proxier, "" for other modes.
+type proxier struct{ mode, backend, impl string }
 
 // labImpl is the implementation the lab runs: the A/A twin is the
 // reference proxier itself.
@@ -167,20 +185,69 @@ func (p proxier) String() string {
 	if p.mode == result.ModeDirect {
 		return "direct"
 	}
-	return p.mode + "/" + p.impl
+	return (&result.Point{Mode: p.mode, Backend: p.backend}).ModeLabel() + "/" + p.impl
 }
 
-// kernelPlan is what runs in one kernel.
+// kernelPlan is what runs in one kernel, and what the kernel cannot run.
 type kernelPlan struct {
 	kernel   string // local.KernelHost or local.KernelUML
 	proxiers []proxier
+	skipped  []skipped
 }
 
-func plan(c Config, hostIPVS bool) []kernelPlan {
+// skipped is a proxier left out of a kernel's plan at every count.
+type skipped struct {
+	proxier
+	why string
+}
+
+// measures says whether the plan has a proxier to measure: a direct
+// baseline alone compares nothing.
+func (kp kernelPlan) measures() bool {
+	return slices.ContainsFunc(kp.proxiers, func(p proxier) bool { return p.mode != result.ModeDirect })
+}
+
+// hostKernel is what the plan needs to know of the host.
+type hostKernel struct {
+	ipvs     bool   // the kernel has ip_vs
+	iptables string // what its `iptables` is: result.BackendLegacy or BackendNFT ("" unknown)
+}
+
+// Why a UML guest cannot run some proxiers.
+const (
+	umlNoNFTables = "the nftables mode needs nf_tables, which the user-mode Linux guest's kernel lacks; it runs in the host kernel"
+	umlNoIPTNFT   = "iptables-nft needs IPv4 nf_tables, which the user-mode Linux guest's kernel lacks; only legacy runs there"
+)
+
+// backends are the iptables backends the iptables mode runs with in a
+// kernel, and those asked for that it cannot run.
+func (c Config) backends(kernel string, host hostKernel) (run, cannot []string) {
+	if kernel == local.KernelUML {
+		if len(c.Backends) == 0 {
+			return []string{result.BackendLegacy}, nil
+		}
+		for _, b := range c.Backends {
+			if b == result.BackendLegacy {
+				run = append(run, b)
+			} else {
+				cannot = append(cannot, b)
+			}
+		}
+		return run, cannot
+	}
+	if len(c.Backends) == 0 {
+		return []string{host.iptables}, nil
+	}
+	return c.Backends, nil
+}
+
+func plan(c Config, host hostKernel) []kernelPlan {
 	kernels := c.Kernels
 	if len(kernels) == 0 {
+		// The default never puts nftables in a guest: the host kernel
+		// has nf_tables, the guest does not.
 		kernels = []string{local.KernelHost}
-		if !hostIPVS && slices.Contains(c.Modes, result.ModeIPVS) {
+		if !host.ipvs && slices.Contains(c.Modes, result.ModeIPVS) {
 			kernels = append(kernels, local.KernelUML)
 		}
 	}
@@ -191,20 +258,41 @@ func plan(c Config, hostIPVS bool) []kernelPlan {
 			kp.proxiers = append(kp.proxiers, proxier{mode: result.ModeDirect})
 		}
 		for _, m := range c.Modes {
-			if m == result.ModeIPVS && k == local.KernelHost && !hostIPVS {
+			if m == result.ModeIPVS && k == local.KernelHost && !host.ipvs {
 				continue // measured in the UML lab
 			}
 			if k == local.KernelUML && c.GuestModes != nil && !slices.Contains(c.GuestModes, m) {
 				continue
 			}
-			for _, i := range c.Impls {
-				if i == result.ImplKubeProxy && m == result.ModeUserspace {
-					continue // upstream removed it in v1.26
+			backends, cannot := []string{""}, []string(nil)
+			if m == result.ModeIPTables {
+				backends, cannot = c.backends(k, host)
+			}
+			add := func(b, why string) {
+				for _, i := range c.Impls {
+					if i == result.ImplKubeProxy && m == result.ModeUserspace {
+						continue // upstream removed it in v1.26
+					}
+					if k == local.KernelUML && c.GuestImpls != nil && !slices.Contains(c.GuestImpls, i) {
+						continue
+					}
+					p := proxier{mode: m, backend: b, impl: i}
+					if why != "" {
+						kp.skipped = append(kp.skipped, skipped{p, why})
+					} else {
+						kp.proxiers = append(kp.proxiers, p)
+					}
 				}
-				if k == local.KernelUML && c.GuestImpls != nil && !slices.Contains(c.GuestImpls, i) {
-					continue
-				}
-				kp.proxiers = append(kp.proxiers, proxier{mode: m, impl: i})
+			}
+			if m == result.ModeNFTables && k == local.KernelUML {
+				add("", umlNoNFTables)
+				continue
+			}
+			for _, b := range backends {
+				add(b, "")
+			}
+			for _, b := range cannot {
+				add(b, umlNoIPTNFT)
 			}
 		}
 		out = append(out, kp)
@@ -220,11 +308,23 @@ func Run(ctx context.Context, c Config) (*result.Set, error) {
 		return nil, err
 	}
 	set := &result.Set{Schema: result.SchemaVersion, Label: c.Label, Started: time.Now().UTC(), Env: environment()}
+	plans := plan(c, hostKernel{ipvs: local.HostHasIPVS(), iptables: set.Env.IPTablesBackend})
+	// What was asked, or by default what each kernel's iptables is.
+	backends := c.Backends
+	for _, kp := range plans {
+		for _, p := range kp.proxiers {
+			if p.mode == result.ModeIPTables && p.backend == "" {
+				return nil, fmt.Errorf("cannot tell whether the host's iptables is legacy or nft (`iptables --version` names neither): pass --backend legacy, nft or both")
+			}
+			if len(c.Backends) == 0 && p.backend != "" && !slices.Contains(backends, p.backend) {
+				backends = append(backends, p.backend)
+			}
+		}
+	}
 	set.Sweep = result.Sweep{Services: c.Counts, EndpointsPerService: c.Endpoints, Modes: c.Modes, Impls: c.Impls,
-		Kernels: c.Kernels, Direct: c.Direct, Repetitions: c.Repeats, Requests: c.Load.Requests,
+		Kernels: c.Kernels, Backends: backends, Direct: c.Direct, Repetitions: c.Repeats, Requests: c.Load.Requests,
 		Concurrency: c.Load.Concurrency, Nodes: 2,
 		Extra: map[string]string{"changes": fmt.Sprint(c.Changes)}}
-	plans := plan(c, local.HostHasIPVS())
 	prog := newProgress(c, plans)
 	var errs []error
 	for _, kp := range plans {
@@ -240,6 +340,40 @@ func Run(ctx context.Context, c Config) (*result.Set, error) {
 }
 
 func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, prog *progress) (err error) {
+	// Until the lab tells its release, the skipped points carry the
+	// kernel's kind.
+	kernel := kp.kernel
+	skip := func(services int) {
+		for _, s := range kp.skipped {
+			set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: s.mode, Backend: s.backend, Impl: s.impl, Services: services, Reason: s.why})
+		}
+	}
+	for _, s := range kp.skipped {
+		c.Log("%s kernel: not measuring %s: %s", kp.kernel, s.proxier, s.why)
+	}
+	if !kp.measures() {
+		for _, n := range c.Counts {
+			skip(n)
+			for range kp.proxiers {
+				prog.skip(n)
+			}
+		}
+		c.Log("%s kernel: no proxier to measure here, so no lab", kp.kernel)
+		return nil
+	}
+	paths := map[string]string{}
+	if kp.kernel == local.KernelHost {
+		dir, err := os.MkdirTemp("", "proxymodes-bench-iptables-")
+		if err != nil {
+			return err
+		}
+		// Deferred before the lab's Down, so it runs after it: no proxier
+		// uses the directory any more.
+		defer os.RemoveAll(dir)
+		if paths, err = backendPaths(dir, kubeProxyBackends(kp.proxiers), exec.LookPath); err != nil {
+			return err
+		}
+	}
 	c.Log("%s kernel: starting a 2-node lab for %s", kp.kernel, strings.Join(names(kp.proxiers), ", "))
 	lab, err := local.Up(ctx, local.Options{Name: c.LabName, Nodes: 2, Kernel: kp.kernel,
 		Logger: logf(c.Log), BuildOutput: c.BuildOutput})
@@ -253,7 +387,7 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 			err = errors.Join(err, fmt.Errorf("lab down: %w", derr))
 		}
 	}()
-	kernel := kernelLabel(kp.kernel, lab.Kernel())
+	kernel = kernelLabel(kp.kernel, lab.Kernel())
 	if kp.kernel == local.KernelUML {
 		set.Env.UMLKernel = lab.Kernel()
 		// UML figures depend on the lab's layout as much as on the kernel;
@@ -267,11 +401,13 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 	if err != nil {
 		return err
 	}
+	env.kernel, env.paths = kp.kernel, paths
 	pred := predictor{}
 	for _, n := range c.Counts {
+		skip(n)
 		if limit, ok := c.MaxServices[kp.kernel]; ok && n > limit {
 			for _, p := range kp.proxiers {
-				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n,
+				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Backend: p.backend, Impl: p.impl, Services: n,
 					Reason: fmt.Sprintf("above the %s kernel's cap of %d Services", kp.kernel, limit)})
 				prog.skip(n)
 			}
@@ -290,13 +426,13 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 		c.Log("%s kernel: %d Services with %d endpoints each, created in %s", kp.kernel, n, c.Endpoints, time.Since(start).Round(time.Millisecond))
 		for _, p := range kp.proxiers {
 			if why := pred.skip(p, n, c.PointBudget); why != "" {
-				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n, Reason: why})
+				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Backend: p.backend, Impl: p.impl, Services: n, Reason: why})
 				c.Log("skipping %s at %d Services: %s", p, n, why)
 				prog.skip(n)
 				continue
 			}
 			prog.begin(kernel, p, n)
-			pt := result.Point{Kernel: kernel, Mode: p.mode, Impl: p.impl, Services: n, EndpointsPerService: c.Endpoints}
+			pt := result.Point{Kernel: kernel, Mode: p.mode, Backend: p.backend, Impl: p.impl, Services: n, EndpointsPerService: c.Endpoints}
 			began := time.Now()
 			if err := env.measure(ctx, p, &pt); err != nil {
 				pt.Error = err.Error()

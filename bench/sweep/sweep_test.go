@@ -3,8 +3,10 @@ package sweep
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,23 +22,160 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(labtest.Run(m)) }
 
+// Hosts as this machine type has them: nft as the system iptables, with
+// and without ip_vs.
+var (
+	noIPVS   = hostKernel{ipvs: false, iptables: result.BackendNFT}
+	withIPVS = hostKernel{ipvs: true, iptables: result.BackendNFT}
+)
+
+// The default plan: IPVS in a guest when the host lacks it, nftables on
+// the host only (skipped in the guest, with the reason), the iptables mode
+// with the host's iptables on the host and legacy, the guest's only
+// backend, in the guest.
 func TestPlanPutsIPVSInUMLWhenTheHostLacksIt(t *testing.T) {
 	c := Defaults()
 	c.Counts = []int{100}
 	if err := c.complete(); err != nil {
 		t.Fatal(err)
 	}
-	got := planNames(c, false)
+	got := planNames(c, noIPVS)
 	want := map[string][]string{
-		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
-		"uml":  {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy", "ipvs/reference", "ipvs/kube-proxy"},
+		"host": {"direct", "userspace/reference", "iptables-nft/reference", "iptables-nft/kube-proxy", "nftables/reference", "nftables/kube-proxy"},
+		"uml": {"direct", "userspace/reference", "iptables-legacy/reference", "iptables-legacy/kube-proxy", "ipvs/reference", "ipvs/kube-proxy",
+			"skip nftables/reference: " + umlNoNFTables, "skip nftables/kube-proxy: " + umlNoNFTables},
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("plan without host ip_vs:\n got %v\nwant %v", got, want)
+		t.Errorf("plan without host ip_vs:\n got %q\nwant %q", got, want)
 	}
-	got = planNames(c, true)
-	if len(got) != 1 || len(got["host"]) != 6 {
-		t.Errorf("plan with host ip_vs: got %v, want every mode in the host kernel only", got)
+	got = planNames(c, withIPVS)
+	want = map[string][]string{
+		"host": {"direct", "userspace/reference", "iptables-nft/reference", "iptables-nft/kube-proxy", "ipvs/reference", "ipvs/kube-proxy", "nftables/reference", "nftables/kube-proxy"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("plan with host ip_vs:\n got %q\nwant every mode in the host kernel only, %q", got, want)
+	}
+	legacyHost := hostKernel{ipvs: true, iptables: result.BackendLegacy}
+	if got := planNames(c, legacyHost)["host"]; !slices.Contains(got, "iptables-legacy/kube-proxy") || slices.Contains(got, "iptables-nft/kube-proxy") {
+		t.Errorf("on a host whose iptables is legacy the default is legacy: %q", got)
+	}
+}
+
+// --backend legacy,nft: the iptables mode twice on the host, one backend
+// beside the other; the guest runs legacy and skips nft, saying why.
+func TestPlanWithBothBackends(t *testing.T) {
+	c := Config{Counts: []int{100}, Modes: []string{"iptables", "nftables"}, Impls: []string{"reference", "kube-proxy"},
+		Backends: []string{"legacy", "nft"}, Kernels: []string{"host", "uml"}}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	got := planNames(c, withIPVS)
+	want := map[string][]string{
+		"host": {"iptables-legacy/reference", "iptables-legacy/kube-proxy", "iptables-nft/reference", "iptables-nft/kube-proxy",
+			"nftables/reference", "nftables/kube-proxy"},
+		"uml": {"iptables-legacy/reference", "iptables-legacy/kube-proxy",
+			"skip iptables-nft/reference: " + umlNoIPTNFT, "skip iptables-nft/kube-proxy: " + umlNoIPTNFT,
+			"skip nftables/reference: " + umlNoNFTables, "skip nftables/kube-proxy: " + umlNoNFTables},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("plan:\n got %q\nwant %q", got, want)
+	}
+	for _, kp := range plan(c, withIPVS) {
+		for _, p := range kp.proxiers {
+			if (p.backend != "") != (p.mode == result.ModeIPTables) {
+				t.Errorf("%s kernel: %s has backend %q; only the iptables mode has one", kp.kernel, p, p.backend)
+			}
+		}
+	}
+	// Only nftables, or only nft, asked of the guest: nothing to measure
+	// there, so no guest lab is started.
+	for _, c := range []Config{
+		{Counts: []int{100}, Modes: []string{"nftables"}, Kernels: []string{"uml"}, Direct: true},
+		{Counts: []int{100}, Modes: []string{"iptables"}, Backends: []string{"nft"}, Kernels: []string{"uml"}, Direct: true},
+	} {
+		if err := c.complete(); err != nil {
+			t.Fatal(err)
+		}
+		kp := plan(c, noIPVS)[0]
+		if kp.measures() || len(kp.skipped) != 2 {
+			t.Errorf("%v in uml: measures %v, %d skipped; want nothing measured and 2 skipped", c.Modes, kp.measures(), len(kp.skipped))
+		}
+	}
+	// The default kernels never start a guest for nftables.
+	c = Config{Counts: []int{100}, Modes: []string{"nftables"}}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	if got := planNames(c, noIPVS); len(got) != 1 || len(got["host"]) != 2 {
+		t.Errorf("nftables alone, default kernels: %q, want both implementations on the host only", got)
+	}
+}
+
+// A sweep with no iptables points on the host makes no PATH directory.
+func TestKubeProxyBackends(t *testing.T) {
+	c := Config{Counts: []int{100}, Modes: []string{"userspace", "iptables", "nftables"}, Impls: []string{"reference", "reference-twin", "kube-proxy"},
+		Backends: []string{"nft", "legacy"}, Kernels: []string{"host"}}
+	if err := c.complete(); err != nil {
+		t.Fatal(err)
+	}
+	if got := kubeProxyBackends(plan(c, noIPVS)[0].proxiers); !slices.Equal(got, []string{"nft", "legacy"}) {
+		t.Errorf("kube-proxy backends %q, want nft, legacy", got)
+	}
+	c.Impls = []string{"reference"}
+	if got := kubeProxyBackends(plan(c, noIPVS)[0].proxiers); len(got) != 0 {
+		t.Errorf("kube-proxy backends without kube-proxy: %q", got)
+	}
+}
+
+// Each backend gets a directory of iptables names pointing at its
+// multi-call binary; a missing binary is an error naming the fix.
+func TestBackendPaths(t *testing.T) {
+	root := t.TempDir()
+	look := func(name string) (string, error) { return "/usr/sbin/" + name, nil }
+	dirs, err := backendPaths(root, []string{"legacy", "nft"}, look)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b, multi := range map[string]string{"legacy": "/usr/sbin/xtables-legacy-multi", "nft": "/usr/sbin/xtables-nft-multi"} {
+		for _, name := range []string{"iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save"} {
+			if got, err := os.Readlink(filepath.Join(dirs[b], name)); err != nil || got != multi {
+				t.Errorf("%s/%s -> %q (%v), want %s", b, name, got, err, multi)
+			}
+		}
+	}
+	missing := func(name string) (string, error) { return "", exec.ErrNotFound }
+	if _, err := backendPaths(t.TempDir(), []string{"legacy"}, missing); err == nil ||
+		!strings.Contains(err.Error(), "xtables-legacy-multi") || !strings.Contains(err.Error(), "leave legacy out of --backend") {
+		t.Errorf("missing binary: %v, want an error naming xtables-legacy-multi and the fix", err)
+	}
+}
+
+// The reference proxier takes its backend as a flag, kube-proxy as a
+// PATH (on the host; the guest's PATH is legacy already); other modes get
+// neither.
+func TestProxierOptions(t *testing.T) {
+	paths := map[string]string{"legacy": "/tmp/x/legacy"}
+	po, err := proxierOptions(proxier{mode: "iptables", backend: "legacy", impl: "kube-proxy"}, local.KernelHost, paths, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(po.Env) != 1 || !strings.HasPrefix(po.Env[0], "PATH=/tmp/x/legacy:") || len(po.Args) != 0 || po.Impl != "kube-proxy" || po.StartTimeout != time.Minute {
+		t.Errorf("kube-proxy, legacy, host: %+v", po)
+	}
+	if _, err := proxierOptions(proxier{mode: "iptables", backend: "nft", impl: "kube-proxy"}, local.KernelHost, paths, time.Minute); err == nil {
+		t.Error("no error for a backend with no PATH directory")
+	}
+	po, _ = proxierOptions(proxier{mode: "iptables", backend: "legacy", impl: "kube-proxy"}, local.KernelUML, nil, time.Minute)
+	if len(po.Env) != 0 {
+		t.Errorf("kube-proxy in the guest got %q", po.Env)
+	}
+	po, _ = proxierOptions(proxier{mode: "iptables", backend: "nft", impl: "reference-twin"}, local.KernelHost, nil, time.Minute)
+	if !slices.Equal(po.Args, []string{"--iptables-backend=nft"}) || po.Impl != "reference" || len(po.Env) != 0 {
+		t.Errorf("the twin, nft: %+v", po)
+	}
+	po, _ = proxierOptions(proxier{mode: "nftables", impl: "kube-proxy"}, local.KernelHost, paths, time.Minute)
+	if po.Mode != "nftables" || len(po.Args)+len(po.Env) != 0 {
+		t.Errorf("nftables: %+v", po)
 	}
 }
 
@@ -47,7 +186,9 @@ func TestConfigErrorsNameTheFix(t *testing.T) {
 	}{
 		{Config{Counts: []int{1000, 100}}, "ascending"},
 		{Config{Counts: []int{70000}}, "65534"},
-		{Config{Modes: []string{"nftables"}}, "use userspace, iptables or ipvs"},
+		{Config{Modes: []string{"nftable"}}, "use userspace, iptables, ipvs or nftables"},
+		{Config{Backends: []string{"iptables-nft"}}, "iptables backend \"iptables-nft\" is unknown: use legacy, nft, or both (legacy,nft)"},
+		{Config{Backends: []string{"nft", "nft"}}, "name nft twice"},
 		{Config{Impls: []string{"cilium"}}, "use reference, kube-proxy, or reference-twin"},
 		{Config{Impls: []string{"kube-proxy", "reference-twin"}}, "list reference too"},
 		{Config{Kernels: []string{"qemu"}}, "use host or uml"},
@@ -102,7 +243,7 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("result set: %s", dir)
 	wantPoints := 0
-	for _, kp := range plan(c, local.HostHasIPVS()) {
+	for _, kp := range plan(c, hostKernel{ipvs: local.HostHasIPVS(), iptables: set.Env.IPTablesBackend}) {
 		for _, n := range c.Counts {
 			if limit, ok := c.MaxServices[kp.kernel]; !ok || n <= limit {
 				wantPoints += len(kp.proxiers)
@@ -133,6 +274,15 @@ func TestSmoke(t *testing.T) {
 		if p.Mode == result.ModeIPTables || p.Mode == result.ModeUserspace {
 			if got, want := len(p.Positions), min(LoadTargets, p.Services)*c.Repeats; got != want {
 				t.Errorf("%s: %d rule positions recorded, want %d (one per load target and repetition)", p.Name(), got, want)
+			}
+		}
+		if (p.Backend != "") != (p.Mode == result.ModeIPTables) {
+			t.Errorf("%s: backend %q, want one on iptables points only", p.Name(), p.Backend)
+		}
+		if p.Mode == result.ModeNFTables {
+			want = append(want, [2]string{result.Rules, result.UnitNFTRules}, [2]string{result.Rules, result.UnitNFTElements})
+			if v, _ := p.Median(result.Rules, result.UnitNFTElements); v < float64(p.Services) {
+				t.Errorf("%s: %v nft set and map elements for %d Services", p.Name(), v, p.Services)
 			}
 		}
 		if p.Mode == result.ModeIPVS {
@@ -200,8 +350,8 @@ func TestPlanRunsTheTwinAsTheReference(t *testing.T) {
 	if err := c.complete(); err != nil {
 		t.Fatal(err)
 	}
-	ps := plan(c, false)[0].proxiers
-	if got := names(ps); !reflect.DeepEqual(got, []string{"userspace/reference", "userspace/reference-twin", "iptables/reference", "iptables/reference-twin"}) {
+	ps := plan(c, noIPVS)[0].proxiers
+	if got := names(ps); !reflect.DeepEqual(got, []string{"userspace/reference", "userspace/reference-twin", "iptables-nft/reference", "iptables-nft/reference-twin"}) {
 		t.Errorf("plan %v", got)
 	}
 	for _, p := range ps {
@@ -218,9 +368,9 @@ func TestGuestModesLimitTheUMLLab(t *testing.T) {
 	if err := c.complete(); err != nil {
 		t.Fatal(err)
 	}
-	got := planNames(c, false)
+	got := planNames(c, noIPVS)
 	want := map[string][]string{
-		"host": {"direct", "userspace/reference", "iptables/reference", "iptables/kube-proxy"},
+		"host": {"direct", "userspace/reference", "iptables-nft/reference", "iptables-nft/kube-proxy", "nftables/reference", "nftables/kube-proxy"},
 		"uml":  {"direct", "ipvs/reference", "ipvs/kube-proxy"},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -228,16 +378,20 @@ func TestGuestModesLimitTheUMLLab(t *testing.T) {
 	}
 	c.GuestImpls = []string{"reference"}
 	want["uml"] = []string{"direct", "ipvs/reference"}
-	if got := planNames(c, false); !reflect.DeepEqual(got, want) {
+	if got := planNames(c, noIPVS); !reflect.DeepEqual(got, want) {
 		t.Errorf("plan with GuestImpls reference:\n got %v\nwant %v", got, want)
 	}
 }
 
-// planNames is the plan as kernel -> proxiers in order.
-func planNames(c Config, hostIPVS bool) map[string][]string {
+// planNames is the plan as kernel -> proxiers in order, then "skip
+// <proxier>: <why>" for what the kernel cannot run.
+func planNames(c Config, host hostKernel) map[string][]string {
 	got := map[string][]string{}
-	for _, kp := range plan(c, hostIPVS) {
+	for _, kp := range plan(c, host) {
 		got[kp.kernel] = names(kp.proxiers)
+		for _, s := range kp.skipped {
+			got[kp.kernel] = append(got[kp.kernel], "skip "+s.proxier.String()+": "+s.why)
+		}
 	}
 	return got
 }

@@ -62,6 +62,10 @@ var Required = map[string]string{
 	"iptables-legacy-save":    "iptables",
 	"iptables-nft-restore":    "iptables",
 	"iptables-legacy-restore": "iptables",
+	// The bench gives kube-proxy one iptables backend through a PATH of
+	// links to the backend's multi-call binary (bench/sweep).
+	"xtables-legacy-multi": "iptables",
+	"xtables-nft-multi":    "iptables",
 	// A failing assessment snapshots the nodes' state (suites/suite).
 	"iptables-save": "iptables",
 	"bridge":        "iproute2",
@@ -88,6 +92,7 @@ var Base = map[string]string{
 	"ldd":      "libc-bin",
 	"setpriv":  "util-linux",
 	"flock":    "util-linux", // clusters/k8s/build.sh: one build at a time
+	"env":      "coreutils",  // runs a lab command with extra environment
 	"go":       "the Go toolchain the README asks for",
 	"git":      "git (the bench records the commit when it is there)",
 }

@@ -113,7 +113,7 @@ const (
 
 // ProxierOptions start a proxier on every node.
 type ProxierOptions struct {
-	// Mode is the proxy mode (userspace, iptables, ipvs).
+	// Mode is the proxy mode (userspace, iptables, ipvs, nftables).
 	Mode string
 	// Impl is the proxier: ImplReference (the default) or ImplKubeProxy.
 	Impl string
@@ -122,6 +122,11 @@ type ProxierOptions struct {
 	Binary string
 	// Args are extra flags for every proxier.
 	Args []string
+	// Env is extra environment (KEY=value) for every proxier process, its
+	// --cleanup included: kube-proxy has no flag for its iptables
+	// backend and runs whatever `iptables` its PATH finds, so a PATH is
+	// how a caller chooses one.
+	Env []string
 	// StartTimeout bounds the wait for each proxier to become healthy
 	// (after its first full sync); default 90s.
 	StartTimeout time.Duration

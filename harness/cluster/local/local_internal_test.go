@@ -5,12 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/proxymodes/proxymodes/harness/cluster"
+	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
 )
 
 // TestLockHostSaysWhenTheHostIsBusy: a run that never gets the host says
@@ -50,5 +52,34 @@ func TestLabIsolatedEnv(t *testing.T) {
 		if (err != nil) != c.err || o.Isolated != c.want {
 			t.Errorf("LAB_ISOLATED=%q: isolated %v, err %v; want %v, error %v", c.env, o.Isolated, err, c.want, c.err)
 		}
+	}
+}
+
+// execRecorder is a data plane that only records the commands run in it.
+type execRecorder struct {
+	plane.Plane
+	argv [][]string
+}
+
+func (e *execRecorder) Exec(ctx context.Context, ns string, argv []string) (string, error) {
+	e.argv = append(e.argv, argv)
+	return "", nil
+}
+
+// A proxier's --cleanup runs with the environment its runs had: kube-proxy
+// given a PATH to one iptables backend must clean that backend's rules.
+func TestCleanupHasTheProxiersEnv(t *testing.T) {
+	rec := &execRecorder{}
+	l := &Lab{plane: rec}
+	n := cluster.Node{Name: "node-1", NS: "pm-x-node-1"}
+	if err := l.cleanup(context.Background(), &ProxierOptions{Impl: ImplKubeProxy, Binary: "/bin/kube-proxy", Env: []string{"PATH=/tmp/legacy:/usr/sbin"}}, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.cleanup(context.Background(), &ProxierOptions{Binary: "/bin/proxier"}, n); err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"env", "PATH=/tmp/legacy:/usr/sbin", "/bin/kube-proxy", "--cleanup"}, {"/bin/proxier", "--cleanup"}}
+	if !reflect.DeepEqual(rec.argv, want) {
+		t.Errorf("cleanup ran %q, want %q", rec.argv, want)
 	}
 }

@@ -126,7 +126,7 @@ func (l *Lab) runProxiers(ctx context.Context, args []string) error {
 		return err
 	}
 	return l.plane.StartProxiers(ctx, plane.ProxierSpec{Binary: po.Binary, Mode: po.Mode, Kubeconfig: l.st.Kubeconfig,
-		Args: append(po.implArgs(), args...), StartTimeout: po.StartTimeout})
+		Args: append(po.implArgs(), args...), Env: po.Env, StartTimeout: po.StartTimeout})
 }
 
 // RestartProxiers stops every node's proxier and starts it again with
@@ -196,10 +196,16 @@ func (l *Lab) SwitchProxiers(ctx context.Context, po *ProxierOptions) error {
 // failed" in nat) having removed part of its state, and succeeds when run
 // again; a third failure is real.
 func (l *Lab) cleanup(ctx context.Context, po *ProxierOptions, n cluster.Node) error {
+	argv := []string{po.Binary, "--cleanup"}
+	if len(po.Env) > 0 {
+		// The same environment as its runs: with another PATH,
+		// kube-proxy would clean the other iptables backend's rules.
+		argv = append(append([]string{"env"}, po.Env...), argv...)
+	}
 	var err error
 	var out string
 	for attempt := 0; attempt < 3; attempt++ {
-		if out, err = l.plane.Exec(ctx, n.NS, []string{po.Binary, "--cleanup"}); err == nil {
+		if out, err = l.plane.Exec(ctx, n.NS, argv); err == nil {
 			return nil
 		}
 	}

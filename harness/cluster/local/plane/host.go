@@ -357,7 +357,8 @@ func (h *Host) StartProxiers(ctx context.Context, s ProxierSpec) error {
 			fmt.Sprintf("--healthz-bind-address=127.0.0.1:%d", ProxierHealthzPort),
 		}, s.Args...)
 		cmd := exec.Command(s.Binary, args...)
-		cmd.Env = append(os.Environ(), agent.LabEnv+"="+h.t.Lab)
+		// exec.Cmd keeps the last of duplicate keys, so s.Env overrides.
+		cmd.Env = append(append(os.Environ(), agent.LabEnv+"="+h.t.Lab), s.Env...)
 		p, err := startProcess(NodeNS(h.t.Prefix, k), cmd, h.proxierLog(node))
 		if err != nil {
 			return fmt.Errorf("start proxier on %s: %w", node, err)

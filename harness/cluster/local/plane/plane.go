@@ -105,6 +105,9 @@ type ProxierSpec struct {
 	Mode       string   `json:"mode"`
 	Kubeconfig string   `json:"kubeconfig"`
 	Args       []string `json:"args"`
+	// Env is added to the proxier's environment (KEY=value, later
+	// entries winning).
+	Env []string `json:"env,omitempty"`
 	// StartTimeout bounds the wait for each proxier's first healthy
 	// answer, which comes after its first full sync (default 90s; an
 	// iptables-nft sync of 10k Services takes minutes).
