@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"slices"
 	"strconv"
@@ -30,6 +31,7 @@ var columns = []column{
 	{DataPlane, UnitP90Sec, "p90"},
 	{DataPlane, UnitP99Sec, "p99"},
 	{DataPlane, UnitReqPerSec, "req/s"},
+	{DataPlane, UnitLost, "lost"},
 	{Resources, UnitCPUSec, "CPU"},
 	{Resources, UnitRSSBytes, "RSS"},
 	{Rules, UnitIPTablesRules, "iptables rules"},
@@ -49,7 +51,7 @@ var directColumns = columns[7:11]
 
 const glossary = `Columns: **sync full**: the first sync of a proxier restarted over its own rules; **sync cold**: the first sync of a proxier started on a node its --cleanup has just cleared, the same starting state for every implementation; **sync partial**: one sync after one Service changed.
 **rules p50/p99**: from an EndpointSlice change to the node's proxier having applied it (its last-sync timestamp); **conn p50/p99**: to the first connection through the VIP that reaches the new endpoints (percentiles over the changes of one point, each made with the proxier idle; with fewer than 100 changes p99 is the slowest).
-**p50/p90/p99** and **req/s**: request latency and throughput through a Service.
+**p50/p90/p99** and **req/s**: request latency and throughput through a Service; **lost**: requests of a run that got no response within 20 s (the median over runs; "Lost requests" below the tables totals them by error).
 **CPU** and **RSS**: CPU time and peak resident memory of the proxier.
 **iptables rules**, **IPVS services**, **IPVS dests**, **nft rules** and **nft elements** (of the nftables mode's sets and maps, where it keeps one entry per Service): programmed state once synced.
 A mode with a backend, e.g. **iptables-legacy** or **iptables-nft**, is the iptables mode with its rules written through that iptables backend.`
@@ -97,6 +99,19 @@ func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
 		for _, f := range failed {
 			fmt.Fprintf(&b, "- %s: %s\n", f[0], oneLine(f[1]))
 		}
+		b.WriteString("\n")
+	}
+
+	var lost []string
+	for i := range s.Points {
+		if p := &s.Points[i]; len(p.LostBy) > 0 {
+			lost = append(lost, fmt.Sprintf("- %s: %s\n", p.Name(), oneLine(CountsByMessage(p.LostBy))))
+		}
+	}
+	if len(lost) > 0 {
+		b.WriteString("## Lost requests\n\nRequests that got no response within the per-request timeout, by the requester's error. " +
+			"Their latency is in no percentile; the **lost** column counts them per run.\n\n")
+		b.WriteString(strings.Join(lost, ""))
 		b.WriteString("\n")
 	}
 
@@ -231,6 +246,19 @@ func sweepRows(sw *Sweep) [][]string {
 		add(k, sw.Extra[k])
 	}
 	return rows
+}
+
+// CountsByMessage lists error counts as "3 × message; 1 × other", by
+// message.
+func CountsByMessage(byMsg map[string]int) string {
+	if len(byMsg) == 0 {
+		return "the requester gave no error message"
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(byMsg)) {
+		out = append(out, fmt.Sprintf("%d × %s", byMsg[k], k))
+	}
+	return strings.Join(out, "; ")
 }
 
 // setColumns returns the known columns followed by one per metric the set

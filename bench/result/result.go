@@ -58,6 +58,10 @@ const (
 	UnitP90Sec    = "p90-sec"
 	UnitP99Sec    = "p99-sec"
 	UnitReqPerSec = "req/s"
+	// UnitLost counts a run's requests that got no response within the
+	// per-request timeout. A benchmark records loss as a figure, as hey
+	// and wrk do, rather than dropping the point's other figures.
+	UnitLost = "lost-requests"
 
 	// Resources of the proxier process(es) over the run.
 	UnitCPUSec   = "cpu-sec"
@@ -175,6 +179,9 @@ type Point struct {
 	Positions []Position `json:"positions,omitempty"`
 	// Error is why the point failed; it keeps whatever metrics it got.
 	Error string `json:"error,omitempty"`
+	// LostBy counts the point's lost requests (UnitLost) by the
+	// requester's error message, over every repetition.
+	LostBy map[string]int `json:"lostBy,omitempty"`
 }
 
 // Position is one load target's share of one repetition: where its
@@ -352,7 +359,7 @@ var (
 	unitOrder    = []string{
 		UnitFullSec, UnitColdFullSec, UnitPartialSec,
 		UnitRulesP50Sec, UnitRulesP99Sec, UnitConnP50Sec, UnitConnP99Sec,
-		UnitP50Sec, UnitP90Sec, UnitP99Sec, UnitReqPerSec,
+		UnitP50Sec, UnitP90Sec, UnitP99Sec, UnitReqPerSec, UnitLost,
 		UnitCPUSec, UnitRSSBytes,
 		UnitIPTablesRules, UnitIPVSServices, UnitIPVSDests, UnitNFTRules, UnitNFTElements,
 	}

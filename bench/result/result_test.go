@@ -57,6 +57,8 @@ func testSet() *Set {
 			p.Add(DataPlane, UnitP90Sec, 150e-6, 151e-6, 149e-6)
 			p.Add(DataPlane, UnitP99Sec, 300e-6*k, 310e-6*k, 290e-6*k)
 			p.Add(DataPlane, UnitReqPerSec, 41000/k, 40500/k, 40800/k)
+			p.Add(DataPlane, UnitLost, 0, 1, 0)
+			p.LostBy = map[string]int{"Get \"http://198.19.0.9/\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)": 1}
 			p.Add(Sync, UnitFullSec, 0.3*k, 0.31*k, 0.29*k, 0.305*k, 0.295*k, 0.302*k) // 6: a finite interval
 			p.Add(Sync, UnitPartialSec, 0.1*k, 0.1*k, 0.11*k)
 			p.Add(Programming, UnitRulesP50Sec, 0.5*k, 0.52*k, 0.49*k)
@@ -337,7 +339,7 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 	golden.Check(t, "set.md", b.Bytes())
 	md := b.String()
-	for _, want := range []string{"not comparable", "| iptables-nft | 1000 × 2 |", "| iptables-legacy | kube-proxy | 75.0 ms ±∞ |", "| nftables | kube-proxy | 96.0 ms ±∞ |", "- uml 6.1.176, iptables-nft/reference, 1000 Services: ", "![Sync time, host 6.18.5](sync-host.svg)", "kube-proxy did not sync"} {
+	for _, want := range []string{"not comparable", "| iptables-nft | 1000 × 2 |", "| iptables-legacy | kube-proxy | 75.0 ms ±∞ |", "| nftables | kube-proxy | 96.0 ms ±∞ |", "## Lost requests", "iptables-nft/kube-proxy, 1000 Services × 2 endpoints (host 6.18.5): 1 × Get", "- uml 6.1.176, iptables-nft/reference, 1000 Services: ", "![Sync time, host 6.18.5](sync-host.svg)", "kube-proxy did not sync"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("Markdown lacks %q", want)
 		}

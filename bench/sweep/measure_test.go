@@ -2,7 +2,10 @@ package sweep
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/proxymodes/proxymodes/harness/load"
 )
 
 func TestDispatchPositions(t *testing.T) {
@@ -48,5 +51,21 @@ func TestParseNFTCounts(t *testing.T) {
 	}
 	if nftTable("kube-proxy") != "kube-proxy" || nftTable("reference") != "proxymodes" {
 		t.Errorf("tables %q and %q", nftTable("kube-proxy"), nftTable("reference"))
+	}
+}
+
+// A run that lost a request among answered ones is measured (the loss is
+// a figure); a target that answered nothing fails the point.
+func TestUnansweredTargetFailsThePoint(t *testing.T) {
+	some := load.Result{Requests: 300, Errors: 1, ErrorKinds: map[string]int{"context deadline exceeded": 1},
+		Targets: []load.Target{{URL: "http://a/", Requests: 150, Errors: 1}, {URL: "http://b/", Requests: 150}}}
+	if err := unanswered(some); err != nil {
+		t.Errorf("one lost request failed the point: %v", err)
+	}
+	dead := some
+	dead.Targets = []load.Target{{URL: "http://a/", Requests: 150}, {URL: "http://b/", Requests: 150, Errors: 150}}
+	dead.ErrorKinds = map[string]int{"connection refused": 150}
+	if err := unanswered(dead); err == nil || !strings.Contains(err.Error(), "http://b/") || !strings.Contains(err.Error(), "150 × connection refused") {
+		t.Errorf("a target that answered nothing: %v, want an error naming it and why", err)
 	}
 }

@@ -212,9 +212,19 @@ func (b *bench) dataPlane(ctx context.Context, pt *result.Point, urls []string, 
 		if err != nil {
 			return err
 		}
-		if res.Errors > 0 {
-			return fmt.Errorf("load to %d targets (%s, ...): %d of %d requests got no response", len(urls), urls[0], res.Errors, res.Requests)
+		if err := unanswered(res); err != nil {
+			return err
 		}
+		if res.Errors > 0 {
+			b.c.Log("  %d of %d requests got no response: %s", res.Errors, res.Requests, result.CountsByMessage(res.ErrorKinds))
+			if pt.LostBy == nil {
+				pt.LostBy = map[string]int{}
+			}
+			for k, n := range res.ErrorKinds {
+				pt.LostBy[k] += n
+			}
+		}
+		pt.Add(result.DataPlane, result.UnitLost, float64(res.Errors))
 		if len(vips) > 0 {
 			if err := b.recordPositions(ctx, pt, r, vips, res.Targets); err != nil {
 				return err
@@ -240,6 +250,18 @@ func (b *bench) recordPositions(ctx context.Context, pt *result.Point, rep int, 
 			return fmt.Errorf("no dispatch rule for load target %s on %s: the position plot would miss it", v, b.node)
 		}
 		pt.Positions = append(pt.Positions, result.Position{Rep: rep, Index: idx, P50Sec: targets[i].P50.Seconds()})
+	}
+	return nil
+}
+
+// unanswered fails a load run in which a target answered nothing: that is
+// a broken lab or proxier, not a figure. A few requests lost among
+// answered ones are a figure (lost), with their errors kept.
+func unanswered(res load.Result) error {
+	for _, t := range res.Targets {
+		if t.Requests > 0 && t.Errors == t.Requests {
+			return fmt.Errorf("load to %s: none of its %d requests got a response (%s)", t.URL, t.Requests, result.CountsByMessage(res.ErrorKinds))
+		}
 	}
 	return nil
 }

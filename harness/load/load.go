@@ -11,7 +11,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -79,14 +78,17 @@ type Target struct {
 // Result is one run's outcome. Latencies are over successful requests.
 type Result struct {
 	// Targets has one entry per URL, in the order given.
-	Targets  []Target      `json:"targets"`
-	Requests int           `json:"requests"` // completed, with or without error
-	Errors   int           `json:"errors"`   // requests that got no response
-	Duration time.Duration `json:"duration"`
-	RPS      float64       `json:"rps"` // successful requests per second
-	P50      time.Duration `json:"p50"`
-	P90      time.Duration `json:"p90"`
-	P99      time.Duration `json:"p99"`
+	Targets  []Target `json:"targets"`
+	Requests int      `json:"requests"` // completed, with or without error
+	Errors   int      `json:"errors"`   // requests that got no response
+	// ErrorKinds counts the requester's errors by message (hey's "Error
+	// distribution"), so that a lost request says why it was lost.
+	ErrorKinds map[string]int `json:"errorKinds,omitempty"`
+	Duration   time.Duration  `json:"duration"`
+	RPS        float64        `json:"rps"` // successful requests per second
+	P50        time.Duration  `json:"p50"`
+	P90        time.Duration  `json:"p90"`
+	P99        time.Duration  `json:"p99"`
 }
 
 // Execer runs a command in a lab namespace (local.Lab has it).
@@ -173,6 +175,7 @@ func generate(o Options) (Result, error) {
 	if len(o.URLs) == 0 || len(o.URLs) > o.Requests {
 		return Result{}, fmt.Errorf("need 1 <= targets (%d) <= requests (%d)", len(o.URLs), o.Requests)
 	}
+	var report strings.Builder
 	template, err := http.NewRequest(http.MethodGet, o.URLs[0], nil)
 	if err != nil {
 		return Result{}, err
@@ -186,7 +189,9 @@ func generate(o Options) (Result, error) {
 		N:           o.Requests, C: o.Concurrency,
 		Timeout:           int((o.Timeout + time.Second - 1) / time.Second),
 		DisableKeepAlives: !o.KeepAlive, DisableCompression: true, DisableRedirects: true,
-		Writer: io.Discard,
+		// Its report is read only for the error messages, which it
+		// keeps nowhere else.
+		Writer: &report,
 	}
 	w.Init()
 	stop := time.AfterFunc(o.MaxDuration, w.Stop)
@@ -194,7 +199,28 @@ func generate(o Options) (Result, error) {
 	w.Run()
 	elapsed := time.Since(start)
 	stop.Stop()
-	return rec.result(elapsed)
+	r, err := rec.result(elapsed)
+	r.ErrorKinds = errorKinds(report.String())
+	return r, err
+}
+
+// errorKinds reads the "Error distribution" of hey's summary: one
+// "  [count]\tmessage" line per distinct error.
+func errorKinds(report string) map[string]int {
+	_, dist, ok := strings.Cut(report, "Error distribution:")
+	if !ok {
+		return nil
+	}
+	kinds := map[string]int{}
+	for _, line := range strings.Split(dist, "\n") {
+		count, msg, ok := strings.Cut(strings.TrimSpace(line), "]\t")
+		n, err := strconv.Atoi(strings.TrimPrefix(count, "["))
+		if !ok || err != nil {
+			continue
+		}
+		kinds[msg] += n
+	}
+	return kinds
 }
 
 // recorder collects per-request latencies from the requester's workers,

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,29 @@ func TestRunCountsRequestsWithoutResponse(t *testing.T) {
 	_, err := Run(context.Background(), hostExec{}, "", Options{URLs: []string{url}, Requests: 20, Concurrency: 2, Timeout: time.Second})
 	if err == nil {
 		t.Fatal("load against a closed port succeeded")
+	}
+}
+
+// A run that loses requests says why: hey keeps its errors only in its
+// report, which Run reads.
+func TestRunNamesWhyRequestsFailed(t *testing.T) {
+	live := httptest.NewServer(http.NotFoundHandler())
+	defer live.Close()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	r, err := Run(context.Background(), hostExec{}, "", Options{URLs: []string{live.URL, deadURL}, Requests: 20, Concurrency: 2, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for msg, n := range r.ErrorKinds {
+		if strings.Contains(msg, "connection refused") {
+			refused += n
+		}
+	}
+	if r.Errors != 10 || refused != 10 || r.Targets[1].Errors != 10 {
+		t.Errorf("errors %d, by kind %v, per target %+v: want the dead target's 10 requests, each refused", r.Errors, r.ErrorKinds, r.Targets)
 	}
 }
 
