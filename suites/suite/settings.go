@@ -113,10 +113,6 @@ func SettingsFromEnv(now time.Time) (Settings, error) {
 	default:
 		return s, fmt.Errorf("%s=%q is unknown: use one of %s", EnvImpl, s.Impl, strings.Join(Impls, ", "))
 	}
-	if s.Mode == "nftables" && s.Provider == "kind" {
-		// Refused up front, not skipped: a run of skips would look like a pass.
-		return s, fmt.Errorf("%s=nftables %s=kind is not built yet: the offline kind node image and the proxier image have no nft (issue 15); run it with %s=local, or %s=existing on a cluster whose kube-proxy runs nftables", EnvMode, EnvProvider, EnvProvider, EnvProvider)
-	}
 	if s.Fault != "" {
 		if _, err := fault.Parse(s.Fault); err != nil {
 			return s, fmt.Errorf("%s: %w", EnvFault, err)
