@@ -288,6 +288,9 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 	}
 	SetAffinity(svc, o.Affinity)
 	created, err := fx.c.Client().CoreV1().Services(fx.Namespace()).Create(a.Ctx, svc, metav1.CreateOptions{})
+	if err != nil && externalIPsDenied(err, svc, a.Cluster.Info().Provider) {
+		a.Skipf("the cluster's API server refuses Services with externalIPs (its DenyServiceExternalIPs admission plugin: %v), so no proxy there can be given one to check", err)
+	}
 	if err != nil {
 		a.Fatalf("creating Service %s: %v", o.Name, err)
 	}
@@ -296,6 +299,16 @@ func (fx *Fixture) Service(a *A, o ServiceOptions) *corev1.Service {
 	fx.mu.Unlock()
 	a.Logf("Service %s/%s: ClusterIP %s%s", fx.Namespace(), o.Name, created.Spec.ClusterIP, nodePortNote(created))
 	return created
+}
+
+// externalIPsDenied tells the refusal of the DenyServiceExternalIPs
+// admission plugin, which a cluster's owner may enable: then an existing
+// cluster cannot have the Service the check needs, a limit of the
+// provider, not a failure of its proxy. The labs this harness builds
+// never enable it, so there it stays a failure.
+func externalIPsDenied(err error, svc *corev1.Service, provider string) bool {
+	return provider == "existing" && len(svc.Spec.ExternalIPs) > 0 &&
+		apierrors.IsForbidden(err) && strings.Contains(err.Error(), "Use of external IPs is denied")
 }
 
 func nodePortNote(s *corev1.Service) string {
