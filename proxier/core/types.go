@@ -99,6 +99,17 @@ func (s *ServicePort) ExternallyAccessible() bool {
 	return s.NodePort != 0 || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0
 }
 
+// SourceRangesAdmitNode reports whether a loadBalancerSourceRange holds
+// one of the node's addresses: kube-proxy's allowFromNode. A load
+// balancer IP is often also bound to the node, so the node's own request
+// to it loops back with that IP as its source, never passing the load
+// balancer; every mode then admits the load balancer IPs as sources too.
+func (s *ServicePort) SourceRangesAdmitNode(nodeAddrs []netip.Addr) bool {
+	return slices.ContainsFunc(s.LoadBalancerSourceRanges, func(r netip.Prefix) bool {
+		return slices.ContainsFunc(nodeAddrs, r.Contains)
+	})
+}
+
 // Endpoint is one backend of one ServicePort.
 type Endpoint struct {
 	IP          netip.Addr

@@ -596,16 +596,10 @@ func (p *Proxier) render(snap *core.Snapshot, changes core.ChangeSet, full bool,
 			active.Insert(fwChain)
 			chains.chain(fwChain)
 			fwArgs := []string{"-A", fwChain, "-m", "comment", "--comment", quote(label + " loadbalancer IP")}
-			allowFromNode := false
 			for _, cidr := range svc.LoadBalancerSourceRanges {
 				rules.add(append(fwArgs, "-s", cidr.String(), "-j", extChain)...)
-				allowFromNode = allowFromNode || slices.ContainsFunc(nodeAddrs, cidr.Contains)
 			}
-			// A VIP-like load balancer often has its IP added to the
-			// node as a local address: the node's own request to it then
-			// loops back with that IP as its source, never passing the
-			// load balancer. Let it in when the node itself is allowed.
-			if allowFromNode {
+			if svc.SourceRangesAdmitNode(nodeAddrs) {
 				for _, lbip := range svc.LoadBalancerIPs {
 					rules.add(append(fwArgs, "-s", lbip.String(), "-j", extChain)...)
 				}

@@ -297,13 +297,7 @@ func renderFirewall(f *ruleBuf, snap *core.Snapshot) {
 		proto := strings.ToLower(string(svc.Protocol))
 		port := strconv.Itoa(int(svc.Port))
 		label := name.String()
-		// As kube-proxy's allowFromNode: when a range holds this node,
-		// the load balancer IP is allowed as a source too, since that is
-		// the source the node picks for its own packets to an IP bound
-		// here.
-		fromNode := slices.ContainsFunc(svc.LoadBalancerSourceRanges, func(r netip.Prefix) bool {
-			return slices.ContainsFunc(nodeIPs, r.Contains)
-		})
+		fromNode := svc.SourceRangesAdmitNode(nodeIPs)
 		for _, lb := range svc.LoadBalancerIPs {
 			if !lb.Is4() {
 				continue

@@ -470,21 +470,12 @@ func (p *Proxier) renderService(tx *knftables.Transaction, svc *core.ServicePort
 		fwChain := fwChainPrefix + sid
 		chain(fwChain)
 		var sources []string
-		allowFromNode := false
 		for _, r := range svc.LoadBalancerSourceRanges {
 			if s := r.String(); !slices.Contains(sources, s) {
 				sources = append(sources, s)
 			}
-			if slices.ContainsFunc(nodeAddrs, r.Contains) {
-				allowFromNode = true
-			}
 		}
-		// A load balancer IP is often also assigned to the node (kube-proxy
-		// says: by an IP route rule), so the node's own request to it is
-		// not sent to the load balancer but looped back with the load
-		// balancer IP as source; let it through when the ranges admit
-		// the node.
-		if allowFromNode {
+		if svc.SourceRangesAdmitNode(nodeAddrs) {
 			for _, k := range lbKeys {
 				if !slices.Contains(sources, k[0]) {
 					sources = append(sources, k[0])
