@@ -149,7 +149,7 @@ soak: check-mode cli $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filte
 		start=$$(date +%s); \
 		( cd suites/conformance && PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
 			PROXYMODES_K8S_BIN=$$k8s PROXYMODES_RESULTS_DIR=$(SOAK_DIR)/run-$$i \
-			$(SOAK_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v > $(SOAK_DIR)/run-$$i.log 2>&1 ) \
+			$(SOAK_DIR)/conformance.test -test.count=1 -test.timeout $(TEST_TIMEOUT) -test.v $(if $(FEATURE),-labels feature=$(FEATURE)) > $(SOAK_DIR)/run-$$i.log 2>&1 ) \
 			&& res=passed || res=FAILED; \
 		echo "proxymodes: soak run $$i of $(N) $$res in $$(( $$(date +%s) - start ))s ($(SOAK_DIR)/run-$$i)"; \
 		if grep -q "$(INTERRUPTED)" $(SOAK_DIR)/run-$$i.log; then echo "proxymodes: soak interrupted" >&2; exit 130; fi; \
@@ -202,12 +202,17 @@ selftest: check-mode cli deps k8s ## run the suite against proxiers broken on pu
 check-mode:
 	@case " $(MODES) " in *" $(MODE) "*) ;; *) echo "unknown MODE=$(MODE): use one of: $(MODES)" >&2; exit 2;; esac
 
+# FEATURE (a feature's label, e.g. retry) runs only that feature of
+# suites/conformance, in make conformance and make soak; conformance then
+# leaves out the other suites/ packages, whose test binaries do not take
+# e2e-framework's -labels flag. Empty, the default, runs everything.
+FEATURE ?=
 # An existing cluster (KUBECONFIG, PROXYMODES_ECHO_IMAGE) needs nothing
 # built or installed here: no root, no Kubernetes build.
 conformance: check-mode $(if $(filter existing,$(PROVIDER)),,deps k8s) $(if $(filter kind,$(PROVIDER)),kind-deps) ## run the conformance suite for MODE [PROVIDER=local|kind|existing] [IMPL=reference|kube-proxy]
 	PROXYMODES_MODE=$(MODE) PROXYMODES_PROVIDER=$(PROVIDER) PROXYMODES_IMPL=$(IMPL) \
 		PROXYMODES_K8S_BIN=$$($(if $(filter existing,$(PROVIDER)),true,clusters/k8s/build.sh controlplane kube-proxy)) \
-		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./suites/...
+		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v $(if $(FEATURE),./suites/conformance -args -labels feature=$(FEATURE),./suites/...)
 
 LABEL ?= default
 BENCH_ARGS ?=
@@ -223,6 +228,14 @@ bench-aa: deps k8s ## A/A check of the benchmark method: the reference proxier a
 
 bench-micro: ## run the proxiers' Go micro-benchmarks (rule rendering and syncs over fakes)
 	$(GO) test -count=1 -run '^$$' -bench . ./proxier/...
+
+# The nightly workflow's jobs run here in its order, shortened
+# (clusters/ci/dryrun/shorten.go), with the runner's environment: the
+# workflow's path proven without GitHub. ONLY=job or job/leg (comma-
+# separated) runs some; PLAN=1 prints the commands and runs nothing.
+.PHONY: nightly-dry-run
+nightly-dry-run: ## run the nightly workflow's jobs here, shortened, in its order [ONLY=job/leg] [PLAN=1]
+	$(GO) run ./clusters/ci/cmd/nightly-dry-run $(if $(filter 1,$(PLAN)),--plan) $(if $(ONLY),--only '$(ONLY)')
 
 lab-up: deps k8s ## start a local lab with 4 echo pods and leave it running
 	@PROXYMODES_K8S_BIN=$$(clusters/k8s/build.sh controlplane kube-proxy) $(PROXYMODES) lab up --pods 4

@@ -1,0 +1,100 @@
+package dryrun
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestIPVSRuleOnTheNightly: the rule picks out the nightly's Load IPVS
+// steps and nothing else, and only the kind ipvs legs need the module
+// for the rest of their run.
+func TestIPVSRuleOnTheNightly(t *testing.T) {
+	wf := loadNightly(t)
+	lim := IPVSLimit(IPVSProbe{})
+	var loads []string
+	for _, j := range wf.Jobs {
+		for _, s := range j.Steps {
+			if lim.Loads(s) {
+				loads = append(loads, j.ID+"/"+s.Name)
+			}
+		}
+	}
+	if want := []string{"conformance/Load IPVS", "bench/Load IPVS"}; !slices.Equal(loads, want) {
+		t.Errorf("the rule loads ip_vs in %v, want %v", loads, want)
+	}
+	var needs []string
+	legs, _ := SelectLegs(wf, nil)
+	for _, l := range legs {
+		n, why := lim.Needs(l)
+		if n {
+			needs = append(needs, l.ID())
+		}
+		if why == "" && slices.ContainsFunc(l.Job.Steps, lim.Loads) {
+			t.Errorf("%s: no reason why it does or does not need ip_vs", l.ID())
+		}
+	}
+	if want := []string{"conformance/ipvs/reference", "conformance/ipvs/kube-proxy"}; !slices.Equal(needs, want) {
+		t.Errorf("legs needing the host's ip_vs: %v, want %v", needs, want)
+	}
+}
+
+func TestIPVSProbe(t *testing.T) {
+	dir := t.TempDir()
+	p := IPVSProbe{Proc: filepath.Join(dir, "proc"), LibModules: filepath.Join(dir, "lib/modules")}
+	write := func(f, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if why := p.Missing(); !strings.Contains(why, "release is unknown") {
+		t.Errorf("no osrelease: %q", why)
+	}
+	write(filepath.Join(p.Proc, "sys/kernel/osrelease"), "6.1.0-test\n")
+	write(filepath.Join(p.Proc, "modules"), "nf_conntrack 1 0 - Live\n")
+	if why := p.Missing(); !strings.Contains(why, "kernel 6.1.0-test has no ip_vs") {
+		t.Errorf("no ip_vs: %q", why)
+	}
+	write(filepath.Join(p.LibModules, "6.1.0-test/kernel/net/netfilter/ipvs/ip_vs.ko.xz"), "")
+	if why := p.Missing(); why != "" {
+		t.Errorf("a loadable module: %q", why)
+	}
+	q := IPVSProbe{Proc: p.Proc, LibModules: t.TempDir()}
+	write(filepath.Join(q.Proc, "modules"), "ip_vs 1 0 - Live\n")
+	if why := q.Missing(); why != "" {
+		t.Errorf("a loaded module: %q", why)
+	}
+	r := IPVSProbe{Proc: t.TempDir(), LibModules: t.TempDir()}
+	write(filepath.Join(r.Proc, "net/ip_vs"), "")
+	if why := r.Missing(); why != "" {
+		t.Errorf("built in: %q", why)
+	}
+}
+
+func TestSudoShim(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteSudoShim(dir); err != nil {
+		t.Fatal(err)
+	}
+	sudo := filepath.Join(dir, "sudo")
+	out, err := exec.Command(sudo, "-E", "env", "X=1", "sh", "-c", `echo "$X $0"`, "arg").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1 arg" {
+		t.Errorf("sudo -E env X=1 sh -c …: %q, %v", out, err)
+	}
+	for _, args := range [][]string{{"-u", "nobody", "true"}, {"-E"}, {}} {
+		out, err := exec.Command(sudo, args...).CombinedOutput()
+		if err == nil {
+			t.Errorf("sudo %v: ran: %s", args, out)
+		}
+	}
+	if out, _ := exec.Command(sudo, "-u", "nobody", "true").CombinedOutput(); !strings.Contains(string(out), "-u") {
+		t.Errorf("the shim's refusal does not name the option: %s", out)
+	}
+}
