@@ -271,7 +271,7 @@ func TestRunsAnArtifactNameOnce(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(ws, "go.mod"), []byte("module x\n\ngo 1.21\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wf, err := Parse([]byte(`
+	d := newDryRun(t, ws, `
 on: push
 jobs:
   a:
@@ -285,14 +285,7 @@ jobs:
         with:
           name: same
           path: ${{ runner.temp }}/o
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Config{Workflow: wf, Workspace: ws, Environ: []string{"PATH=" + os.Getenv("PATH")}})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	results, err := d.Run(context.Background(), Options{OutDir: t.TempDir(), Out: &bytes.Buffer{}})
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +299,7 @@ jobs:
 // group gets SIGINT, as make and the suites expect), and no later leg runs.
 func TestInterrupt(t *testing.T) {
 	ws := t.TempDir()
-	wf, err := Parse([]byte(`
+	d := newDryRun(t, ws, `
 on: push
 jobs:
   a:
@@ -317,14 +310,7 @@ jobs:
     runs-on: ubuntu-24.04
     steps:
       - run: true
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Config{Workflow: wf, Workspace: ws, Environ: []string{"PATH=" + os.Getenv("PATH")}})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
 	start := time.Now()
@@ -338,4 +324,19 @@ jobs:
 	if len(results) != 1 || results[0].Status != Interrupted || OK(results) {
 		t.Errorf("results: %v", results)
 	}
+}
+
+// newDryRun parses a small workflow and makes its dry run over ws, with
+// this process's PATH.
+func newDryRun(t *testing.T, ws, workflow string) *DryRun {
+	t.Helper()
+	wf, err := Parse([]byte(workflow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Workflow: wf, Workspace: ws, Environ: []string{"PATH=" + os.Getenv("PATH")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
