@@ -171,6 +171,9 @@ type state struct {
 	Kubeconfig string         `json:"kubeconfig"`
 	Nodes      []cluster.Node `json:"nodes"`
 	Pods       []podState     `json:"pods"`
+	// NextPodIndex is, per node, where the search for a free pod address
+	// starts: one past the last one handed out (see placePod).
+	NextPodIndex []int `json:"nextPodIndex,omitempty"`
 	// Kernel is the kernel the nodes run in.
 	Kernel string `json:"kernel"`
 	// Isolated labs live in their own namespaces and never conflict with

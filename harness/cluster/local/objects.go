@@ -350,12 +350,39 @@ func (l *Lab) placePod(spec cluster.PodSpec) (node, index int, err error) {
 			}
 		}
 	}
-	for j := 0; j < addrplan.MaxPodsPerNode; j++ {
-		if !used[[2]int{node, j}] {
-			return node, j, nil
+	j, ok := nextFree(l.st.NextPodIndex, node, func(j int) bool { return used[[2]int{node, j}] })
+	if !ok {
+		return 0, 0, fmt.Errorf("%s is full (%d pods)", plane.NodeName(node), addrplan.MaxPodsPerNode)
+	}
+	for len(l.st.NextPodIndex) <= node {
+		l.st.NextPodIndex = append(l.st.NextPodIndex, 0)
+	}
+	l.st.NextPodIndex[node] = (j + 1) % addrplan.MaxPodsPerNode
+	return node, j, nil
+}
+
+// nextFree hands out pod addresses as CNI's host-local IPAM does: the
+// first free one after the last one given, wrapping at the end of the
+// range. Taking the lowest free one instead gave a deleted pod's address
+// to the next pod at once, which real clusters do only after the range
+// wraps. Proxiers then met an endpoint address leaving and coming back
+// within seconds, a path that no check means to test (kube-proxy's IPVS
+// mode moves such an address off its graceful-termination list). The one
+// time a new endpoint stayed broken, it had taken the address of one
+// deleted 15 s before: CI, 2026-12-07, ipvs/kube-proxy in the guest, every
+// connection to it refused for 69 s.
+func nextFree(next []int, node int, used func(int) bool) (int, bool) {
+	start := 0
+	if node < len(next) {
+		start = next[node]
+	}
+	for i := 0; i < addrplan.MaxPodsPerNode; i++ {
+		j := (start + i) % addrplan.MaxPodsPerNode
+		if !used(j) {
+			return j, true
 		}
 	}
-	return 0, 0, fmt.Errorf("%s is full (%d pods)", plane.NodeName(node), addrplan.MaxPodsPerNode)
+	return 0, false
 }
 
 func nodeIndex(nodes []cluster.Node, name string) int {
