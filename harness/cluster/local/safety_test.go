@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -126,4 +127,74 @@ func readyz(t *testing.T, ctx context.Context, n cluster.Node, ep netip.AddrPort
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("from %s: GET %s/readyz: %s", n.Name, ep, resp.Status)
 	}
+}
+
+// TestServiceAddressIsNotAnsweredByAnotherNode: a pod's packets to a
+// ClusterIP that its own node has not programmed must not be served by
+// another node that has. kube-proxy's IPVS mode binds every VIP to a dummy
+// device and, without strictARP, answers ARP for it on every interface; on
+// a fabric where ClusterIPs were on-link, the other node took the traffic.
+// Here node-1 holds a VIP on its loopback, answers ARP for it (the
+// kernel's default arp_ignore=0) and listens on it; a pod on node-2 must
+// not reach it.
+func TestServiceAddressIsNotAnsweredByAnotherNode(t *testing.T) {
+	l := lab(t)
+	client := addPod(t, l, "vip-client", "node-2", nil)
+	var node1 cluster.Node
+	for _, n := range l.Info().Nodes {
+		if n.Name == "node-1" {
+			node1 = n
+		}
+	}
+	vip := netip.AddrPortFrom(netip.MustParseAddr("198.19.255.254"), 9999)
+	// The host kernel has no dummy driver; any local address will do, as
+	// the kernel answers ARP for all of them alike.
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: vip.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	onLoopback := func(change func(*netlink.Handle, netlink.Link) error) error {
+		return netlab.WithHandle(node1.NS, func(h *netlink.Handle) error {
+			lo, err := h.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			return change(h, lo)
+		})
+	}
+	if err := onLoopback(func(h *netlink.Handle, lo netlink.Link) error { return h.AddrAdd(lo, addr) }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { onLoopback(func(h *netlink.Handle, lo netlink.Link) error { return h.AddrDel(lo, addr) }) })
+	var ln net.Listener
+	if err := netlab.Do(node1.NS, func() (err error) {
+		ln, err = net.Listen("tcp", vip.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dial := func(ns string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return netlab.Dialer(ns, &net.Dialer{})(ctx, "tcp", vip.String())
+	}
+	// node-1 itself reaches it, so the listener works.
+	c, err := dial(node1.NS)
+	if err != nil {
+		t.Fatalf("node-1 cannot reach its own %s: %v", vip, err)
+	}
+	c.Close()
+	c, err = dial(client.NS)
+	if err == nil {
+		c.Close()
+		t.Fatalf("a pod on node-2 reached %s, which only node-1 holds: another node served a ClusterIP that node-2 never programmed", vip)
+	}
+	t.Logf("as it should, the pod on node-2 could not reach node-1's %s: %v", vip, err)
 }

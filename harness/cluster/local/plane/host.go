@@ -192,9 +192,15 @@ func (h *Host) buildNode(k int) error {
 		}
 	}
 	// Locally generated packets to a ClusterIP, an external IP or a load
-	// balancer IP need a route before the proxier's NAT rewrites them;
-	// the fabric is where they would go (and nothing there answers).
-	if err := netlab.Route(ns, addrplan.Services, netip.Addr{}, nodeFabric); err != nil {
+	// balancer IP need a route before the proxier's NAT rewrites them.
+	// ClusterIPs go to the outside client, as a kind node's go to its
+	// default gateway, which does not serve them. They were once on-link
+	// on the fabric, where kube-proxy's IPVS mode (it binds every VIP to
+	// kube-ipvs0 and, without strictARP, answers ARP for it) let another
+	// node take a node's traffic before its own proxier had the Service:
+	// CI, 2026-12-07, a pod's SYNs to a new VIP went un-NATed to the other
+	// node, and one of its flows hung there.
+	if err := netlab.Route(ns, addrplan.Services, addrplan.Outside().Addr(), ""); err != nil {
 		return err
 	}
 	return netlab.Route(ns, addrplan.External, netip.Addr{}, nodeFabric)
