@@ -64,6 +64,13 @@ type Fixture struct {
 	made int
 }
 
+// livePods lists the feature's pods that have not been deleted.
+func (fx *Fixture) livePods() []cluster.Pod {
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	return append([]cluster.Pod(nil), fx.pods...)
+}
+
 // Selector is the label set of the feature's backends.
 func (fx *Fixture) Selector() map[string]string { return map[string]string{"app": fx.slug} }
 

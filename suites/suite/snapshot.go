@@ -20,6 +20,7 @@ import (
 
 // nodeSnapshot is read in every node's namespace.
 var nodeSnapshot = [][]string{
+	{"ipvsadm", "-Ln"}, // weights and each destination's connections
 	{"ipvsadm", "-Ln", "--stats"},
 	{"ipvsadm", "-Lnc"},
 	{"conntrack", "-S"},
@@ -36,6 +37,15 @@ var nodeSnapshot = [][]string{
 var clientSnapshot = [][]string{
 	{"ss", "-tanoi"},
 	{"ip", "-s", "neigh", "show"},
+	{"nstat", "-asz"},
+}
+
+// backendSnapshot is read in the namespaces of the feature's backends:
+// whether a backend saw the connections that failed, and what it answered
+// (CI, 2026-12-07: connections to a new endpoint were refused, and
+// neither node's conntrack showed them).
+var backendSnapshot = [][]string{
+	{"ss", "-tanoi"},
 	{"nstat", "-asz"},
 }
 
@@ -72,6 +82,11 @@ func (a *A) snapshot() string {
 	a.Run.clientsMu.Unlock()
 	for _, ns := range clients {
 		dumpInto(ctx, &b, e, "client", ns, clientSnapshot)
+	}
+	if a.Fixture != nil {
+		for _, p := range a.Fixture.livePods() {
+			dumpInto(ctx, &b, e, "backend "+p.Name+" "+p.IP.String()+" on "+p.Node, p.NS, backendSnapshot)
+		}
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return ""
