@@ -23,6 +23,7 @@ import (
 	"github.com/proxymodes/proxymodes/bench/result"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/load"
 )
@@ -308,7 +309,7 @@ func Run(ctx context.Context, c Config) (*result.Set, error) {
 		return nil, err
 	}
 	set := &result.Set{Schema: result.SchemaVersion, Label: c.Label, Started: time.Now().UTC(), Env: environment()}
-	plans := plan(c, hostKernel{ipvs: local.HostHasIPVS(), iptables: set.Env.IPTablesBackend})
+	plans := plan(c, hostKernel{ipvs: hostipvs.Available(), iptables: set.Env.IPTablesBackend})
 	// What was asked, or by default what each kernel's iptables is.
 	backends := c.Backends
 	for _, kp := range plans {

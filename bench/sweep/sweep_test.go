@@ -15,6 +15,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/bench/result"
 	"github.com/proxymodes/proxymodes/harness/cluster/local"
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/leak"
 	"github.com/proxymodes/proxymodes/harness/load"
@@ -243,7 +244,7 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("result set: %s", dir)
 	wantPoints := 0
-	for _, kp := range plan(c, hostKernel{ipvs: local.HostHasIPVS(), iptables: set.Env.IPTablesBackend}) {
+	for _, kp := range plan(c, hostKernel{ipvs: hostipvs.Available(), iptables: set.Env.IPTablesBackend}) {
 		for _, n := range c.Counts {
 			if limit, ok := c.MaxServices[kp.kernel]; !ok || n <= limit {
 				wantPoints += len(kp.proxiers)

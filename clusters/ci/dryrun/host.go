@@ -2,7 +2,6 @@ package dryrun
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 )
 
 // HostLimit is something a step needs from the machine that this machine
@@ -38,7 +39,7 @@ var modprobeIPVSRE = regexp.MustCompile(`(^|[\s;&|])modprobe\s[^\n]*\bip_vs\b`)
 // benchmark do without it (they put ipvs in the guests), but kind nodes
 // share the host's kernel: harness/cluster/kind.Up refuses MODE=ipvs
 // there without host ip_vs, so those legs cannot run here at all.
-func IPVSLimit(probe IPVSProbe) HostLimit {
+func IPVSLimit(probe hostipvs.Probe) HostLimit {
 	return HostLimit{
 		Name:    "ip_vs",
 		Loads:   func(s *Step) bool { return s.Run != "" && modprobeIPVSRE.MatchString(s.Run) },
@@ -57,36 +58,6 @@ func IPVSLimit(probe IPVSProbe) HostLimit {
 			return false, "without the host's ip_vs the harness runs ipvs in user-mode Linux guests (the local lab's and the benchmark's ipvs points)"
 		},
 	}
-}
-
-// IPVSProbe looks for ip_vs the way harness/cluster/local.HostHasIPVS and
-// kind.HostHasIPVS do: loaded or built in, or a module the kernel could
-// load. The roots are fields so tests can point them at a fake tree.
-type IPVSProbe struct {
-	Proc, LibModules string
-}
-
-// HostIPVS probes the real machine.
-var HostIPVS = IPVSProbe{Proc: "/proc", LibModules: "/lib/modules"}
-
-// Missing says why ip_vs is not available, or "" when it is.
-func (p IPVSProbe) Missing() string {
-	if _, err := os.Stat(filepath.Join(p.Proc, "net/ip_vs")); err == nil {
-		return ""
-	}
-	if b, err := os.ReadFile(filepath.Join(p.Proc, "modules")); err == nil && bytes.Contains(b, []byte("ip_vs ")) {
-		return ""
-	}
-	rel, err := os.ReadFile(filepath.Join(p.Proc, "sys/kernel/osrelease"))
-	if err != nil {
-		return fmt.Sprintf("the kernel's release is unknown (%v), so no ip_vs module can be found", err)
-	}
-	r := strings.TrimSpace(string(rel))
-	dir := filepath.Join(p.LibModules, r, "kernel/net/netfilter/ipvs")
-	if m, _ := filepath.Glob(filepath.Join(dir, "ip_vs.ko*")); len(m) > 0 {
-		return ""
-	}
-	return fmt.Sprintf("kernel %s has no ip_vs: not built in (no %s), not loaded, and no module in %s", r, filepath.Join(p.Proc, "net/ip_vs"), dir)
 }
 
 // sudoShim stands in for sudo on a machine that runs the dry run as root

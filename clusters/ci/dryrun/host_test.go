@@ -1,12 +1,13 @@
 package dryrun
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 )
 
 // TestIPVSRuleOnTheNightly: the rule picks out the nightly's Load IPVS
@@ -14,7 +15,7 @@ import (
 // for the rest of their run.
 func TestIPVSRuleOnTheNightly(t *testing.T) {
 	wf := loadNightly(t)
-	lim := IPVSLimit(IPVSProbe{})
+	lim := IPVSLimit(hostipvs.Probe{})
 	var loads []string
 	for _, j := range wf.Jobs {
 		for _, s := range j.Steps {
@@ -39,42 +40,6 @@ func TestIPVSRuleOnTheNightly(t *testing.T) {
 	}
 	if want := []string{"conformance/ipvs/reference", "conformance/ipvs/kube-proxy"}; !slices.Equal(needs, want) {
 		t.Errorf("legs needing the host's ip_vs: %v, want %v", needs, want)
-	}
-}
-
-func TestIPVSProbe(t *testing.T) {
-	dir := t.TempDir()
-	p := IPVSProbe{Proc: filepath.Join(dir, "proc"), LibModules: filepath.Join(dir, "lib/modules")}
-	write := func(f, s string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(f, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if why := p.Missing(); !strings.Contains(why, "release is unknown") {
-		t.Errorf("no osrelease: %q", why)
-	}
-	write(filepath.Join(p.Proc, "sys/kernel/osrelease"), "6.1.0-test\n")
-	write(filepath.Join(p.Proc, "modules"), "nf_conntrack 1 0 - Live\n")
-	if why := p.Missing(); !strings.Contains(why, "kernel 6.1.0-test has no ip_vs") {
-		t.Errorf("no ip_vs: %q", why)
-	}
-	write(filepath.Join(p.LibModules, "6.1.0-test/kernel/net/netfilter/ipvs/ip_vs.ko.xz"), "")
-	if why := p.Missing(); why != "" {
-		t.Errorf("a loadable module: %q", why)
-	}
-	q := IPVSProbe{Proc: p.Proc, LibModules: t.TempDir()}
-	write(filepath.Join(q.Proc, "modules"), "ip_vs 1 0 - Live\n")
-	if why := q.Missing(); why != "" {
-		t.Errorf("a loaded module: %q", why)
-	}
-	r := IPVSProbe{Proc: t.TempDir(), LibModules: t.TempDir()}
-	write(filepath.Join(r.Proc, "net/ip_vs"), "")
-	if why := r.Missing(); why != "" {
-		t.Errorf("built in: %q", why)
 	}
 }
 

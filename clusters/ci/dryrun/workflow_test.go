@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 )
 
 // root is the repository, three levels up from this package.
@@ -39,7 +41,7 @@ func readMakefile(t *testing.T) []byte {
 // missingProbe stands for a host without the feature, so that plans come
 // out the same on any machine.
 func missingLimit() HostLimit {
-	l := IPVSLimit(IPVSProbe{})
+	l := IPVSLimit(hostipvs.Probe{})
 	l.Missing = func() string { return "no ip_vs (test)" }
 	return l
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/kube"
 	"github.com/proxymodes/proxymodes/harness/docker"
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 	"github.com/proxymodes/proxymodes/harness/interrupt"
 	"github.com/proxymodes/proxymodes/harness/nodeimage"
 )
@@ -87,15 +88,8 @@ type Cluster struct {
 }
 
 // HostHasIPVS reports whether kind nodes can run IPVS: they share the
-// host's kernel, so ip_vs must be available there.
-func HostHasIPVS() bool {
-	b, err := os.ReadFile("/proc/modules")
-	if err == nil && bytes.Contains(b, []byte("ip_vs ")) {
-		return true
-	}
-	_, err = os.Stat("/proc/net/ip_vs")
-	return err == nil
-}
+// host's kernel and cannot load modules into it, so ip_vs must be in it.
+func HostHasIPVS() bool { return hostipvs.Host.Loaded() }
 
 // Up creates the cluster and deploys the proxier; on failure it removes
 // whatever it created.

@@ -17,6 +17,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/backend"
 	"github.com/proxymodes/proxymodes/harness/cluster"
 	"github.com/proxymodes/proxymodes/harness/cluster/local/plane"
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 	"github.com/proxymodes/proxymodes/harness/netlab"
 	"github.com/proxymodes/proxymodes/harness/probe"
 )
@@ -64,24 +65,11 @@ func (l *Lab) chooseKernel() (string, error) {
 	if l.opts.Kernel != "" {
 		return l.opts.Kernel, nil
 	}
-	if l.opts.Proxier != nil && l.opts.Proxier.Mode == "ipvs" && !HostHasIPVS() {
+	if l.opts.Proxier != nil && l.opts.Proxier.Mode == "ipvs" && !hostipvs.Available() {
 		l.log.Logf("lab %s: the host kernel has no ip_vs, so the nodes run in a user-mode Linux guest", l.opts.Name)
 		return KernelUML, nil
 	}
 	return KernelHost, nil
-}
-
-// HostHasIPVS checks the running kernel; ip_vs is either built in (its
-// proc file exists) or the kernel could load it.
-func HostHasIPVS() bool {
-	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
-		return true
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m, _ := filepath.Glob(filepath.Join("/lib/modules", strings.TrimSpace(string(b)), "kernel/net/netfilter/ipvs/ip_vs.ko*"))
-		return len(m) > 0
-	}
-	return false
 }
 
 // registerNodes creates a Ready Node object per node: the endpointslice

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/proxymodes/proxymodes/clusters/ci/dryrun"
+	"github.com/proxymodes/proxymodes/harness/hostipvs"
 )
 
 func main() {
@@ -86,7 +87,7 @@ func run() int {
 	d, err := dryrun.New(dryrun.Config{
 		Workflow: wf, Workspace: ws, Makefile: makefile, MachineCache: *cache,
 		Shortenings: dryrun.Shortenings, Wholes: dryrun.Wholes,
-		Limits:  []dryrun.HostLimit{dryrun.IPVSLimit(dryrun.HostIPVS)},
+		Limits:  []dryrun.HostLimit{dryrun.IPVSLimit(hostipvs.Host)},
 		Only:    only,
 		Environ: os.Environ(), SudoShim: shim, SudoNote: note,
 		Git: func(f string) (string, error) { return git(ws, f) },
