@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	"github.com/proxymodes/proxymodes/proxier/fault"
 	"github.com/proxymodes/proxymodes/suites/promise"
 )
@@ -34,7 +35,7 @@ const (
 	// EnvLabName names the local lab (default: the suite's name). Runs
 	// side by side need distinct names, and isolated labs (LAB_ISOLATED=1,
 	// harness/cluster/local) to share the host.
-	EnvLabName = "PROXYMODES_LAB_NAME"
+	EnvLabName = local.EnvLabName
 )
 
 // Providers and implementations the suite knows.

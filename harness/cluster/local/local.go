@@ -164,6 +164,10 @@ type Lab struct {
 
 // state is what the state file records, so that `lab status` and `lab
 // down` work from another process.
+// EnvLabName names the lab for the suites and the bench alike, so that one
+// environment names every lab of a side-by-side run (with LAB_ISOLATED=1).
+const EnvLabName = "PROXYMODES_LAB_NAME"
+
 type state struct {
 	Name       string         `json:"name"`
 	OwnerPID   int            `json:"ownerPID"` // 0 for a persistent lab

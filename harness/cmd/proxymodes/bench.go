@@ -12,6 +12,7 @@ import (
 
 	"github.com/proxymodes/proxymodes/bench/result"
 	"github.com/proxymodes/proxymodes/bench/sweep"
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
 	_ "github.com/proxymodes/proxymodes/harness/load" // the load generator's role
 )
 
@@ -51,9 +52,6 @@ func benchCmd(ctx context.Context, args []string, out io.Writer) error {
 	return runErr
 }
 
-// labNameEnv names the local lab, as for the suites (suite.EnvLabName).
-const labNameEnv = "PROXYMODES_LAB_NAME"
-
 // benchConfig parses the bench flags into a sweep and the directory its
 // result sets go in.
 func benchConfig(args []string) (sweep.Config, string, error) {
@@ -75,13 +73,11 @@ func benchConfig(args []string) (sweep.Config, string, error) {
 	limit := fs.Duration("limit", d.Limit, "bound on every wait inside a point")
 	budget := fs.Duration("point-budget", d.PointBudget, "skip a proxier's larger points once its smaller ones predict one would take longer")
 	maxServices := fs.String("max-services", "", "per-kernel cap on the Service count, e.g. uml=5000")
-	// The variable the suites read, so that one environment names every
-	// lab of a side-by-side run (with LAB_ISOLATED=1).
 	labName := d.LabName
-	if v := os.Getenv(labNameEnv); v != "" {
+	if v := os.Getenv(local.EnvLabName); v != "" {
 		labName = v
 	}
-	lab := fs.String("lab", labName, "the lab's name, 1-8 lower-case letters or digits (default $"+labNameEnv+", else "+d.LabName+"); with LAB_ISOLATED=1, runs under distinct names go side by side")
+	lab := fs.String("lab", labName, "the lab's name, 1-8 lower-case letters or digits (default $"+local.EnvLabName+", else "+d.LabName+"); with LAB_ISOLATED=1, runs under distinct names go side by side")
 	if err := fs.Parse(args); err != nil {
 		return sweep.Config{}, "", err
 	}

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/proxymodes/proxymodes/harness/cluster/local"
 )
 
 // --backend takes one backend or both; the default is the host's own
@@ -32,13 +34,13 @@ func TestBenchBackendFlag(t *testing.T) {
 // The lab's name comes from --lab, else $PROXYMODES_LAB_NAME (as for the
 // suites), else the sweep's default.
 func TestBenchLabName(t *testing.T) {
-	t.Setenv(labNameEnv, "")
+	t.Setenv(local.EnvLabName, "")
 	if c, _, _ := benchConfig(nil); c.LabName != "bench" {
 		t.Errorf("default lab %q, want bench", c.LabName)
 	}
-	t.Setenv(labNameEnv, "hbench")
+	t.Setenv(local.EnvLabName, "hbench")
 	if c, _, _ := benchConfig(nil); c.LabName != "hbench" {
-		t.Errorf("lab with $%s=hbench: %q", labNameEnv, c.LabName)
+		t.Errorf("lab with $%s=hbench: %q", local.EnvLabName, c.LabName)
 	}
 	if c, _, _ := benchConfig([]string{"--lab", "b2"}); c.LabName != "b2" {
 		t.Errorf("--lab b2: %q", c.LabName)
