@@ -82,6 +82,7 @@ func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
 		"`bench.txt` is in Go benchmark format for benchstat, e.g. `benchstat -col /impl bench.txt`; to compare two sets with benchstat,\n" +
 		"give it `-table ''` (the commit and versions at the top of each file would otherwise split every table in two).\n\n")
 
+	writeNFTablesLead(&b, s)
 	b.WriteString("## Environment\n\n")
 	writeTable(&b, 2, []string{"", ""}, envRows(&s.Env))
 	b.WriteString("## Sweep\n\n")
@@ -461,8 +462,102 @@ func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
 	}
 }
 
+// leadColumns are what the nftables ÷ iptables comparison that opens a
+// set shows: a full sync, the latency of programming one endpoint change,
+// and the data plane.
+var leadColumns = []column{columns[0], columns[1], columns[3], columns[4], columns[5], columns[6], columns[7], columns[9]}
+
+// nftIPTPair is an nftables point and an iptables point (of one backend)
+// of the same implementation, kernel and size, both successful.
+type nftIPTPair struct{ nft, ipt *Point }
+
+func nftIPTPairs(pts []*Point) []nftIPTPair {
+	var pairs []nftIPTPair
+	for _, n := range pts {
+		if n.Mode != ModeNFTables || n.Error != "" {
+			continue
+		}
+		for _, i := range pts {
+			if i.Mode == ModeIPTables && i.Error == "" && i.Impl == n.Impl && i.Services == n.Services && i.EndpointsPerService == n.EndpointsPerService {
+				pairs = append(pairs, nftIPTPair{n, i})
+			}
+		}
+	}
+	return pairs
+}
+
+// writeNFTablesLead opens a set that measured both nftables and iptables
+// with their comparison, per kernel: the mode users are moving to against
+// the one they are leaving, then both against direct. Sets without both
+// modes get nothing.
+func writeNFTablesLead(b *bytes.Buffer, s *Set) {
+	type kernelPairs struct {
+		kernel string
+		pairs  []nftIPTPair
+		pts    []*Point
+	}
+	var all []kernelPairs
+	for _, kernel := range s.Kernels() {
+		pts := kernelPoints(s, kernel)
+		if pairs := nftIPTPairs(pts); len(pairs) > 0 {
+			all = append(all, kernelPairs{kernel, pairs, pts})
+		}
+	}
+	if len(all) == 0 {
+		return
+	}
+	b.WriteString("## nftables ÷ iptables\n\n")
+	b.WriteString("Each implementation's nftables median divided by its own iptables median, for each iptables backend, " +
+		"in the same kernel and at the same size: below 1× nftables is faster. **sync full** and **sync cold** are whole syncs, " +
+		"**rules** and **conn** p50/p99 the latency of programming one endpoint change, **p50** and **p99** a request's latency " +
+		"through a Service. " + ratioNote + "\n\n")
+	for _, k := range all {
+		if len(all) > 1 {
+			fmt.Fprintf(b, "### %s\n\n", k.kernel)
+		}
+		var cols []column
+		for _, c := range leadColumns {
+			if slices.ContainsFunc(k.pairs, func(p nftIPTPair) bool { _, ok := ratio(p.nft, p.ipt, c); return ok }) {
+				cols = append(cols, c)
+			}
+		}
+		head := []string{"impl", "nftables ÷", "Services × endpoints"}
+		for _, c := range cols {
+			head = append(head, c.head)
+		}
+		var rows [][]string
+		for _, p := range k.pairs {
+			row := []string{p.nft.Impl, p.ipt.ModeLabel(), size{p.nft.Services, p.nft.EndpointsPerService}.String()}
+			for _, c := range cols {
+				if r, ok := ratio(p.nft, p.ipt, c); ok {
+					row = append(row, r)
+				} else {
+					row = append(row, missing)
+				}
+			}
+			rows = append(rows, row)
+		}
+		writeTable(b, 3, head, rows)
+		var dataPlane []*Point
+		for _, p := range k.pts {
+			if p.Mode == ModeNFTables || p.Mode == ModeIPTables || p.Mode == ModeDirect {
+				dataPlane = append(dataPlane, p)
+			}
+		}
+		writeDirectTable(b, "Both modes' data-plane medians divided by direct's (load sent straight to a pod IP) at the same size: what each adds to a request.",
+			"Brackets and ~ as above.", dataPlane)
+	}
+}
+
 func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
 	b.WriteString("### each mode ÷ direct\n\n")
+	writeDirectTable(b, "Each mode's data-plane median divided by direct's (load sent straight to a pod IP, no proxy) "+
+		"at the same size: what the proxy adds.", ratioNote, pts)
+}
+
+// writeDirectTable writes the ratio of each proxied point's data-plane
+// medians to direct's at its size, after intro and how to read a ratio.
+func writeDirectTable(b *bytes.Buffer, intro, note string, pts []*Point) {
 	head := []string{"mode", "impl", "Services × endpoints"}
 	for _, c := range directColumns {
 		head = append(head, c.head)
@@ -499,8 +594,7 @@ func writeDirectRatios(b *bytes.Buffer, pts []*Point) {
 		b.WriteString("No data-plane point has a direct baseline of the same size in this kernel (failed points left out).\n\n")
 		return
 	}
-	b.WriteString("Each mode's data-plane median divided by direct's (load sent straight to a pod IP, no proxy) " +
-		"at the same size: what the proxy adds. Latency above 1× is slower than direct; req/s below 1× serves less. " + ratioNote + "\n\n")
+	b.WriteString(intro + " Latency above 1× is slower than direct; req/s below 1× serves less. " + note + "\n\n")
 	writeTable(b, 3, head, rows)
 }
 

@@ -346,6 +346,34 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 }
 
+// TestNFTablesLead: a set with both nftables and iptables opens with their
+// comparison, per iptables backend; one without nftables has none.
+func TestNFTablesLead(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteMarkdown(&b, testSet()); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	lead, env := strings.Index(md, "## nftables ÷ iptables"), strings.Index(md, "## Environment")
+	if lead < 0 || lead > env {
+		t.Fatalf("the nftables ÷ iptables section is at %d, the environment at %d: it must come first", lead, env)
+	}
+	for _, want := range []string{"| kube-proxy | iptables-nft | 1000 × 2 | 0.32× [0.31, 0.33] |", "| reference | iptables-legacy | 1000 × 2 |"} {
+		if !strings.Contains(md[lead:env], want) {
+			t.Errorf("the lead lacks %q", want)
+		}
+	}
+	noNFT := testSet()
+	noNFT.Points = slices.DeleteFunc(noNFT.Points, func(p Point) bool { return p.Mode == ModeNFTables })
+	b.Reset()
+	if err := WriteMarkdown(&b, noNFT); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "nftables ÷ iptables") {
+		t.Error("a set without nftables points has an nftables ÷ iptables section")
+	}
+}
+
 func TestPlot(t *testing.T) {
 	dir := t.TempDir()
 	files, err := Plot(dir, testSet())
