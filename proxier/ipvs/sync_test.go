@@ -75,6 +75,21 @@ func (e *env) resetOps() {
 	e.links.Ops = nil
 }
 
+// resync syncs after forgetting the operations so far, so that the next
+// checks see only this sync's.
+func (e *env) resync(t *testing.T, snap *core.Snapshot, c core.ChangeSet) {
+	t.Helper()
+	e.resetOps()
+	e.sync(t, snap, c)
+}
+
+// checkNoOps fails unless the last sync touched neither IPVS nor links.
+func (e *env) checkNoOps(t *testing.T) {
+	t.Helper()
+	checkOps(t, "ipvs", e.ipvs.Ops, nil)
+	checkOps(t, "links", e.links.Ops, nil)
+}
+
 func (e *env) vips(t *testing.T) []string {
 	t.Helper()
 	addrs, err := e.links.Addrs(DefaultDummyDevice)
@@ -206,10 +221,8 @@ TCP 198.19.200.1:80 rr
 	}
 
 	// A second full sync of the same snapshot changes nothing.
-	e.resetOps()
-	e.sync(t, b.Snap, fullSync())
-	checkOps(t, "ipvs", e.ipvs.Ops, nil)
-	checkOps(t, "links", e.links.Ops, nil)
+	e.resync(t, b.Snap, fullSync())
+	e.checkNoOps(t)
 }
 
 // internalTrafficPolicy Local: the cluster IP's virtual server has this
@@ -322,8 +335,7 @@ TCP 198.19.200.5:80 rr
 	// the cluster IP's stay.
 	b.Snap.Services[both].ExternalLocal = true
 	b.Snap.Services[elsewhere].ExternalLocal = true
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("both", "elsewhere"))
+	e.resync(t, b.Snap, partialSync("both", "elsewhere"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"update-dest TCP/198.19.200.5:80 198.18.65.50:8080 weight 0",
 		"update-dest TCP/198.18.0.1:30050 198.18.65.50:8080 weight 0",
@@ -425,10 +437,8 @@ TCP 198.19.210.4:80 rr
 	traceFirewall(t, e, lbFirewallCases())
 
 	// Same snapshot again: nothing to do.
-	e.resetOps()
-	e.sync(t, b.Snap, fullSync())
-	checkOps(t, "ipvs", e.ipvs.Ops, nil)
-	checkOps(t, "links", e.links.Ops, nil)
+	e.resync(t, b.Snap, fullSync())
+	e.checkNoOps(t)
 }
 
 // Partial syncs follow a Service's load balancer IPs and source ranges as
@@ -444,8 +454,7 @@ func TestLoadBalancerChanges(t *testing.T) {
 
 	// The load balancer moves "open" to another IP.
 	svc("open", "http").LoadBalancerIPs = []netip.Addr{moved}
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("open"))
+	e.resync(t, b.Snap, partialSync("open"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"add-service TCP/198.19.210.9:80 rr",
 		"add-dest TCP/198.19.210.9:80 198.18.64.60:8080 weight 1",
@@ -462,10 +471,8 @@ func TestLoadBalancerChanges(t *testing.T) {
 	// New ranges for "fw": the former stranger is in, the former client
 	// and the node are out, so the load balancer IP itself is too.
 	svc("fw", "https").LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.130.0/24")}
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("fw"))
-	checkOps(t, "ipvs", e.ipvs.Ops, nil)
-	checkOps(t, "links", e.links.Ops, nil)
+	e.resync(t, b.Snap, partialSync("fw"))
+	e.checkNoOps(t)
 	if !e.p.LastStats().RulesApplied {
 		t.Errorf("changed source ranges did not restore the rules")
 	}
@@ -498,8 +505,7 @@ func TestLoadBalancerChanges(t *testing.T) {
 			delete(b.Snap.Endpoints, name)
 		}
 	}
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("fw-local"))
+	e.resync(t, b.Snap, partialSync("fw-local"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"delete-service TCP/198.18.0.1:30062",
 		"delete-service TCP/198.19.0.62:80",
@@ -657,8 +663,7 @@ func TestSyncUpdatesAndDeletes(t *testing.T) {
 		{IP: netip.MustParseAddr("198.18.64.10"), Port: 8080, Ready: true, Serving: true},
 		{IP: netip.MustParseAddr("198.18.66.10"), Port: 8080, Ready: true, Serving: true},
 	}
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("web"))
+	e.resync(t, b.Snap, partialSync("web"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"add-dest TCP/198.19.0.10:80 198.18.66.10:8080 weight 1",
 		"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 0",
@@ -673,8 +678,7 @@ func TestSyncUpdatesAndDeletes(t *testing.T) {
 	np := core.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "np"}, Port: "http", Protocol: v1.ProtocolTCP}
 	delete(b.Snap.Services, np)
 	delete(b.Snap.Endpoints, np)
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("np"))
+	e.resync(t, b.Snap, partialSync("np"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080",
 		"delete-service TCP/198.18.0.1:30080",
@@ -692,8 +696,7 @@ func TestSyncUpdatesAndDeletes(t *testing.T) {
 
 	// A port change of a service is a new virtual server plus a deleted one.
 	b.Snap.Services[web].Port = 8000
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("web"))
+	e.resync(t, b.Snap, partialSync("web"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"add-service TCP/198.19.0.10:8000 rr",
 		"add-dest TCP/198.19.0.10:8000 198.18.64.10:8080 weight 1",
@@ -709,8 +712,7 @@ func TestSchedulerChangeUpdatesServiceInPlace(t *testing.T) {
 
 	e.cfg.Scheduler = "wrr"
 	e.restart(t)
-	e.resetOps()
-	e.sync(t, b.Snap, fullSync())
+	e.resync(t, b.Snap, fullSync())
 	for _, op := range e.ipvs.Ops {
 		if !strings.HasPrefix(op, "update-service ") || !strings.HasSuffix(op, " wrr") {
 			t.Errorf("unexpected op %q: a scheduler change must update services in place, not recreate them or touch real servers", op)
@@ -736,13 +738,11 @@ TCP 198.19.0.20:443 rr persistent 600
 `)
 
 	b.Snap.Services[name].StickyTimeoutSeconds = 60
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("sticky"))
+	e.resync(t, b.Snap, partialSync("sticky"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-service TCP/198.19.0.20:443 rr persistent 60"})
 
 	b.Snap.Services[name].ClientIPAffinity = false
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("sticky"))
+	e.resync(t, b.Snap, partialSync("sticky"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-service TCP/198.19.0.20:443 rr"})
 	checkDump(t, e.ipvs, `
 TCP 198.19.0.20:443 rr
@@ -758,8 +758,7 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 		b, web := webSnap()
 		e.sync(t, b.Snap, fullSync())
 		b.Snap.Endpoints[web] = b.Snap.Endpoints[web][:1] // 198.18.65.10 goes away
-		e.resetOps()
-		e.sync(t, b.Snap, partialSync("web"))
+		e.resync(t, b.Snap, partialSync("web"))
 		checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 0"})
 		return e, b
 	}
@@ -772,8 +771,7 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 		// Later syncs (even partial ones about other services) revisit it,
 		// but keep it while connections are active.
 		e.clock.SetTime(e.clock.Now().Add(30 * time.Second))
-		e.resetOps()
-		e.sync(t, b.Snap, partialSync("np"))
+		e.resync(t, b.Snap, partialSync("np"))
 		checkOps(t, "ipvs", e.ipvs.Ops, nil)
 		if st := e.p.LastStats(); st.Quiescing != 1 {
 			t.Errorf("Quiescing = %d, want 1", st.Quiescing)
@@ -794,8 +792,7 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.clock.SetTime(e.clock.Now().Add(59 * time.Second))
-		e.resetOps()
-		e.sync(t, b.Snap, fullSync())
+		e.resync(t, b.Snap, fullSync())
 		checkOps(t, "ipvs", e.ipvs.Ops, nil)
 		e.clock.SetTime(e.clock.Now().Add(time.Second))
 		e.sync(t, b.Snap, fullSync())
@@ -806,11 +803,9 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 		e, b := setup(t)
 		_, web := webSnap()
 		b.Snap.Endpoints[web] = append(b.Snap.Endpoints[web], core.Endpoint{IP: gone.Addr(), Port: int32(gone.Port()), Ready: true, Serving: true})
-		e.resetOps()
-		e.sync(t, b.Snap, partialSync("web"))
+		e.resync(t, b.Snap, partialSync("web"))
 		checkOps(t, "ipvs", e.ipvs.Ops, []string{"update-dest TCP/198.19.0.10:80 198.18.65.10:8080 weight 1"})
-		e.resetOps()
-		e.sync(t, b.Snap, partialSync())
+		e.resync(t, b.Snap, partialSync())
 		checkOps(t, "ipvs", e.ipvs.Ops, nil)
 	})
 
@@ -821,8 +816,7 @@ func TestRemovedEndpointIsQuiescedThenDeleted(t *testing.T) {
 		e, b := setup(t)
 		_, web := webSnap()
 		delete(b.Snap.Endpoints, web)
-		e.resetOps()
-		e.sync(t, b.Snap, partialSync("web"))
+		e.resync(t, b.Snap, partialSync("web"))
 		checkOps(t, "ipvs", e.ipvs.Ops, []string{
 			"update-dest TCP/198.19.0.10:80 198.18.64.10:8080 weight 0",
 			"delete-dest TCP/198.19.0.10:80 198.18.65.10:8080",
@@ -846,8 +840,7 @@ func TestRemovedUDPEndpointIsDeletedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Snap.Endpoints[dns] = b.Snap.Endpoints[dns][:1]
-	e.resetOps()
-	e.sync(t, b.Snap, partialSync("dns"))
+	e.resync(t, b.Snap, partialSync("dns"))
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{"delete-dest UDP/198.19.0.53:53 198.18.65.53:5353"})
 	if st := e.p.LastStats(); st.Quiescing != 0 || st.DestsDeleted != 1 {
 		t.Errorf("stats: %+v", st)
@@ -868,10 +861,8 @@ func TestRestartConvergesWithoutFlushing(t *testing.T) {
 	// device is touched, so established connections keep their real
 	// servers.
 	e.restart(t)
-	e.resetOps()
-	e.sync(t, b.Snap, fullSync())
-	checkOps(t, "ipvs", e.ipvs.Ops, nil)
-	checkOps(t, "links", e.links.Ops, nil)
+	e.resync(t, b.Snap, fullSync())
+	e.checkNoOps(t)
 	if !strings.Contains(e.ipvs.Dump(), "198.18.64.10:8080 Masq 1 5 0") {
 		t.Errorf("connection counts lost:\n%s", e.ipvs.Dump())
 	}
@@ -894,8 +885,7 @@ func TestRestartConvergesWithoutFlushing(t *testing.T) {
 	}
 	e.cfg.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}
 	e.restart(t)
-	e.resetOps()
-	e.sync(t, b.Snap, fullSync())
+	e.resync(t, b.Snap, fullSync())
 	checkOps(t, "ipvs", e.ipvs.Ops, []string{
 		"update-dest TCP/198.19.0.10:80 198.18.70.1:8080 weight 0",
 		"delete-service UDP/198.19.9.9:53",
