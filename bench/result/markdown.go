@@ -436,30 +436,48 @@ func writeImplRatios(b *bytes.Buffer, pts []*Point, all []column) {
 				"Below 1× the reference is faster or smaller; for req/s, above 1× it serves more. ")
 		}
 		b.WriteString(ratioNote + "\n\n")
-		var cols []column
-		for _, c := range all {
-			if slices.ContainsFunc(pairs, func(p implPair) bool { _, ok := ratio(p.ref, p.other, c); return ok }) {
-				cols = append(cols, c)
-			}
-		}
-		head := []string{"mode", "Services × endpoints"}
-		for _, c := range cols {
-			head = append(head, c.head)
-		}
-		var rows [][]string
+		var rows []ratioRow
 		for _, p := range pairs {
-			row := []string{p.ref.ModeLabel(), size{p.ref.Services, p.ref.EndpointsPerService}.String()}
-			for _, c := range cols {
-				if r, ok := ratio(p.ref, p.other, c); ok {
-					row = append(row, r)
-				} else {
-					row = append(row, missing)
-				}
-			}
-			rows = append(rows, row)
+			rows = append(rows, ratioRow{[]string{p.ref.ModeLabel(), size{p.ref.Services, p.ref.EndpointsPerService}.String()}, p.ref, p.other})
 		}
-		writeTable(b, 2, head, rows)
+		writeRatioTable(b, []string{"mode", "Services × endpoints"}, rows, all)
 	}
+}
+
+// ratioRow is one line of a ratio table: its text cells, then num ÷ den
+// for each column.
+type ratioRow struct {
+	labels   []string
+	num, den *Point
+}
+
+// writeRatioTable writes the ratios of rows in those of cols that at least
+// one row has, after the text columns head names.
+func writeRatioTable(b *bytes.Buffer, head []string, rows []ratioRow, all []column) {
+	var cols []column
+	for _, c := range all {
+		if slices.ContainsFunc(rows, func(r ratioRow) bool { _, ok := ratio(r.num, r.den, c); return ok }) {
+			cols = append(cols, c)
+		}
+	}
+	left := len(head)
+	head = slices.Clone(head)
+	for _, c := range cols {
+		head = append(head, c.head)
+	}
+	var cells [][]string
+	for _, r := range rows {
+		row := slices.Clone(r.labels)
+		for _, c := range cols {
+			if v, ok := ratio(r.num, r.den, c); ok {
+				row = append(row, v)
+			} else {
+				row = append(row, missing)
+			}
+		}
+		cells = append(cells, row)
+	}
+	writeTable(b, left, head, cells)
 }
 
 // leadColumns are what the nftables ÷ iptables comparison that opens a
@@ -515,29 +533,11 @@ func writeNFTablesLead(b *bytes.Buffer, s *Set) {
 		if len(all) > 1 {
 			fmt.Fprintf(b, "### %s\n\n", k.kernel)
 		}
-		var cols []column
-		for _, c := range leadColumns {
-			if slices.ContainsFunc(k.pairs, func(p nftIPTPair) bool { _, ok := ratio(p.nft, p.ipt, c); return ok }) {
-				cols = append(cols, c)
-			}
-		}
-		head := []string{"impl", "nftables ÷", "Services × endpoints"}
-		for _, c := range cols {
-			head = append(head, c.head)
-		}
-		var rows [][]string
+		var rows []ratioRow
 		for _, p := range k.pairs {
-			row := []string{p.nft.Impl, p.ipt.ModeLabel(), size{p.nft.Services, p.nft.EndpointsPerService}.String()}
-			for _, c := range cols {
-				if r, ok := ratio(p.nft, p.ipt, c); ok {
-					row = append(row, r)
-				} else {
-					row = append(row, missing)
-				}
-			}
-			rows = append(rows, row)
+			rows = append(rows, ratioRow{[]string{p.nft.Impl, p.ipt.ModeLabel(), size{p.nft.Services, p.nft.EndpointsPerService}.String()}, p.nft, p.ipt})
 		}
-		writeTable(b, 3, head, rows)
+		writeRatioTable(b, []string{"impl", "nftables ÷", "Services × endpoints"}, rows, leadColumns)
 		var dataPlane []*Point
 		for _, p := range k.pts {
 			if p.Mode == ModeNFTables || p.Mode == ModeIPTables || p.Mode == ModeDirect {
