@@ -26,6 +26,7 @@ import (
 	"github.com/proxymodes/proxymodes/harness/hostipvs"
 	"github.com/proxymodes/proxymodes/harness/labtest"
 	"github.com/proxymodes/proxymodes/harness/load"
+	"github.com/proxymodes/proxymodes/proxier/userspace"
 )
 
 // Config is what to sweep. Zero fields take the defaults of Defaults.
@@ -426,7 +427,11 @@ func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, pr
 		}
 		c.Log("%s kernel: %d Services with %d endpoints each, created in %s", kp.kernel, n, c.Endpoints, time.Since(start).Round(time.Millisecond))
 		for _, p := range kp.proxiers {
-			if why := pred.skip(p, n, c.PointBudget); why != "" {
+			why := openFilesSkip(kp.kernel, p, n, userspace.OpenFileCeiling)
+			if why == "" {
+				why = pred.skip(p, n, c.PointBudget)
+			}
+			if why != "" {
 				set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Backend: p.backend, Impl: p.impl, Services: n, Reason: why})
 				c.Log("skipping %s at %d Services: %s", p, n, why)
 				prog.skip(n)
@@ -476,6 +481,22 @@ func kernelLabel(kind, desc string) string {
 		}
 	}
 	return kind + " " + rel
+}
+
+// openFilesSkip says why the userspace mode cannot run at n Services, or
+// "": it holds a socket per Service, and on the host the proxier inherits
+// this process's open-file ceiling (a guest's root may raise its own).
+func openFilesSkip(kernel string, p proxier, n int, ceiling func() (uint64, error)) string {
+	if p.mode != result.ModeUserspace || kernel != local.KernelHost {
+		return ""
+	}
+	limit, err := ceiling()
+	if err != nil || uint64(n)+userspace.OpenFileHeadroom <= limit {
+		return ""
+	}
+	return fmt.Sprintf("the userspace mode needs a socket per Service, about %d open files here, and this machine's open-file limit is %d "+
+		"(only CAP_SYS_RESOURCE raises it, and this root lacks it; raise it with `ulimit -Hn` or the container's nofile limit)",
+		n+userspace.OpenFileHeadroom, limit)
 }
 
 // predictor keeps each proxier's point durations, to skip points that

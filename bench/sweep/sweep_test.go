@@ -396,3 +396,21 @@ func planNames(c Config, host hostKernel) map[string][]string {
 	}
 	return got
 }
+
+func TestOpenFilesSkip(t *testing.T) {
+	ceiling := func() (uint64, error) { return 20000, nil }
+	us := proxier{mode: result.ModeUserspace, impl: result.ImplReference}
+	if why := openFilesSkip(local.KernelHost, us, 30000, ceiling); !strings.Contains(why, "limit is 20000") {
+		t.Errorf("userspace at 30000 Services under a 20000 open-file limit: got %q, want a skip naming the limit", why)
+	}
+	if why := openFilesSkip(local.KernelHost, us, 10000, ceiling); why != "" {
+		t.Errorf("userspace at 10000 Services under a 20000 open-file limit is skipped: %q", why)
+	}
+	if why := openFilesSkip(local.KernelUML, us, 30000, ceiling); why != "" {
+		t.Errorf("the guest's limit is its own, yet: %q", why)
+	}
+	ipt := proxier{mode: result.ModeIPTables, impl: result.ImplReference}
+	if why := openFilesSkip(local.KernelHost, ipt, 30000, ceiling); why != "" {
+		t.Errorf("iptables mode holds no socket per Service, yet: %q", why)
+	}
+}

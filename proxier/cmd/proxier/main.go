@@ -194,6 +194,11 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 		})
 	case "userspace":
 		klog.InfoS("Using iptables for userspace portals", "backend", v)
+		if n, err := userspace.RaiseOpenFileLimit(); err != nil {
+			klog.ErrorS(err, "Open-file limit not raised: the userspace mode holds a socket per service port", "limit", n)
+		} else {
+			klog.InfoS("Open-file limit", "limit", n)
+		}
 		return userspace.New(userspace.Config{Backend: be})
 	case "ipvs":
 		if fault.Current() == fault.RoundRobinBroken {
