@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
@@ -386,5 +388,63 @@ func TestHealthz(t *testing.T) {
 	clk.Step(11 * time.Second)
 	if c := code(); c != http.StatusServiceUnavailable {
 		t.Errorf("11s after the last sync (timeout 10s): %d, want 503", c)
+	}
+}
+
+// TestFirstSyncSeesEveryService: the first sync after a start must hold
+// every Service the API had. With a wait on the informers' own HasSynced
+// it ran while the handlers were still delivering the initial list, and a
+// restarted proxier deleted the rules of the Services not delivered yet.
+func TestFirstSyncSeesEveryService(t *testing.T) {
+	const n = 200
+	client := labelFilteringClient()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range n {
+		svc := svcObj(fmt.Sprintf("s%d", i), fmt.Sprintf("198.19.%d.%d", i/250, 1+i%250))
+		if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Slow handlers, as a tracker busy with 10k objects is.
+	wrapHandler = func(h cache.ResourceEventHandler) cache.ResourceEventHandler {
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { time.Sleep(2 * time.Millisecond); h.OnAdd(obj, false) },
+			UpdateFunc: h.OnUpdate,
+			DeleteFunc: h.OnDelete,
+		}
+	}
+	t.Cleanup(func() { wrapHandler = func(h cache.ResourceEventHandler) cache.ResourceEventHandler { return h } })
+	mode := &recordingMode{}
+	p, err := New(Config{Client: client, NodeName: "node-1", Mode: mode, MinSyncPeriod: time.Hour, SyncPeriod: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mode.mu.Lock()
+		synced := len(mode.snaps)
+		mode.mu.Unlock()
+		if synced > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no sync within 10 s of the start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mode.mu.Lock()
+	first := len(mode.snaps[0].Services)
+	mode.mu.Unlock()
+	if first != n {
+		t.Errorf("the first sync held %d of the %d Services the API had: it ran before the handlers delivered the initial list", first, n)
 	}
 }
