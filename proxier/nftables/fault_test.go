@@ -21,7 +21,10 @@ func TestFaults(t *testing.T) {
 	p, fake := newFakeProxier(t)
 	sync(t, p, webSnap().Snap, fullSync())
 	dump := fake.Dump()
-	if !strings.Contains(dump, "numgen random mod 4 vmap { 0 : goto ep-likvol2cx4mqxqi2 , 1 : goto ep-qmif6eyxntmtudfy , 2 : goto ep-zimgzvi5wmqaujrq , 3 : goto ep-zimgzvi5wmqaujrq }") {
+	if !strings.Contains(dump, `numgen random mod 4 == 0 goto ep-likvol2cx4mqxqi2
+add rule ip proxymodes svc-zzbpzj6bf3am6xgk numgen random mod 3 == 0 goto ep-qmif6eyxntmtudfy
+add rule ip proxymodes svc-zzbpzj6bf3am6xgk numgen random mod 2 == 0 goto ep-zimgzvi5wmqaujrq
+add rule ip proxymodes svc-zzbpzj6bf3am6xgk goto ep-zimgzvi5wmqaujrq`) {
 		t.Errorf("random-skewed: web's picks are not 1/4, 1/4, 1/2:\n%s", dump)
 	}
 	fault.Set(fault.NoEndpointsDropped)

@@ -219,6 +219,12 @@ func (tr *tracer) match(f []string) (int, matched, error) {
 		return 8, truth(p.LocalDst && !netip.MustParsePrefix("127.0.0.0/8").Contains(p.Dst)), nil
 	case len(f) >= 4 && strings.Join(f[:4], " ") == "fib saddr type local":
 		return 4, truth(p.LocalSrc), nil
+	case len(f) >= 6 && strings.Join(f[:3], " ") == "numgen random mod" && f[4] == "==":
+		// One step of a pick cascade: taken or not, each one of several.
+		if _, err := strconv.Atoi(f[3]); err != nil {
+			return 0, no, fmt.Errorf("bad numgen modulus in %q", strings.Join(f[:6], " "))
+		}
+		return 6, perhaps, nil
 	case len(f) >= 3 && f[0] == "meta" && f[1] == "l4proto" && f[2] != ".":
 		return 3, truth(f[2] == p.Protocol), nil
 	case len(f) >= 3 && f[0] == "ip" && f[1] == "saddr":

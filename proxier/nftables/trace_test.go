@@ -522,3 +522,32 @@ func TestTraceRefusesUnknownRules(t *testing.T) {
 		t.Error("an unknown rule form was traced")
 	}
 }
+
+// Past MaxCascade endpoints the pick is one numgen map instead of a
+// cascade of rules; either way every endpoint is reachable and nothing
+// else is, and the rules say which form they took.
+func TestTracePickForms(t *testing.T) {
+	for _, n := range []int{2, MaxCascade, MaxCascade + 1} {
+		var eps, want []string
+		for i := range n {
+			ep := fmt.Sprintf("198.18.64.%d:8080", 100+i)
+			eps = append(eps, ep)
+			want = append(want, "dnat "+ep)
+		}
+		p, fake := newFakeProxier(t)
+		b := testsnap.New()
+		b.Add(testsnap.Port{Name: "many", PortName: "http", Port: 80, ClusterIP: "198.19.0.77", Endpoints: eps})
+		sync(t, p, b.Snap, fullSync())
+		got := traced(t, fake, "nat-prerouting", Packet{Src: pod, Dst: netip.MustParseAddr("198.19.0.77"), DstPort: 80})
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%d endpoints: %v, want %v", n, got, want)
+		}
+		dump := fake.Dump()
+		vmap, cascade := strings.Contains(dump, fmt.Sprintf("numgen random mod %d vmap {", n)), strings.Contains(dump, fmt.Sprintf("numgen random mod %d == 0 goto", n))
+		if (n > MaxCascade) != vmap || (n > MaxCascade) == cascade {
+			t.Errorf("%d endpoints: a numgen map %t, a cascade %t; want a cascade up to %d endpoints, a map past it", n, vmap, cascade, MaxCascade)
+		}
+	}
+}
