@@ -119,7 +119,11 @@ func WriteMarkdown(w io.Writer, set *Set, plots ...string) error {
 	if len(s.Skipped) > 0 {
 		b.WriteString("## Not measured\n\nThe sweep skipped these points, each for the reason given.\n\n")
 		for _, k := range s.Skipped {
-			fmt.Fprintf(&b, "- %s, %s/%s, %d Services: %s\n", k.Kernel, modeLabel(k.Mode, k.Backend), k.Impl, k.Services, oneLine(k.Reason))
+			what := modeLabel(k.Mode, k.Backend)
+			if k.Impl != "" {
+				what += "/" + k.Impl
+			}
+			fmt.Fprintf(&b, "- %s, %s, %d Services: %s\n", k.Kernel, what, k.Services, oneLine(k.Reason))
 		}
 		b.WriteString("\n")
 	}

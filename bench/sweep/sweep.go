@@ -338,7 +338,46 @@ func Run(ctx context.Context, c Config) (*result.Set, error) {
 		}
 	}
 	set.Finished = time.Now().UTC()
+	if len(errs) > 0 {
+		why := "not reached: the run stopped at an error (see the run's log)"
+		if ctx.Err() != nil {
+			why = fmt.Sprintf("not reached: the run was interrupted (Ctrl-C) after %s", set.Finished.Sub(set.Started).Round(time.Second))
+		}
+		notReached(c.Counts, plans, set, why)
+	}
 	return set, errors.Join(errs...)
+}
+
+// notReached lists as skipped, with why, every planned point that a run
+// which stopped early neither measured nor skipped, so that a partial set
+// says what it lacks.
+func notReached(counts []int, plans []kernelPlan, set *result.Set, why string) {
+	type key struct {
+		kernel, mode, backend, impl string
+		n                           int
+	}
+	done := map[key]bool{}
+	labels := map[string]string{} // kernel kind -> its label in the set
+	for _, pt := range set.Points {
+		done[key{pt.Kernel, pt.Mode, pt.Backend, pt.Impl, pt.Services}] = true
+		labels[strings.Fields(pt.Kernel)[0]] = pt.Kernel
+	}
+	for _, sk := range set.Skipped {
+		done[key{sk.Kernel, sk.Mode, sk.Backend, sk.Impl, sk.Services}] = true
+	}
+	for _, kp := range plans {
+		kernel := kp.kernel
+		if l, ok := labels[kp.kernel]; ok {
+			kernel = l
+		}
+		for _, n := range counts {
+			for _, p := range kp.proxiers {
+				if !done[key{kernel, p.mode, p.backend, p.impl, n}] {
+					set.Skipped = append(set.Skipped, result.Skip{Kernel: kernel, Mode: p.mode, Backend: p.backend, Impl: p.impl, Services: n, Reason: why})
+				}
+			}
+		}
+	}
 }
 
 func runKernel(ctx context.Context, c Config, kp kernelPlan, set *result.Set, prog *progress) (err error) {

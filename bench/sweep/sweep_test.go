@@ -414,3 +414,22 @@ func TestOpenFilesSkip(t *testing.T) {
 		t.Errorf("iptables mode holds no socket per Service, yet: %q", why)
 	}
 }
+
+// An interrupted sweep's set lists what it did not reach, beside what it
+// measured or skipped for a reason of its own.
+func TestNotReached(t *testing.T) {
+	ipt := proxier{mode: result.ModeIPTables, impl: result.ImplReference}
+	nft := proxier{mode: result.ModeNFTables, impl: result.ImplReference}
+	set := &result.Set{
+		Points:  []result.Point{{Kernel: "host 6.18", Mode: ipt.mode, Impl: ipt.impl, Services: 100}, {Kernel: "host 6.18", Mode: nft.mode, Impl: nft.impl, Services: 100}},
+		Skipped: []result.Skip{{Kernel: "host 6.18", Mode: ipt.mode, Impl: ipt.impl, Services: 1000, Reason: "over budget"}},
+	}
+	notReached([]int{100, 1000}, []kernelPlan{{kernel: local.KernelHost, proxiers: []proxier{ipt, nft}}}, set, "not reached: interrupted")
+	want := []result.Skip{
+		{Kernel: "host 6.18", Mode: ipt.mode, Impl: ipt.impl, Services: 1000, Reason: "over budget"},
+		{Kernel: "host 6.18", Mode: nft.mode, Impl: nft.impl, Services: 1000, Reason: "not reached: interrupted"},
+	}
+	if !reflect.DeepEqual(set.Skipped, want) {
+		t.Errorf("skipped after an interruption:\n got %+v\nwant %+v", set.Skipped, want)
+	}
+}
