@@ -235,6 +235,22 @@ func histogram(t *testing.T, m *metrics.Metrics) interface {
 // selectors as the API server does. The stock fake filters only lists, so
 // an object created after the informer listed reached it regardless of
 // its labels, and the headless check below failed about once in 70 runs.
+// running starts p and, when the test ends, stops it and checks that Run
+// returned cleanly; the context it returns ends with the test.
+func running(t *testing.T, p *Proxier) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return ctx
+}
+
 func labelFilteringClient() *fake.Clientset {
 	client := fake.NewSimpleClientset()
 	client.PrependWatchReactor("*", func(action k8stesting.Action) (bool, watch.Interface, error) {
@@ -272,15 +288,7 @@ func TestRunWithInformersAndIptablesFake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := running(t, p)
 
 	if _, err := client.CoreV1().Services("ns").Create(ctx, svcObj("web", "198.19.0.10"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -398,8 +406,7 @@ func TestHealthz(t *testing.T) {
 func TestFirstSyncSeesEveryService(t *testing.T) {
 	const n = 200
 	client := labelFilteringClient()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := context.Background()
 	for i := range n {
 		svc := svcObj(fmt.Sprintf("s%d", i), fmt.Sprintf("198.19.%d.%d", i/250, 1+i%250))
 		if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
@@ -407,6 +414,8 @@ func TestFirstSyncSeesEveryService(t *testing.T) {
 		}
 	}
 	// Slow handlers, as a tracker busy with 10k objects is.
+	unwrapped := wrapHandler
+	t.Cleanup(func() { wrapHandler = unwrapped })
 	wrapHandler = func(h cache.ResourceEventHandler) cache.ResourceEventHandler {
 		return cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { time.Sleep(2 * time.Millisecond); h.OnAdd(obj, false) },
@@ -414,20 +423,12 @@ func TestFirstSyncSeesEveryService(t *testing.T) {
 			DeleteFunc: h.OnDelete,
 		}
 	}
-	t.Cleanup(func() { wrapHandler = func(h cache.ResourceEventHandler) cache.ResourceEventHandler { return h } })
 	mode := &recordingMode{}
 	p, err := New(Config{Client: client, NodeName: "node-1", Mode: mode, MinSyncPeriod: time.Hour, SyncPeriod: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	running(t, p)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		mode.mu.Lock()
