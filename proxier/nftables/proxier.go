@@ -108,6 +108,11 @@ type Config struct {
 	// MasqueradeBit is the fwmark bit that flags packets for SNAT (0-31);
 	// kube-proxy's default is 14.
 	MasqueradeBit int
+	// KeepTransactions keeps every sync's transaction text for
+	// LastTransaction; otherwise only a failed one's is kept. At 30k
+	// Services a full sync's text is 35 MiB, which would stay live (and,
+	// with the GC's headroom, about double that in RSS) between syncs.
+	KeepTransactions bool
 }
 
 // Proxier is the nftables Mode. The sync runner serialises its Syncs.
@@ -116,6 +121,7 @@ type Proxier struct {
 	clusterCIDR   netip.Prefix
 	masqueradeAll bool
 	mark          string // "0x4000"
+	keepTx        bool
 
 	// needFull is set until a sync succeeds: after start-up and after a
 	// failure the table's contents are unknown.
@@ -171,6 +177,7 @@ func New(cfg Config) (*Proxier, error) {
 		nft:           cfg.NFT,
 		clusterCIDR:   cfg.ClusterCIDR.Masked(),
 		masqueradeAll: cfg.MasqueradeAll,
+		keepTx:        cfg.KeepTransactions,
 		mark:          fmt.Sprintf("%#x", uint32(1)<<bit),
 		needFull:      true,
 		owned:         map[types.NamespacedName]*objects{},
@@ -180,7 +187,8 @@ func New(cfg Config) (*Proxier, error) {
 // Name implements core.Mode.
 func (p *Proxier) Name() string { return "nftables" }
 
-// LastTransaction is the text of the last sync's transaction.
+// LastTransaction is the text of the last sync's transaction, when it
+// failed or Config.KeepTransactions is set ("" otherwise).
 func (p *Proxier) LastTransaction() string { return p.lastTx }
 
 // LastStats returns statistics of the last sync attempt.
@@ -215,13 +223,17 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	owned := p.render(tx, snap, changes, full, existing, &st)
 	st.Render = time.Since(renderStart)
 	st.Operations = tx.NumOperations()
-	p.lastTx = tx.String()
+	p.lastTx = ""
+	if p.keepTx {
+		p.lastTx = tx.String()
+	}
 
 	applyStart := time.Now()
 	err := p.nft.Run(ctx, tx)
 	st.Apply = time.Since(applyStart)
 	p.stats = st
 	if err != nil {
+		p.lastTx = tx.String()
 		return fmt.Errorf("nftables: applying %s sync: %w", syncKind(full), err)
 	}
 	p.needFull = false
