@@ -70,6 +70,17 @@ const TableName = "proxymodes"
 // it, the O(1) pick is worth its cost in sync time.
 const MaxCascade = 8
 
+// NewInterface returns the knftables interface of the mode's table. It
+// lists objects over netlink (knftables' UseNetlink; kube-proxy v1.37 does
+// the same, its NFTablesNetlink gate being on by default): a full sync
+// lists the table to find what to delete, and `nft --json list table`
+// prints every rule, which took 2.3 s of a 3.5 s full sync at 5k Services
+// (bench, 2026-12-07). Transactions still go through nft. Listing uses
+// the calling thread's network namespace, as nft would.
+func NewInterface() (knftables.Interface, error) {
+	return knftables.New(knftables.IPv4Family, TableName, knftables.UseNetlink)
+}
+
 // Fixed objects of the table.
 const (
 	servicesChain        = "services"
@@ -214,8 +225,7 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	var existing map[string][]string
 	if full {
 		var err error
-		// Absent on the first sync; ListAll then fails with not-found.
-		if existing, err = p.nft.ListAll(ctx); err != nil && !knftables.IsNotFound(err) {
+		if existing, err = p.listTable(ctx); err != nil {
 			return fmt.Errorf("nftables: listing table %s: %w", TableName, err)
 		}
 		p.base(tx)
@@ -242,6 +252,27 @@ func (p *Proxier) Sync(snap *core.Snapshot, changes core.ChangeSet) error {
 	klog.V(2).InfoS("nftables sync done", "full", full, "servicePorts", st.Services, "rewritten", st.Rewritten,
 		"chains", st.Chains, "deleted", st.Deleted, "operations", st.Operations, "render", st.Render, "apply", st.Apply)
 	return nil
+}
+
+// listTable returns the names of the table's chains and sets, none when
+// the table is absent. Chains are listed first: listing them by netlink
+// never fails for an absent table (all of the family's chains are read and
+// filtered by table), while listing sets fails with an error knftables
+// v0.0.22 does not recognise as not-found (its text alone says ENOENT).
+// Every table this mode writes has chains.
+func (p *Proxier) listTable(ctx context.Context) (map[string][]string, error) {
+	chains, err := p.nft.List(ctx, "chain")
+	if knftables.IsNotFound(err) || (err == nil && len(chains) == 0) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	sets, err := p.nft.List(ctx, "set")
+	if err != nil {
+		return nil, err
+	}
+	return map[string][]string{"chain": chains, "set": sets}, nil
 }
 
 // nodeAddrs returns the node's addresses, sorted.

@@ -47,7 +47,14 @@ func TestRealKernel(t *testing.T) {
 			return
 		}
 
-		nft, err := knftables.New(knftables.IPv4Family, TableName)
+		// The proxier lists over netlink, as it does in the binary; the
+		// checks below read the table through nft.
+		nft, err := NewInterface()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		check, err := knftables.New(knftables.IPv4Family, TableName)
 		if err != nil {
 			t.Error(err)
 			return
@@ -102,7 +109,7 @@ func TestRealKernel(t *testing.T) {
 			return
 		}
 		want, _ := fake.ListAll(ctx)
-		got, err := nft.ListAll(ctx)
+		got, err := check.ListAll(ctx)
 		if err != nil {
 			t.Error(err)
 			return
@@ -113,7 +120,7 @@ func TestRealKernel(t *testing.T) {
 			}
 		}
 		for _, m := range []string{serviceIPsMap, noEndpointServices} {
-			ge, _ := nft.ListElements(ctx, "map", m)
+			ge, _ := check.ListElements(ctx, "map", m)
 			we, _ := fake.ListElements(ctx, "map", m)
 			if len(ge) != len(we) {
 				t.Errorf("map %s holds %d elements in the kernel, want %d", m, len(ge), len(we))
@@ -123,7 +130,7 @@ func TestRealKernel(t *testing.T) {
 		if err := p2.Cleanup(); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
-		if _, err := nft.ListAll(ctx); !knftables.IsNotFound(err) {
+		if _, err := check.ListAll(ctx); !knftables.IsNotFound(err) {
 			t.Errorf("after cleanup, listing our table: %v (want not found)", err)
 		}
 		if rules, err := other.ListRules(ctx, "keep"); err != nil || len(rules) != 1 {
@@ -214,7 +221,7 @@ func TestRealLoadBalancerSourceRanges(t *testing.T) {
 		}
 		defer denied.Close()
 
-		nft, err := knftables.New(knftables.IPv4Family, TableName)
+		nft, err := NewInterface()
 		if err != nil {
 			t.Error(err)
 			return

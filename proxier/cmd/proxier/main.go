@@ -28,7 +28,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/knftables"
 
 	"github.com/proxymodes/proxymodes/proxier/conntrack"
 	"github.com/proxymodes/proxymodes/proxier/core"
@@ -166,7 +165,7 @@ func buildMode(o options, m *metrics.Metrics, ex iptables.Exec) (core.Mode, erro
 		}
 	}
 	if o.mode == "nftables" {
-		nft, err := knftables.New(knftables.IPv4Family, nftables.TableName)
+		nft, err := nftables.NewInterface()
 		if err != nil {
 			return nil, fmt.Errorf("nftables mode: %w (it needs nft, Debian package nftables, and a kernel with nf_tables)", err)
 		}
@@ -296,7 +295,7 @@ func cleanupAll(ex iptables.Exec) error {
 	var errs []error
 	if _, err := ex.LookPath("nft"); err != nil {
 		klog.V(2).InfoS("Skipping nftables cleanup: nft not installed")
-	} else if nft, err := knftables.New(knftables.IPv4Family, nftables.TableName); err != nil {
+	} else if nft, err := nftables.NewInterface(); err != nil {
 		// e.g. a kernel without nf_tables.
 		klog.InfoS("Skipping nftables cleanup: nft unusable here", "err", err)
 	} else if err := nftables.CleanupTable(context.Background(), nft); err != nil {
