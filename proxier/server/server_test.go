@@ -231,10 +231,6 @@ func histogram(t *testing.T, m *metrics.Metrics) interface {
 	return nil
 }
 
-// labelFilteringClient is a fake clientset whose watches honour label
-// selectors as the API server does. The stock fake filters only lists, so
-// an object created after the informer listed reached it regardless of
-// its labels, and the headless check below failed about once in 70 runs.
 // running starts p and, when the test ends, stops it and checks that Run
 // returned cleanly; the context it returns ends with the test.
 func running(t *testing.T, p *Proxier) context.Context {
@@ -251,6 +247,10 @@ func running(t *testing.T, p *Proxier) context.Context {
 	return ctx
 }
 
+// labelFilteringClient is a fake clientset whose watches honour label
+// selectors as the API server does. The stock fake filters only lists, so
+// an object created after the informer listed reached it regardless of
+// its labels, and the headless check below failed about once in 70 runs.
 func labelFilteringClient() *fake.Clientset {
 	client := fake.NewSimpleClientset()
 	client.PrependWatchReactor("*", func(action k8stesting.Action) (bool, watch.Interface, error) {
